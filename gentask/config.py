@@ -1,0 +1,161 @@
+"""Settings: every environment variable gentask reads, validated, with defaults.
+
+The old Go server's names (PORT, ENVIRONMENT, MONGO_URL, ARK_API_KEY, VOLCENGINE_ACCESS_KEY,
+VOLCENGINE_SECRET_KEY, AI_TIMEOUT, LOG_LEVEL, LOG_KEEP_DAYS) keep their meaning; what is new
+to gentask is prefixed GENTASK_ (and LOG_DIR, the old server's log folder). A bad value stops
+start-up with a SettingsError naming the variable, the value and what it accepts.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from a number or a Go-style duration ("30s", "2m", "1500ms"), as the old server took."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    match = _DURATION.match(str(value))
+    if not match:
+        raise ValueError("expected seconds (e.g. 60) or a duration such as 30s, 2m, 1h, 1500ms")
+    return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+
+
+def _env(*names: str) -> AliasChoices:
+    return AliasChoices(*names)
+
+
+class Settings(BaseSettings):
+    """One place for configuration, read from the environment (and a .env file when present)."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True)
+
+    # --- the old server's variables -------------------------------------------------------
+    port: int = Field(8080, ge=1, le=65535, validation_alias=_env("PORT"),
+                      description="HTTP port of the REST API")
+    environment: Literal["development", "test", "production"] = Field(
+        "development", validation_alias=_env("ENVIRONMENT"))
+    mongo_url: str = Field("mongodb://127.0.0.1:27017/gentask", validation_alias=_env("MONGO_URL"),
+                           description="MongoDB connection string; the database is the URL's path")
+    ark_api_key: SecretStr | None = Field(None, validation_alias=_env("ARK_API_KEY"))
+    volcengine_access_key: SecretStr | None = Field(None, validation_alias=_env("VOLCENGINE_ACCESS_KEY"))
+    volcengine_secret_key: SecretStr | None = Field(None, validation_alias=_env("VOLCENGINE_SECRET_KEY"))
+    ai_timeout: float = Field(120.0, gt=0, le=3600, validation_alias=_env("AI_TIMEOUT"),
+                              description="seconds per vendor call")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", validation_alias=_env("LOG_LEVEL"))
+    log_keep_days: int = Field(7, ge=1, le=3650, validation_alias=_env("LOG_KEEP_DAYS"))
+
+    # --- gentask's own -----------------------------------------------------------------------
+    log_dir: Path | None = Field(None, validation_alias=_env("LOG_DIR"),
+                                 description="also write daily-rotated JSON log files here")
+    openai_api_key: SecretStr | None = Field(None, validation_alias=_env("OPENAI_API_KEY"))
+    ark_base_url: str = Field("https://ark.cn-beijing.volces.com/api/v3", validation_alias=_env("ARK_BASE_URL"))
+    visual_base_url: str = Field("https://visual.volcengineapi.com", validation_alias=_env("VOLCENGINE_VISUAL_BASE_URL"))
+    openai_base_url: str = Field("https://api.openai.com/v1", validation_alias=_env("OPENAI_BASE_URL"))
+    providers: list[str] = Field(default_factory=lambda: ["volcengine", "openai", "fake"],
+                                 validation_alias=_env("GENTASK_PROVIDERS"),
+                                 description="enabled providers, comma-separated")
+    namespace: str = Field("gentask-tasks", pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63,
+                           validation_alias=_env("GENTASK_NAMESPACE"),
+                           description="namespace where the API creates GenerationTasks")
+    executor: Literal["job", "inline"] = Field("job", validation_alias=_env("GENTASK_EXECUTOR"))
+    api_keys: SecretStr | None = Field(None, validation_alias=_env("GENTASK_API_KEYS"),
+                                       description="comma-separated key:user[:role]")
+    auth_disabled: bool = Field(False, validation_alias=_env("GENTASK_AUTH_DISABLED"))
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level(cls, v: object) -> object:
+        if isinstance(v, str):
+            v = v.strip().lower()
+            return {"warn": "warning", "fatal": "error", "panic": "error", "trace": "debug"}.get(v, v)
+        return v
+
+    @field_validator("environment", mode="before")
+    @classmethod
+    def _environment(cls, v: object) -> object:
+        if isinstance(v, str):
+            v = v.strip().lower()
+            return {"dev": "development", "prod": "production"}.get(v, v)
+        return v
+
+    @field_validator("ai_timeout", mode="before")
+    @classmethod
+    def _timeout(cls, v: object) -> float:
+        return parse_duration(v)
+
+    @field_validator("mongo_url")
+    @classmethod
+    def _mongo(cls, v: str) -> str:
+        if not v.startswith(("mongodb://", "mongodb+srv://")):
+            raise ValueError("expected a URL starting with mongodb:// or mongodb+srv://")
+        return v
+
+    @field_validator("providers", mode="before")
+    @classmethod
+    def _providers(cls, v: object) -> object:
+        if isinstance(v, str):
+            return [p.strip() for p in v.split(",") if p.strip()]
+        return v
+
+    @property
+    def mongo_database(self) -> str:
+        path = self.mongo_url.split("://", 1)[1].split("/", 1)
+        name = path[1].split("?", 1)[0] if len(path) > 1 else ""
+        return name or "gentask"
+
+    def secrets(self) -> list[str]:
+        """Every secret value that is set: what must never reach a log line."""
+        values = [self.ark_api_key, self.volcengine_access_key, self.volcengine_secret_key,
+                  self.openai_api_key, self.api_keys]
+        found = [s.get_secret_value() for s in values if s is not None and s.get_secret_value()]
+        if self.api_keys is not None:
+            found += [item.split(":", 1)[0] for item in self.api_keys.get_secret_value().split(",") if item]
+        return sorted({s for s in found if len(s) >= 4}, key=len, reverse=True)
+
+
+class SettingsError(ValueError):
+    """A setting has a value gentask cannot start with."""
+
+
+def _variable(field_name: str) -> str:
+    field = Settings.model_fields.get(field_name)
+    alias = getattr(field, "validation_alias", None) if field else None
+    if isinstance(alias, AliasChoices):
+        return str(alias.choices[0])
+    return field_name.upper()
+
+
+def _accepts(err: dict) -> str:
+    ctx = err.get("ctx") or {}
+    if "expected" in ctx:
+        return f"expected {ctx['expected']}"
+    return err.get("msg", "invalid value")
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the settings, turning a validation error into one message per bad variable."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            name = _variable(str(err["loc"][0])) if err["loc"] else "?"
+            value = err.get("input")
+            shown = "<hidden>" if "KEY" in name else repr(value)
+            lines.append(f"invalid setting {name}={shown}: {_accepts(err)}")
+        raise SettingsError("; ".join(lines)) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return load_settings()

@@ -1,0 +1,166 @@
+"""Render the GenerationTask CustomResourceDefinition from the pydantic models.
+
+`python -m gentask.domain.crd` (what `make crds` runs) writes crds/generationtasks.gentask.io.yaml;
+`--check` exits 1 when the committed file differs from what would be written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gentask.domain.reasons import REASONS
+from gentask.domain.task import (
+    GROUP, KIND, PLURAL, SHORT_NAMES, SINGULAR, VERSION, GenerationTaskSpec, GenerationTaskStatus,
+)
+
+CRD_PATH = Path(__file__).resolve().parents[2] / "crds" / f"{PLURAL}.{GROUP}.yaml"
+_DROP = {"title", "additionalProperties"}
+
+# Spec fields that are always present once the API server has applied the defaults.
+_ALWAYS_SET = {"type", "provider", "model", "prompt", "priority", "retries", "timeoutSeconds",
+               "ttlSecondsAfterFinished", "cancel"}
+
+
+def _structural(schema: dict[str, Any], defs: dict[str, Any], keep_defaults: bool) -> dict[str, Any]:
+    """Turn pydantic's JSON Schema into a structural OpenAPI v3 schema (no refs, no null unions)."""
+    if "$ref" in schema:
+        target = _structural(defs[schema["$ref"].rsplit("/", 1)[1]], defs, keep_defaults)
+        return {**target, **{k: v for k, v in schema.items() if k in ("description",)}}
+    if "anyOf" in schema:
+        options = [o for o in schema["anyOf"] if o.get("type") != "null"]
+        if len(options) != 1:
+            raise ValueError(f"cannot render a union of {len(options)} types as a structural schema")
+        outer = {k: v for k, v in schema.items() if k not in ("anyOf",)}
+        return _structural({**options[0], **outer}, defs, keep_defaults)
+    out: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key in _DROP or key == "$defs":
+            continue
+        if key == "default":
+            if keep_defaults and value not in (None, "", [], {}):
+                out["default"] = value
+            continue
+        if key == "const":
+            out["enum"] = [value]
+            continue
+        if key == "properties":
+            out["properties"] = {n: _structural(p, defs, keep_defaults) for n, p in value.items()}
+        elif key == "items":
+            out["items"] = _structural(value, defs, keep_defaults)
+        elif key == "minItems" and value == 0:
+            continue
+        else:
+            out[key] = value
+    if schema.get("type") == "object" and isinstance(schema.get("additionalProperties"), dict):
+        out["additionalProperties"] = _structural(schema["additionalProperties"], defs, keep_defaults)
+    if "enum" in out and "type" not in out:
+        out["type"] = "string"
+    return out
+
+
+def _schema(model: type, keep_defaults: bool) -> dict[str, Any]:
+    raw = model.model_json_schema(by_alias=True, mode="validation")
+    return _structural(raw, raw.get("$defs", {}), keep_defaults)
+
+
+def _immutability_rules(spec: dict[str, Any]) -> list[dict[str, str]]:
+    rules = []
+    for name in spec["properties"]:
+        if name == "cancel":
+            continue
+        if name in _ALWAYS_SET:
+            rule = f"self.{name} == oldSelf.{name}"
+        else:
+            rule = f"has(self.{name}) == has(oldSelf.{name}) && (!has(self.{name}) || self.{name} == oldSelf.{name})"
+        rules.append({"rule": rule, "fieldPath": f".{name}", "reason": "FieldValueForbidden",
+                      "message": f"spec.{name} is immutable after creation; only spec.cancel may change "
+                                 "(create a new GenerationTask instead)"})
+    rules.append({"rule": "!oldSelf.cancel || self.cancel", "fieldPath": ".cancel",
+                  "reason": "FieldValueForbidden", "message": "spec.cancel cannot be unset once true"})
+    return rules
+
+
+def build_crd() -> dict[str, Any]:
+    spec = _schema(GenerationTaskSpec, keep_defaults=True)
+    spec["x-kubernetes-validations"] = _immutability_rules(spec)
+    status = _schema(GenerationTaskStatus, keep_defaults=False)
+    status["properties"]["reason"]["enum"] = list(REASONS)
+    status["properties"]["reason"]["description"] = "one word from this vocabulary: " + "; ".join(
+        f"{k}: {v}" for k, v in REASONS.items())
+    conditions = status["properties"]["conditions"]
+    conditions["x-kubernetes-list-type"] = "map"
+    conditions["x-kubernetes-list-map-keys"] = ["type"]
+    conditions["maxItems"] = 16
+    status["properties"]["providerFailures"]["maxItems"] = 64
+    status["properties"]["result"]["properties"]["images"]["maxItems"] = 16
+    columns = [
+        ("Type", "string", ".spec.type"), ("Provider", "string", ".spec.provider"),
+        ("Model", "string", ".spec.model"), ("Priority", "string", ".spec.priority"),
+        ("Phase", "string", ".status.phase"), ("Reason", "string", ".status.reason"),
+        ("Attempts", "integer", ".status.attempts"), ("Age", "date", ".metadata.creationTimestamp"),
+    ]
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{PLURAL}.{GROUP}", "labels": {"app.kubernetes.io/name": "gentask"}},
+        "spec": {
+            "group": GROUP,
+            "scope": "Namespaced",
+            "names": {"kind": KIND, "listKind": f"{KIND}List", "plural": PLURAL, "singular": SINGULAR,
+                      "shortNames": SHORT_NAMES, "categories": ["gentask"]},
+            "versions": [{
+                "name": VERSION,
+                "served": True,
+                "storage": True,
+                "subresources": {"status": {}},
+                "additionalPrinterColumns": [{"name": n, "type": t, "jsonPath": p} for n, t, p in columns],
+                "schema": {"openAPIV3Schema": {
+                    "type": "object",
+                    "description": "An image, a video or a text to generate with an AI provider, run as a Job.",
+                    "required": ["spec"],
+                    "properties": {
+                        "apiVersion": {"type": "string"},
+                        "kind": {"type": "string"},
+                        "metadata": {"type": "object"},
+                        "spec": spec,
+                        "status": status,
+                    },
+                    "x-kubernetes-validations": [{
+                        "rule": "self.metadata.name.size() <= 63",
+                        "message": "metadata.name must be at most 63 characters: it also names the task's Job",
+                    }],
+                }},
+            }],
+        },
+    }
+
+
+def render() -> str:
+    header = ("# Generated by `make crds` from gentask/domain/task.py. Do not edit by hand.\n")
+    return header + yaml.safe_dump(build_crd(), sort_keys=False, width=120, allow_unicode=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--check", action="store_true", help="exit 1 when the committed CRD is stale")
+    parser.add_argument("--out", type=Path, default=CRD_PATH)
+    args = parser.parse_args(argv)
+    text = render()
+    if args.check:
+        if not args.out.exists() or args.out.read_text() != text:
+            print(f"{args.out} is stale: run `make crds` and commit the result", file=sys.stderr)
+            return 1
+        return 0
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

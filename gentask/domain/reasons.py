@@ -1,0 +1,62 @@
+"""Phases, condition types and the bounded reason vocabulary of GenerationTask status."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class Phase(str, Enum):
+    PENDING = "Pending"
+    QUEUED = "Queued"
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    CANCELLED = "Cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (Phase.SUCCEEDED, Phase.FAILED, Phase.CANCELLED)
+
+    @property
+    def rank(self) -> int:
+        """Order used to never move a record backwards (terminal phases share the top rank)."""
+        return {"Pending": 0, "Queued": 1, "Running": 2}.get(self.value, 3)
+
+
+class ConditionType(str, Enum):
+    ACCEPTED = "Accepted"        # the spec passed the catalog's validation
+    SCHEDULED = "Scheduled"      # a Job (or the inline executor) has the task
+    RUNNING = "Running"          # a worker is calling the provider
+    SUCCEEDED = "Succeeded"      # terminal outcome: True, False (failed) or False (cancelled)
+    ARCHIVED = "Archived"        # mirrored into MongoDB
+
+
+# Every reason a status or condition may carry, with what it means. The CRD lists them as an enum.
+REASONS: dict[str, str] = {
+    "Created": "the task was accepted by the API server and waits for the operator",
+    "Validated": "the spec passed the model catalog's validation",
+    "JobCreated": "the task's Job exists and waits for a node",
+    "Started": "a worker started calling the provider",
+    "Retrying": "an attempt failed with a retryable error; another attempt follows",
+    "Completed": "the provider returned a result and the artifacts are stored",
+    "InvalidSpec": "the spec names an unknown model or a parameter the model does not accept",
+    "ModelRetired": "the model was retired by its vendor; the message names its successor",
+    "ModelUnavailable": "the vendor does not serve this model for this account",
+    "ProviderRateLimited": "the vendor kept answering rate limited until the retries ran out",
+    "ProviderOverloaded": "the vendor kept answering overloaded or 5xx until the retries ran out",
+    "ProviderTimeout": "the vendor did not answer within AI_TIMEOUT until the retries ran out",
+    "ProviderUnreachable": "the vendor could not be reached until the retries ran out",
+    "ProviderBadRequest": "the vendor refused the request as malformed",
+    "ContentRejected": "the vendor's safety system refused the prompt or the output",
+    "AuthenticationFailed": "the vendor refused the credentials",
+    "QuotaExceeded": "the account has no quota or is in arrears",
+    "ProviderError": "the vendor failed in a way not classified above",
+    "DeadlineExceeded": "the task ran longer than spec.timeoutSeconds",
+    "BackoffLimitExceeded": "every attempt failed",
+    "PodLost": "the task's pod disappeared or was evicted",
+    "JobDeleted": "the task's Job was deleted by someone else",
+    "Cancelled": "spec.cancel was set",
+    "InternalError": "gentask itself failed; the message says where",
+}
+
+RETRYABLE_REASONS = frozenset({"ProviderRateLimited", "ProviderOverloaded", "ProviderTimeout", "ProviderUnreachable"})

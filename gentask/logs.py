@@ -1,0 +1,98 @@
+"""Logging: JSON lines to stdout, and to daily-rotated files when LOG_DIR is set.
+
+Every record passes a redaction filter that replaces known secret values, so a key that slips
+into a message, an argument or an exception text never reaches a handler.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import logging.handlers
+import sys
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Iterable
+
+if TYPE_CHECKING:
+    from gentask.config import Settings
+
+REDACTED = "***"
+_STD_ATTRS = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime", "taskName"}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object a line: time, level, logger, message, the record's extra fields, error."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, object] = {
+            "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key, value in record.__dict__.items():
+            if key not in _STD_ATTRS and not key.startswith("_"):
+                doc[key] = value
+        if record.exc_info:
+            doc["error"] = self.formatException(record.exc_info)
+        return json.dumps(doc, default=str, ensure_ascii=False)
+
+
+class RedactingFilter(logging.Filter):
+    """Replaces every known secret in the rendered message, extras and exception text."""
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        super().__init__()
+        self.secrets = [s for s in secrets if s]
+
+    def _scrub(self, text: str) -> str:
+        for secret in self.secrets:
+            text = text.replace(secret, REDACTED)
+        return text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not self.secrets:
+            return True
+        record.msg = self._scrub(record.getMessage())
+        record.args = None
+        for key, value in list(record.__dict__.items()):
+            if key not in _STD_ATTRS and isinstance(value, str):
+                setattr(record, key, self._scrub(value))
+        if record.exc_info:
+            record.exc_text = self._scrub(logging.Formatter().formatException(record.exc_info))
+            record.exc_info = None
+        return True
+
+
+class _ExcTextFormatter(JsonFormatter):
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        if record.exc_text and not record.exc_info:
+            doc = json.loads(line)
+            doc["error"] = record.exc_text
+            line = json.dumps(doc, default=str, ensure_ascii=False)
+        return line
+
+
+def setup_logging(settings: "Settings", stream=None) -> logging.Logger:
+    """Configure the root logger once for a process; returns it."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if getattr(handler, "_gentask", False):
+            root.removeHandler(handler)
+            handler.close()
+    formatter = _ExcTextFormatter()
+    redact = RedactingFilter(settings.secrets())
+    handlers: list[logging.Handler] = [logging.StreamHandler(stream or sys.stdout)]
+    if settings.log_dir is not None:
+        settings.log_dir.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.handlers.TimedRotatingFileHandler(
+            settings.log_dir / "gentask.log", when="midnight", backupCount=settings.log_keep_days,
+            encoding="utf-8", utc=True))
+    for handler in handlers:
+        handler.setFormatter(formatter)
+        handler.addFilter(redact)
+        handler._gentask = True  # type: ignore[attr-defined]
+        root.addHandler(handler)
+    root.setLevel(settings.log_level.upper())
+    return root

@@ -1,0 +1,130 @@
+#!/usr/bin/env bash
+# Build the local cluster's binaries once into a cache outside the repository.
+#
+#   etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl  (k8s.io/kubernetes)
+#   ferretdb                                                                (FerretDB v1.x)
+#   helm                                                                    (helm.sh/helm/v3)
+#
+# Every tool is built from the Go module proxy, into $GENTASK_TOOLS_DIR/bin. A tool whose
+# stamp file matches its pinned version is not rebuilt, so a second run takes seconds.
+# Usage: hack/build-tools.sh [kube|ferretdb|helm ...]   (default: all)
+set -euo pipefail
+
+KUBE_VERSION=${KUBE_VERSION:-v1.36.3}
+ETCD_VERSION=${ETCD_VERSION:-v3.6.8}          # the etcd that KUBE_VERSION's go.mod names
+FERRETDB_VERSION=${FERRETDB_VERSION:-v1.24.2}
+HELM_VERSION=${HELM_VERSION:-v3.22.0}
+
+TOOLS_DIR=${GENTASK_TOOLS_DIR:-$HOME/.cache/gentask/tools}
+BIN="$TOOLS_DIR/bin"
+SRC="$TOOLS_DIR/src"
+LOGS="$TOOLS_DIR/logs"
+mkdir -p "$BIN" "$SRC" "$LOGS"
+
+export CGO_ENABLED=0 GOFLAGS="-trimpath -mod=mod" GOTOOLCHAIN=${GOTOOLCHAIN:-local}
+
+say() { printf '[tools] %s\n' "$*" >&2; }
+
+command -v go >/dev/null || { say "go is not on PATH: install Go >= 1.25 (https://go.dev/doc/install)"; exit 1; }
+
+# run_step TOOL LOGFILE CMD...: run a build step, and on failure name the tool and show why.
+run_step() {
+  local tool=$1 log=$2; shift 2
+  if ! "$@" >>"$log" 2>&1; then
+    say "FAILED to build $tool (step: $*)"
+    say "last lines of $log:"
+    tail -n 25 "$log" | sed 's/^/    /' >&2
+    exit 1
+  fi
+}
+
+fresh() {  # fresh NAME VERSION: true when NAME is built at VERSION
+  [[ -x "$BIN/$1" && "$(cat "$BIN/.$1.version" 2>/dev/null)" == "$2" ]]
+}
+
+stamp() { echo "$2" >"$BIN/.$1.version"; }
+
+build_kube() {
+  local names=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl) n all=1
+  for n in "${names[@]}"; do fresh "$n" "$KUBE_VERSION" || all=0; done
+  if (( all )); then say "kubernetes $KUBE_VERSION: cached"; return; fi
+  local t0=$SECONDS dir="$SRC/kube-$KUBE_VERSION" log="$LOGS/kube.log"
+  : >"$log"
+  say "kubernetes $KUBE_VERSION + etcd $ETCD_VERSION: building (cold: about 20-30 min on 2 cores; log: $log)"
+  mkdir -p "$dir"
+  local staging="v0.${KUBE_VERSION#v1.}"
+  # k8s.io/kubernetes points its staging modules at ./staging; as a dependency they need
+  # replace lines to their published v0.X.Y twins. Take the list from its own go.mod.
+  run_step kubernetes "$log" go mod download -json "k8s.io/kubernetes@$KUBE_VERSION"
+  local kmod
+  kmod=$(go env GOMODCACHE)/cache/download/k8s.io/kubernetes/@v/$KUBE_VERSION.mod
+  {
+    echo "module gentask.local/kubetools"
+    echo
+    echo "go 1.25.0"
+    echo
+    echo "require ("
+    echo "    k8s.io/kubernetes $KUBE_VERSION"
+    echo "    go.etcd.io/etcd/server/v3 $ETCD_VERSION"
+    echo ")"
+    echo
+    echo "replace ("
+    grep -E '^\s+k8s\.io/[a-z0-9-]+ => \./staging/' "$kmod" | awk -v v="$staging" '{print "    " $1 " => " $1 " " v}'
+    echo ")"
+  } >"$dir/go.mod"
+  cat >"$dir/tools.go" <<'GO'
+//go:build tools
+
+package tools
+
+import (
+	_ "go.etcd.io/etcd/server/v3"
+	_ "k8s.io/kubernetes/cmd/kube-apiserver"
+	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
+	_ "k8s.io/kubernetes/cmd/kube-scheduler"
+	_ "k8s.io/kubernetes/cmd/kubectl"
+)
+GO
+  (cd "$dir" && run_step kubernetes "$log" go mod tidy)
+  local minor=${KUBE_VERSION#v1.}; minor=${minor%%.*}
+  local ld="-s -w"
+  for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ld+=" -X $p.gitVersion=$KUBE_VERSION -X $p.gitMajor=1 -X $p.gitMinor=$minor -X $p.gitTreeState=clean -X $p.buildDate=1970-01-01T00:00:00Z"
+  done
+  mkdir -p "$dir/out"
+  (cd "$dir" && run_step kubernetes "$log" go build -tags tools -ldflags "$ld" -o "$dir/out/" \
+      k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
+      k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl)
+  (cd "$dir" && run_step etcd "$log" go build -ldflags "-s -w" -o "$dir/out/etcd" go.etcd.io/etcd/server/v3)
+  for n in "${names[@]}"; do mv -f "$dir/out/$n" "$BIN/$n"; stamp "$n" "$KUBE_VERSION"; done
+  say "kubernetes $KUBE_VERSION: built in $((SECONDS - t0)) s"
+}
+
+# go_install TOOL VERSION PACKAGE BINARY-NAME-AFTER-INSTALL
+go_install() {
+  local tool=$1 version=$2 pkg=$3 built=$4
+  if fresh "$tool" "$version"; then say "$tool $version: cached"; return; fi
+  local t0=$SECONDS log="$LOGS/$tool.log" gobin="$SRC/$tool-$version"
+  : >"$log"
+  say "$tool $version: building (log: $log)"
+  mkdir -p "$gobin"
+  run_step "$tool" "$log" env GOBIN="$gobin" GOFLAGS="-trimpath" go install -ldflags "-s -w" "$pkg@$version"
+  mv -f "$gobin/$built" "$BIN/$tool"
+  stamp "$tool" "$version"
+  say "$tool $version: built in $((SECONDS - t0)) s"
+}
+
+build_ferretdb() { go_install ferretdb "$FERRETDB_VERSION" github.com/FerretDB/FerretDB/cmd/ferretdb ferretdb; }
+build_helm() { go_install helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm helm; }
+
+targets=("$@")
+(( ${#targets[@]} )) || targets=(kube ferretdb helm)
+for t in "${targets[@]}"; do
+  case $t in
+    kube) build_kube ;;
+    ferretdb) build_ferretdb ;;
+    helm) build_helm ;;
+    *) say "unknown tool '$t': expected kube, ferretdb or helm"; exit 2 ;;
+  esac
+done
+say "tools ready in $BIN"
