@@ -1,0 +1,5 @@
+import sys
+
+from gentask.cli import main
+
+sys.exit(main())

@@ -1,0 +1,45 @@
+"""The `gentask` command: one entry point for every component.
+
+    gentask devcluster up|down|status   the local cluster (gentask.devcluster)
+    gentask crds [--check]              render the CRD from gentask.domain
+    gentask provider try ...            one generation against a configured provider
+    gentask operator | api | worker     (the components, as they land)
+
+Each subcommand's module is imported only when it is used, so `gentask devcluster` does not
+load FastAPI and `gentask api` does not load Kopf.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# subcommand -> (module with main(argv) -> int, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "devcluster": ("gentask.devcluster.__main__", "start, stop or inspect the local cluster"),
+    "crds": ("gentask.domain.crd", "render the GenerationTask CRD from the domain models"),
+    "provider": ("gentask.providers.cli", "try a provider: one generation, saved to a folder"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: gentask COMMAND [ARGS...]", "", "commands:"]
+    lines += [f"  {name:<12} {help_}" for name, (_, help_) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"gentask: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[name][0])
+    return int(module.main(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
