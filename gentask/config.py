@@ -11,10 +11,10 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
@@ -61,7 +61,7 @@ class Settings(BaseSettings):
     ark_base_url: str = Field("https://ark.cn-beijing.volces.com/api/v3", validation_alias=_env("ARK_BASE_URL"))
     visual_base_url: str = Field("https://visual.volcengineapi.com", validation_alias=_env("VOLCENGINE_VISUAL_BASE_URL"))
     openai_base_url: str = Field("https://api.openai.com/v1", validation_alias=_env("OPENAI_BASE_URL"))
-    providers: list[str] = Field(default_factory=lambda: ["volcengine", "openai", "fake"],
+    providers: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["volcengine", "openai", "fake"],
                                  validation_alias=_env("GENTASK_PROVIDERS"),
                                  description="enabled providers, comma-separated")
     namespace: str = Field("gentask-tasks", pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63,

@@ -29,8 +29,8 @@ _ALWAYS_SET = {"type", "provider", "model", "prompt", "priority", "retries", "ti
 def _structural(schema: dict[str, Any], defs: dict[str, Any], keep_defaults: bool) -> dict[str, Any]:
     """Turn pydantic's JSON Schema into a structural OpenAPI v3 schema (no refs, no null unions)."""
     if "$ref" in schema:
-        target = _structural(defs[schema["$ref"].rsplit("/", 1)[1]], defs, keep_defaults)
-        return {**target, **{k: v for k, v in schema.items() if k in ("description",)}}
+        outer = {k: v for k, v in schema.items() if k != "$ref"}
+        return _structural({**defs[schema["$ref"].rsplit("/", 1)[1]], **outer}, defs, keep_defaults)
     if "anyOf" in schema:
         options = [o for o in schema["anyOf"] if o.get("type") != "null"]
         if len(options) != 1:

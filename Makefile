@@ -1,0 +1,51 @@
+# gentask — `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export GENTASK_TOOLS_DIR ?= $(HOME)/.cache/gentask/tools
+DEVCLUSTER ?= .devcluster
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+
+help: ## list the targets
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $@
+
+install: $(VENV)/.installed ## create .venv and install gentask with its dev extra
+
+tools: ## build etcd, the control plane, kubectl, FerretDB and helm into $GENTASK_TOOLS_DIR (once)
+	@bash hack/build-tools.sh
+
+crds: install ## generate crds/ from gentask.domain
+	$(PY) -m gentask.domain.crd
+
+devcluster-up: install tools ## start the local cluster (.devcluster/kubeconfig, .devcluster/env)
+	$(PY) -m gentask devcluster --root $(DEVCLUSTER) up
+
+devcluster-down: ## stop everything the local cluster started, by PID
+	@if [ -x $(PY) ]; then $(PY) -m gentask devcluster --root $(DEVCLUSTER) down; else echo "nothing to stop"; fi
+
+devcluster-status: ## what runs in the local cluster and where
+	$(PY) -m gentask devcluster --root $(DEVCLUSTER) status
+
+run: install tools ## run the system on the local cluster; Ctrl-C stops all of it
+	$(PY) -m gentask devcluster --root $(DEVCLUSTER) run
+
+test: install tools ## unit and integration tests (starts the local cluster, stops it after)
+	$(PY) -m pytest tests/unit tests/integration $(PYTEST_ARGS)
+
+test-unit: install ## unit tests only (no cluster)
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+bench: install tools ## benchmarks: figures into docs/benchmarks.md
+	$(PY) bench/devcluster.py
+	$(PY) bench/pod_start.py
+
+.PHONY: help install tools crds devcluster-up devcluster-down devcluster-status run test test-unit bench

@@ -1,0 +1,344 @@
+"""The local cluster: etcd, kube-apiserver, kube-controller-manager, kube-scheduler, FerretDB
+and a process node, on loopback and free ports, started and stopped as one.
+
+Everything lives in one folder (default ``.devcluster``): ``kubeconfig`` (admin), ``env``
+(sourceable: KUBECONFIG, MONGO_URL, PATH with the cluster's kubectl and helm), ``state.json``
+(ports and the PIDs this cluster started), ``logs/`` (one file a component) and ``node/pods/``
+(one folder a pod: its container logs and kubeconfig). ``down`` stops by PID exactly what ``up``
+started, pods included, and removes the data, so the next ``up`` starts clean.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_ROOT = Path(".devcluster")
+KUBE_BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
+ALL_BINARIES = KUBE_BINARIES + ("ferretdb", "helm")
+SERVICE_CIDR = "10.96.0.0/16"
+ISSUER = "https://kubernetes.default.svc.cluster.local"
+# Added to the API server's defaults (which already hold most of these): as in a real cluster.
+ADMISSION = ("NamespaceLifecycle,LimitRanger,ServiceAccount,Priority,DefaultTolerationSeconds,"
+             "PodSecurity,ResourceQuota,MutatingAdmissionWebhook,ValidatingAdmissionPolicy,"
+             "ValidatingAdmissionWebhook")
+STOP_ORDER = ("node", "scheduler", "controller-manager", "ferretdb", "apiserver", "etcd")
+
+
+class ClusterError(RuntimeError):
+    """The cluster could not start; the message says which component and why."""
+
+
+def tools_dir() -> Path:
+    return Path(os.environ.get("GENTASK_TOOLS_DIR", Path.home() / ".cache" / "gentask" / "tools"))
+
+
+def tool(name: str) -> Path:
+    path = tools_dir() / "bin" / name
+    if not path.exists():
+        raise ClusterError(f"{name} is not built in {path.parent}: run `make tools` first")
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie is not alive
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def stop_pid(pid: int, expect: str, grace: float = 10.0) -> bool:
+    """SIGTERM the process group of pid (if its command line still contains expect), then SIGKILL."""
+    if not pid_alive(pid) or expect not in _cmdline(pid):
+        return False
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(pid, sig)
+        except ProcessLookupError:
+            return True
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if not pid_alive(pid):
+                return True
+            time.sleep(0.05)
+    return not pid_alive(pid)
+
+
+@dataclass
+class State:
+    root: Path
+    apiserver_port: int
+    mongo_port: int
+    pids: dict[str, int]
+    started_at: float
+
+    @property
+    def server(self) -> str:
+        return f"https://127.0.0.1:{self.apiserver_port}"
+
+    @property
+    def mongo_url(self) -> str:
+        return f"mongodb://127.0.0.1:{self.mongo_port}/gentask"
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.root / "kubeconfig"
+
+    def save(self) -> None:
+        doc = {"apiserver_port": self.apiserver_port, "mongo_port": self.mongo_port, "pids": self.pids,
+               "started_at": self.started_at}
+        (self.root / "state.json").write_text(json.dumps(doc, indent=2))
+
+    @classmethod
+    def load(cls, root: Path) -> "State | None":
+        try:
+            doc = json.loads((root / "state.json").read_text())
+        except (OSError, ValueError):
+            return None
+        return cls(root=root, apiserver_port=doc["apiserver_port"], mongo_port=doc["mongo_port"],
+                   pids=doc["pids"], started_at=doc["started_at"])
+
+
+class DevCluster:
+    def __init__(self, root: Path = DEFAULT_ROOT, node_cpu: str = "8", node_memory: str = "16Gi",
+                 node_pods: str = "110", log=print) -> None:
+        self.root = root.resolve()
+        self.node_capacity = (node_cpu, node_memory, node_pods)
+        self.log = log
+
+    # ---- inspection ------------------------------------------------------------------------
+
+    def state(self) -> State | None:
+        return State.load(self.root)
+
+    def running(self) -> State | None:
+        """The state of a cluster whose every process is alive and whose API server answers."""
+        state = self.state()
+        if state is None or not all(pid_alive(p) for p in state.pids.values()):
+            return None
+        return state if self._healthy(state) else None
+
+    def _healthy(self, state: State) -> bool:
+        try:
+            self._get(state, "/readyz")
+            return True
+        except Exception:  # noqa: BLE001
+            return False
+
+    def _get(self, state: State, path: str) -> str:
+        ctx = ssl.create_default_context(cafile=str(self.root / "pki" / "ca.crt"))
+        token = (self.root / "pki" / "admin.token").read_text().strip()
+        req = urllib.request.Request(state.server + path, headers={"Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(req, context=ctx, timeout=3) as resp:
+            return resp.read().decode()
+
+    # ---- up ----------------------------------------------------------------------------------
+
+    def up(self, timeout: float = 120.0) -> State:
+        existing = self.running()
+        if existing is not None:
+            self.log(f"devcluster already running at {existing.server}")
+            return existing
+        if self.state() is not None:
+            self.down(quiet=True)
+        binaries = {name: tool(name) for name in KUBE_BINARIES + ("ferretdb",)}
+        t0 = time.monotonic()
+        self._clean_data(logs_too=True)
+        for sub in ("logs", "pki", "etcd", "ferretdb", "node"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        from gentask.devcluster.pki import write_pki
+        write_pki(self.root / "pki")
+        ports = {k: free_port() for k in ("etcd", "etcd_peer", "apiserver", "mongo", "ferret_debug")}
+        state = State(self.root, ports["apiserver"], ports["mongo"], {}, time.time())
+        self._write_kubeconfig(state)
+        try:
+            self._start(state, "etcd", [
+                str(binaries["etcd"]), "--name=gentask", f"--data-dir={self.root / 'etcd'}",
+                f"--listen-client-urls=http://127.0.0.1:{ports['etcd']}",
+                f"--advertise-client-urls=http://127.0.0.1:{ports['etcd']}",
+                f"--listen-peer-urls=http://127.0.0.1:{ports['etcd_peer']}",
+                f"--initial-advertise-peer-urls=http://127.0.0.1:{ports['etcd_peer']}",
+                f"--initial-cluster=gentask=http://127.0.0.1:{ports['etcd_peer']}",
+                "--unsafe-no-fsync", "--log-level=warn", "--quota-backend-bytes=4294967296"])
+            self._wait(state, "etcd", lambda: _tcp_open(ports["etcd"]), timeout)
+            pki = self.root / "pki"
+            self._start(state, "apiserver", [
+                str(binaries["kube-apiserver"]), f"--etcd-servers=http://127.0.0.1:{ports['etcd']}",
+                "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", f"--secure-port={ports['apiserver']}",
+                f"--tls-cert-file={pki / 'apiserver.crt'}", f"--tls-private-key-file={pki / 'apiserver.key'}",
+                f"--client-ca-file={pki / 'ca.crt'}", f"--token-auth-file={pki / 'tokens.csv'}",
+                "--authorization-mode=RBAC", f"--enable-admission-plugins={ADMISSION}",
+                f"--service-account-issuer={ISSUER}", f"--service-account-key-file={pki / 'sa.pub'}",
+                f"--service-account-signing-key-file={pki / 'sa.key'}", f"--service-cluster-ip-range={SERVICE_CIDR}",
+                "--allow-privileged=true", "--profiling=false", "--v=1",
+                "--event-ttl=1h", "--max-requests-inflight=800", "--max-mutating-requests-inflight=400"])
+            self._wait(state, "apiserver", lambda: self._healthy(state), timeout)
+            kubeconfig = str(state.kubeconfig)
+            self._start(state, "controller-manager", [
+                str(binaries["kube-controller-manager"]), f"--kubeconfig={kubeconfig}",
+                f"--authentication-kubeconfig={kubeconfig}", f"--authorization-kubeconfig={kubeconfig}",
+                "--leader-elect=false", "--secure-port=0", "--use-service-account-credentials=true",
+                f"--root-ca-file={pki / 'ca.crt'}", f"--service-account-private-key-file={pki / 'sa.key'}",
+                "--controllers=*", "--kube-api-qps=200", "--kube-api-burst=400", "--concurrent-job-syncs=20",
+                "--concurrent-gc-syncs=20", "--v=1"])
+            self._start(state, "scheduler", [
+                str(binaries["kube-scheduler"]), f"--kubeconfig={kubeconfig}",
+                f"--authentication-kubeconfig={kubeconfig}", f"--authorization-kubeconfig={kubeconfig}",
+                "--leader-elect=false", "--secure-port=0", "--kube-api-qps=200", "--kube-api-burst=400", "--v=1"])
+            self._start(state, "ferretdb", [
+                str(binaries["ferretdb"]), "--handler=sqlite", f"--sqlite-url=file:{self.root / 'ferretdb'}/",
+                f"--listen-addr=127.0.0.1:{ports['mongo']}", f"--debug-addr=127.0.0.1:{ports['ferret_debug']}",
+                f"--state-dir={self.root / 'ferretdb'}", "--telemetry=disable", "--log-level=warn"])
+            cpu, memory, pods = self.node_capacity
+            self._start(state, "node", [
+                sys.executable, "-m", "gentask.devcluster.node", f"--kubeconfig={kubeconfig}",
+                f"--root={self.root / 'node'}", f"--cpu={cpu}", f"--memory={memory}", f"--pods={pods}"])
+            self._wait(state, "ferretdb", lambda: _tcp_open(ports["mongo"]), timeout)
+            self._wait(state, "node", lambda: self._node_ready(state), timeout)
+            self._wait(state, "controller-manager",
+                       lambda: '"name":"default"' in self._get(state, "/api/v1/namespaces/default/serviceaccounts"),
+                       timeout)
+        except BaseException:
+            self.down(quiet=True)
+            raise
+        self._write_env(state)
+        self.log(f"devcluster up in {time.monotonic() - t0:.1f}s: API {state.server}, MongoDB {state.mongo_url}")
+        return state
+
+    def _start(self, state: State, name: str, argv: list[str]) -> None:
+        logf = open(self.root / "logs" / f"{name}.log", "ab")  # noqa: SIM115 - handed to the child
+        env = {k: v for k, v in os.environ.items() if k not in ("KUBECONFIG",)}
+        try:
+            proc = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    start_new_session=True, env=env, cwd=self.root)
+        finally:
+            logf.close()
+        state.pids[name] = proc.pid
+        state.save()
+
+    def _wait(self, state: State, name: str, check, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            pid = state.pids[name]
+            if not pid_alive(pid):
+                raise ClusterError(f"{name} exited during start-up:\n{self._tail(name)}")
+            try:
+                if check():
+                    return
+            except Exception:  # noqa: BLE001
+                pass
+            time.sleep(0.1)
+        raise ClusterError(f"{name} did not become ready within {timeout:.0f}s:\n{self._tail(name)}")
+
+    def _tail(self, name: str, lines: int = 20) -> str:
+        path = self.root / "logs" / f"{name}.log"
+        try:
+            text = path.read_text(errors="replace").splitlines()[-lines:]
+        except OSError:
+            text = []
+        return "\n".join(f"    {line}" for line in text) + f"\n  (full log: {path})"
+
+    def _node_ready(self, state: State) -> bool:
+        doc = json.loads(self._get(state, "/api/v1/nodes/gentask-node"))
+        return any(c["type"] == "Ready" and c["status"] == "True" for c in doc["status"].get("conditions", []))
+
+    def _write_kubeconfig(self, state: State) -> None:
+        import yaml
+        token = (self.root / "pki" / "admin.token").read_text().strip()
+        doc = {"apiVersion": "v1", "kind": "Config", "current-context": "gentask-dev",
+               "clusters": [{"name": "gentask-dev", "cluster": {
+                   "server": state.server, "certificate-authority": str(self.root / "pki" / "ca.crt")}}],
+               "users": [{"name": "admin", "user": {"token": token}}],
+               "contexts": [{"name": "gentask-dev", "context": {"cluster": "gentask-dev", "user": "admin"}}]}
+        state.kubeconfig.write_text(yaml.safe_dump(doc))
+        state.kubeconfig.chmod(0o600)
+
+    def _write_env(self, state: State) -> None:
+        bin_dir = tools_dir() / "bin"
+        (self.root / "env").write_text(
+            f"# source this file: . {self.root / 'env'}\n"
+            f"export KUBECONFIG={state.kubeconfig}\n"
+            f"export MONGO_URL={state.mongo_url}\n"
+            f"export GENTASK_DEVCLUSTER={self.root}\n"
+            f"export PATH={bin_dir}:$PATH\n")
+
+    # ---- down ----------------------------------------------------------------------------------
+
+    def down(self, quiet: bool = False) -> list[str]:
+        """Stop every process this cluster started (pods first), by PID; remove its data."""
+        state = self.state()
+        stopped: list[str] = []
+        if state is not None:
+            expect = {"node": "gentask.devcluster.node", "apiserver": "kube-apiserver",
+                      "controller-manager": "kube-controller-manager", "scheduler": "kube-scheduler",
+                      "etcd": "etcd", "ferretdb": "ferretdb"}
+            for name in STOP_ORDER:
+                pid = state.pids.get(name)
+                if pid and stop_pid(pid, expect[name]):
+                    stopped.append(name)
+        stopped += self._stop_pod_processes()
+        self._clean_data()
+        for name in ("state.json", "env", "kubeconfig"):
+            (self.root / name).unlink(missing_ok=True)
+        if not quiet:
+            self.log(f"devcluster down: stopped {', '.join(stopped) or 'nothing (was not running)'}")
+        return stopped
+
+    def _clean_data(self, logs_too: bool = False) -> None:
+        """Data goes at down; logs (components' and pods') stay until the next up."""
+        import shutil
+        for sub in ("etcd", "ferretdb", "pki") + (("logs", "node") if logs_too else ()):
+            shutil.rmtree(self.root / sub, ignore_errors=True)
+
+    def _stop_pod_processes(self) -> list[str]:
+        """Pod processes left behind by a node that was killed before it could stop them."""
+        stopped = []
+        for pid_file in (self.root / "node" / "pods").glob("*/*.pid"):
+            try:
+                pid = int(pid_file.read_text())
+            except ValueError:
+                continue
+            if pid_alive(pid):
+                try:
+                    os.killpg(pid, signal.SIGKILL)
+                    stopped.append(f"pod process {pid}")
+                except ProcessLookupError:
+                    pass
+        return stopped
+
+
+def _tcp_open(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False

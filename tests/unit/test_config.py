@@ -1,0 +1,78 @@
+"""Settings: the old server's variables, ours, and the message a bad value gives."""
+
+import pytest
+
+from gentask.config import SettingsError, load_settings, parse_duration
+
+OLD_NAMES = ["PORT", "ENVIRONMENT", "MONGO_URL", "ARK_API_KEY", "VOLCENGINE_ACCESS_KEY",
+             "VOLCENGINE_SECRET_KEY", "AI_TIMEOUT", "LOG_LEVEL", "LOG_KEEP_DAYS"]
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch, tmp_path):
+    for name in OLD_NAMES + ["LOG_DIR", "GENTASK_PROVIDERS", "GENTASK_EXECUTOR", "OPENAI_API_KEY", "GENTASK_API_KEYS"]:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)  # no stray .env
+
+
+def test_defaults_are_sane():
+    s = load_settings()
+    assert s.port == 8080 and s.environment == "development" and s.log_level == "info"
+    assert s.executor == "job" and s.auth_disabled is False and s.mongo_database == "gentask"
+
+
+def test_old_server_variables_are_read(monkeypatch):
+    env = {"PORT": "9000", "ENVIRONMENT": "production", "MONGO_URL": "mongodb://db:27017/ai_tasks",
+           "ARK_API_KEY": "ark-secret", "VOLCENGINE_ACCESS_KEY": "AKLT-x", "VOLCENGINE_SECRET_KEY": "sk-y",
+           "AI_TIMEOUT": "90s", "LOG_LEVEL": "WARN", "LOG_KEEP_DAYS": "30"}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    s = load_settings()
+    assert (s.port, s.environment, s.mongo_database) == (9000, "production", "ai_tasks")
+    assert s.ark_api_key.get_secret_value() == "ark-secret"
+    assert s.ai_timeout == 90.0 and s.log_level == "warning" and s.log_keep_days == 30
+
+
+@pytest.mark.parametrize("name,value,accepted", [
+    ("PORT", "http", "valid integer"),
+    ("PORT", "70000", "less than or equal to 65535"),
+    ("LOG_LEVEL", "verbose", "'debug', 'info', 'warning' or 'error'"),
+    ("ENVIRONMENT", "staging", "'development', 'test' or 'production'"),
+    ("AI_TIMEOUT", "soon", "duration such as 30s"),
+    ("AI_TIMEOUT", "0", "greater than 0"),
+    ("LOG_KEEP_DAYS", "0", "greater than or equal to 1"),
+    ("MONGO_URL", "postgres://x", "mongodb://"),
+    ("GENTASK_EXECUTOR", "thread", "'job' or 'inline'"),
+    ("GENTASK_NAMESPACE", "Bad_NS", "match pattern"),
+])
+def test_bad_value_names_the_variable_and_what_it_accepts(monkeypatch, name, value, accepted):
+    monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError) as err:
+        load_settings()
+    text = str(err.value)
+    assert f"invalid setting {name}=" in text and accepted in text
+
+
+def test_a_bad_key_is_not_echoed(monkeypatch):
+    monkeypatch.setenv("ARK_API_KEY", "x" * 5)
+    monkeypatch.setenv("PORT", "nope")
+    with pytest.raises(SettingsError) as err:
+        load_settings()
+    assert "xxxxx" not in str(err.value)
+
+
+@pytest.mark.parametrize("text,seconds", [("30", 30), ("30s", 30), ("2m", 120), ("1h", 3600), ("1500ms", 1.5)])
+def test_durations_as_the_old_server_wrote_them(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+def test_secrets_lists_every_set_credential(monkeypatch):
+    monkeypatch.setenv("ARK_API_KEY", "ark-key-123")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-openai-456")
+    monkeypatch.setenv("GENTASK_API_KEYS", "k-alice-1:alice,k-bob-2:bob:admin")
+    assert set(load_settings().secrets()) >= {"ark-key-123", "sk-openai-456", "k-alice-1", "k-bob-2"}
+
+
+def test_providers_from_a_comma_list(monkeypatch):
+    monkeypatch.setenv("GENTASK_PROVIDERS", "fake, openai")
+    assert load_settings().providers == ["fake", "openai"]
