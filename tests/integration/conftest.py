@@ -1,0 +1,123 @@
+"""Session fixtures: one local cluster and FerretDB for the whole run, a fresh namespace a test.
+
+Reuse: with GENTASK_TEST_KUBECONFIG and GENTASK_TEST_MONGO_URL set, the tests use that cluster
+and MongoDB and start nothing; else a cluster already running in .devcluster (e.g. from
+`make devcluster-up`) is reused and left running; else one is started and stopped at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+from kubernetes import client, config
+from kubernetes.client.rest import ApiException
+
+from gentask.devcluster import DevCluster, tools_dir
+
+ROOT = Path(__file__).resolve().parents[2]
+PRIORITY_CLASSES = {"gentask-critical": 1000, "gentask-default": 100, "gentask-low": 10}
+
+
+@dataclass
+class Cluster:
+    kubeconfig: Path
+    mongo_url: str
+    api: client.ApiClient
+
+    def kubectl(self, *args: str, input: str | None = None, check: bool = False) -> subprocess.CompletedProcess:
+        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
+        return subprocess.run([str(tools_dir() / "bin" / "kubectl"), *args], input=input, env=env,
+                              capture_output=True, text=True, check=check, timeout=60)
+
+    def pod_log(self, namespace: str, pod: str, container: str = "main") -> str:
+        """What the process node kept of a pod's output (.devcluster/node/pods/NS_POD_UID8/C.log)."""
+        folders = list((self.kubeconfig.parent / "node" / "pods").glob(f"{namespace}_{pod}_*"))
+        return "".join((f / f"{container}.log").read_text(errors="replace")
+                       for f in folders if (f / f"{container}.log").exists())
+
+
+def _apply_bootstrap(api: client.ApiClient, kubeconfig: Path) -> None:
+    ext = client.ApiextensionsV1Api(api)
+    crd = yaml.safe_load((ROOT / "crds" / "generationtasks.gentask.io.yaml").read_text())
+    try:
+        ext.create_custom_resource_definition(crd)
+    except ApiException as exc:
+        if exc.status != 409:
+            raise
+        current = ext.read_custom_resource_definition(crd["metadata"]["name"])
+        crd["metadata"]["resourceVersion"] = current.metadata.resource_version
+        ext.replace_custom_resource_definition(crd["metadata"]["name"], crd)
+    sched = client.SchedulingV1Api(api)
+    for name, value in PRIORITY_CLASSES.items():
+        body = {"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass", "metadata": {"name": name},
+                "value": value, "preemptionPolicy": "Never",
+                "description": f"gentask tasks of priority {name.split('-')[1]}"}
+        try:
+            sched.create_priority_class(body)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        got = ext.read_custom_resource_definition(crd["metadata"]["name"])
+        if any(c.type == "Established" and c.status == "True" for c in got.status.conditions or []):
+            return
+        time.sleep(0.2)
+    raise RuntimeError("the GenerationTask CRD did not become Established")
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Cluster:
+    kubeconfig, mongo_url = os.environ.get("GENTASK_TEST_KUBECONFIG"), os.environ.get("GENTASK_TEST_MONGO_URL")
+    started: DevCluster | None = None
+    if not (kubeconfig and mongo_url):
+        dev = DevCluster(ROOT / ".devcluster")
+        state = dev.running()
+        if state is None:
+            state = dev.up(timeout=180)
+            started = dev
+        kubeconfig, mongo_url = str(state.kubeconfig), state.mongo_url
+    api = config.new_client_from_config(kubeconfig)
+    try:
+        _apply_bootstrap(api, Path(kubeconfig))
+        yield Cluster(Path(kubeconfig), mongo_url, api)
+    finally:
+        api.close()
+        if started is not None:
+            started.down()
+
+
+@pytest.fixture
+def namespace(cluster: Cluster) -> str:
+    """A fresh namespace whose default service account exists; deleted after the test."""
+    core = client.CoreV1Api(cluster.api)
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    core.create_namespace({"metadata": {"name": name, "labels": {"gentask.io/test": "true"}}})
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            core.read_namespaced_service_account("default", name)
+            break
+        except ApiException:
+            time.sleep(0.1)
+    yield name
+    core.delete_namespace(name, propagation_policy="Background")
+
+
+def wait_for(predicate, timeout: float = 60.0, interval: float = 0.2, what: str = "condition"):
+    """Poll predicate until it returns a truthy value; fail with what was awaited."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
