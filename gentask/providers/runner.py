@@ -1,0 +1,224 @@
+"""generate(): a GenerationTask's provider work, from spec to result.
+
+    result = await generate(spec, registry=registry, policy=RetryPolicy.from_settings(settings),
+                            resume=Submitted.from_status(status), on_submitted=save_task_id)
+
+1. The catalog validates the spec (InvalidSpecError / ModelRetiredError before any call).
+2. Targets are tried in order, the primary then each fallback. On each, a call is retried while
+   its error is retryable, up to spec.retries times (backoff with jitter, Retry-After bounded),
+   each call under one AI_TIMEOUT. When retries run out on a retryable error the next target is
+   tried; a permanent error ends the run at once.
+3. Videos are vendor jobs: submit, then `on_submitted(Submitted(provider, model, task_id))` is
+   awaited *before* the first poll, so the caller can record the vendor's task id (the worker
+   writes status.servedBy and status.providerTaskID). A worker that restarts passes that record
+   back as `resume=` and the runner polls the same job instead of submitting a second one. A job
+   that ends failed with a retryable error is submitted again (within spec.retries), and the new
+   id goes through `on_submitted` again.
+4. The whole run is bounded by spec.timeoutSeconds (DeadlineExceeded); a vendor job still
+   running then is cancelled.
+
+The result says who served it (`served_by`) and what failed before (`failures`); when every
+target failed, GenerationFailed carries the last error's reason and the same failure list.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import inspect
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable
+
+from gentask.domain.catalog import Target, lookup, validate_spec
+from gentask.domain.task import GenerationTaskSpec, ProviderFailure
+from gentask.providers.base import GenerationRequest, GenerationResult, JobState, JobStatus, Provider
+from gentask.providers.errors import DeadlineExceededError, ProviderError
+from gentask.providers.registry import Registry
+from gentask.providers.retry import RetryPolicy, call_with_retries
+
+log = logging.getLogger("gentask.providers")
+
+CANCEL_TIMEOUT = 10.0
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """A vendor job in flight: enough to poll it again from another process."""
+
+    provider: str
+    model: str
+    task_id: str
+
+    @classmethod
+    def from_status(cls, status: Any) -> "Submitted | None":
+        """From a GenerationTaskStatus with servedBy and providerTaskID set; None otherwise."""
+        served_by = getattr(status, "served_by", None)
+        task_id = getattr(status, "provider_task_id", None)
+        if served_by is None or not task_id:
+            return None
+        return cls(served_by.provider, served_by.model, task_id)
+
+
+@dataclass(frozen=True)
+class Progress:
+    """What the runner is doing, for progress displays and logs."""
+
+    provider: str
+    model: str
+    state: str                  # submitted | queued | running | retrying | resubmitting | failing-over
+    task_id: str | None = None
+    percent: int | None = None
+    elapsed: float = 0.0
+    message: str = ""
+
+
+class GenerationFailed(Exception):
+    """Every target failed, or one failed for good. `reason` is a word of REASONS."""
+
+    def __init__(self, error: ProviderError, failures: list[ProviderFailure]) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.failures = failures
+
+    @property
+    def reason(self) -> str:
+        return self.error.reason
+
+    @property
+    def retryable(self) -> bool:
+        return self.error.retryable
+
+
+SubmittedHook = Callable[[Submitted], Awaitable[None] | None]
+ProgressHook = Callable[[Progress], None]
+
+
+class _Run:
+    def __init__(self, spec: GenerationTaskSpec, registry: Registry, policy: RetryPolicy,
+                 on_submitted: SubmittedHook | None, on_progress: ProgressHook | None) -> None:
+        self.spec = spec
+        self.registry = registry
+        self.policy = policy
+        self.on_submitted = on_submitted
+        self.on_progress = on_progress
+        self.started = time.monotonic()
+        self.failures: list[ProviderFailure] = []
+        self.in_flight: tuple[Provider, GenerationRequest, str] | None = None
+
+    def notify(self, request: GenerationRequest, state: str, **kw: Any) -> None:
+        if self.on_progress is not None:
+            self.on_progress(Progress(request.model.provider, request.model.model, state,
+                                      elapsed=time.monotonic() - self.started, **kw))
+
+    async def target(self, target: Target, task_id: str | None) -> GenerationResult:
+        provider = self.registry.get(target.provider)
+        request = GenerationRequest(target.model, self.spec.prompt, target.params, self.spec.user_id)
+        if target.model.asynchronous:
+            return await self.job(provider, request, task_id)
+        result, attempts = await call_with_retries(
+            lambda: provider.generate(request), self.policy, provider=provider.name, model=request.model.model,
+            on_retry=lambda e, n, wait: self.notify(request, "retrying", message=f"{e.reason}, retry {n} in {wait:.2f}s"))
+        result.attempts = attempts
+        return result
+
+    async def job(self, provider: Provider, request: GenerationRequest, task_id: str | None) -> GenerationResult:
+        model = request.model.model
+        calls = failed_jobs = 0
+        retry = lambda e, n, wait: self.notify(request, "retrying", message=f"{e.reason}, retry {n} in {wait:.2f}s")  # noqa: E731
+        while True:
+            if task_id is None:
+                task_id, n = await call_with_retries(lambda: provider.submit(request), self.policy,
+                                                     provider=provider.name, model=model, on_retry=retry)
+                calls += n
+                self.in_flight = (provider, request, task_id)
+                hook = self.on_submitted(Submitted(provider.name, model, task_id)) if self.on_submitted else None
+                if inspect.isawaitable(hook):
+                    await hook
+                self.notify(request, "submitted", task_id=task_id)
+            self.in_flight = (provider, request, task_id)
+            status = await self.wait(provider, request, task_id, retry)
+            self.in_flight = None
+            if status.state is JobState.SUCCEEDED and status.result is not None:
+                status.result.provider_task_id = task_id
+                status.result.attempts = max(1, calls)
+                return status.result
+            error = status.error or ProviderError("the vendor job failed without an error")
+            error.provider, error.model = error.provider or provider.name, error.model or model
+            failed_jobs += 1
+            if not error.retryable or failed_jobs > self.policy.retries:
+                raise error
+            self.notify(request, "resubmitting", task_id=task_id, message=f"job failed: {error.reason}")
+            await asyncio.sleep(self.policy.delay(failed_jobs, error))
+            task_id = None
+
+    async def wait(self, provider: Provider, request: GenerationRequest, task_id: str, retry) -> JobStatus:
+        """Poll until the job is done; a poll that fails is retried like any call."""
+        while True:
+            status, _ = await call_with_retries(lambda: provider.poll(request, task_id), self.policy,
+                                                provider=provider.name, model=request.model.model, on_retry=retry)
+            if status.state.done:
+                return status
+            self.notify(request, status.state.value, task_id=task_id, percent=status.progress)
+            await asyncio.sleep(self.policy.poll_interval)
+
+    async def cancel_in_flight(self) -> None:
+        if self.in_flight is None:
+            return
+        provider, request, task_id = self.in_flight
+        try:
+            async with asyncio.timeout(CANCEL_TIMEOUT):
+                await provider.cancel(request, task_id)
+        except (ProviderError, TimeoutError) as exc:
+            log.warning("could not cancel the vendor job", extra={"provider": provider.name, "task_id": task_id,
+                                                                  "error": str(exc)})
+
+
+async def generate(spec: GenerationTaskSpec, *, registry: Registry, policy: RetryPolicy | None = None,
+                   resume: Submitted | None = None, on_submitted: SubmittedHook | None = None,
+                   on_progress: ProgressHook | None = None) -> GenerationResult:
+    """Run a task's generation with retries and fallbacks; see the module docstring.
+
+    Raises InvalidSpecError (ModelRetiredError) for a spec the catalog refuses, GenerationFailed
+    when no target produced a result. `policy.retries` is replaced by spec.retries.
+    """
+    targets = validate_spec(spec, enabled=registry.names())
+    policy = dataclasses.replace(policy or RetryPolicy(), retries=spec.retries)
+    run = _Run(spec, registry, policy, on_submitted, on_progress)
+    start, task_id = 0, None
+    if resume is not None:
+        keys = [(t.provider, t.model.model) for t in targets]
+        if (resume.provider, resume.model) in keys:
+            start, task_id = keys.index((resume.provider, resume.model)), resume.task_id
+        else:
+            log.warning("the job to resume is not one of the task's targets; starting afresh",
+                        extra={"provider": resume.provider, "model": resume.model})
+    try:
+        async with asyncio.timeout(spec.timeout_seconds):
+            for index in range(start, len(targets)):
+                try:
+                    result = await run.target(targets[index], task_id if index == start else None)
+                except ProviderError as error:
+                    run.failures.append(error.failure())
+                    if not error.retryable or index == len(targets) - 1:
+                        raise GenerationFailed(error, run.failures) from None
+                    log.warning("provider failed, trying the next fallback", extra={
+                        "provider": error.provider, "model": error.model, "reason": error.reason})
+                    continue
+                result.failures = run.failures
+                return result
+    except TimeoutError:
+        await run.cancel_in_flight()
+        error = DeadlineExceededError(f"the task ran longer than timeoutSeconds={spec.timeout_seconds}")
+        run.failures.append(error.failure())
+        raise GenerationFailed(error, run.failures) from None
+    raise AssertionError("unreachable: validate_spec returns at least one target")
+
+
+async def cancel_job(submitted: Submitted, *, registry: Registry) -> None:
+    """Cancel a vendor job recorded in a task's status (spec.cancel); a finished job is left alone."""
+    entry = lookup(submitted.provider, submitted.model)
+    if entry is None:
+        raise ValueError(f"unknown model {submitted.provider}/{submitted.model}")
+    await registry.get(submitted.provider).cancel(GenerationRequest(entry, ""), submitted.task_id)
