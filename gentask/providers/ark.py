@@ -90,8 +90,15 @@ class Ark:
 
     async def poll_video(self, request: GenerationRequest, task_id: str) -> JobStatus:
         model = request.model.model
-        response = await self.http.send("GET", f"contents/generations/tasks/{task_id}", model=model,
-                                        headers=self._auth(model))
+        try:
+            response = await self.http.send("GET", f"contents/generations/tasks/{task_id}", model=model,
+                                            headers=self._auth(model))
+        except ProviderError as error:
+            if error.status_code != 404:
+                raise
+            return JobStatus(JobState.FAILED, error=ProviderError(
+                f"Ark does not know task {task_id} (deleted or expired)", provider=self.provider, model=model,
+                code=error.code, status_code=404, request_id=error.request_id))
         data, request_id = parse_json(response), response.headers.get("x-request-id")
         status = str(data.get("status") or "")
         if status in RUNNING:
