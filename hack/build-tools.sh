@@ -50,7 +50,7 @@ build_kube() {
   if (( all )); then say "kubernetes $KUBE_VERSION: cached"; return; fi
   local t0=$SECONDS dir="$SRC/kube-$KUBE_VERSION" log="$LOGS/kube.log"
   : >"$log"
-  say "kubernetes $KUBE_VERSION + etcd $ETCD_VERSION: building (cold: about 20-30 min on 2 cores; log: $log)"
+  say "kubernetes $KUBE_VERSION + etcd $ETCD_VERSION: building (cold: about 6 min on 2 cores; log: $log)"
   mkdir -p "$dir"
   local staging="v0.${KUBE_VERSION#v1.}"
   # k8s.io/kubernetes points its staging modules at ./staging; as a dependency they need
