@@ -1,8 +1,9 @@
 """Session fixtures: one local cluster and FerretDB for the whole run, a fresh namespace a test.
 
 Reuse: with GENTASK_TEST_KUBECONFIG and GENTASK_TEST_MONGO_URL set, the tests use that cluster
-and MongoDB and start nothing; else a cluster already running in .devcluster (e.g. from
-`make devcluster-up`) is reused and left running; else one is started and stopped at the end.
+and MongoDB and start nothing; else a cluster already running in .devcluster (or in the folder
+GENTASK_DEVCLUSTER_ROOT names; e.g. from `make devcluster-up`) is reused and left running; else
+one is started there and stopped at the end.
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ def cluster() -> Cluster:
     kubeconfig, mongo_url = os.environ.get("GENTASK_TEST_KUBECONFIG"), os.environ.get("GENTASK_TEST_MONGO_URL")
     started: DevCluster | None = None
     if not (kubeconfig and mongo_url):
-        dev = DevCluster(ROOT / ".devcluster")
+        dev = DevCluster(Path(os.environ.get("GENTASK_DEVCLUSTER_ROOT", ROOT / ".devcluster")))
         state = dev.running()
         if state is None:
             state = dev.up(timeout=180)
