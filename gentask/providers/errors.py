@@ -39,7 +39,7 @@ class ProviderError(Exception):
 
     def __init__(self, message: str, *, provider: str | None = None, model: str | None = None,
                  code: str | int | None = None, status_code: int | None = None, request_id: str | None = None,
-                 retry_after: float | None = None, retryable: bool | None = None) -> None:
+                 retry_after: float | None = None, retryable: bool | None = None, param: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.provider = provider
@@ -48,11 +48,13 @@ class ProviderError(Exception):
         self.status_code = status_code
         self.request_id = request_id
         self.retry_after = retry_after
+        self.param = param or None         # the request field the vendor blames
         self.retryable = self.default_retryable if retryable is None else retryable
 
     def __str__(self) -> str:
         details = [f"{k}={v}" for k, v in (("provider", self.provider), ("model", self.model), ("code", self.code),
-                                            ("status", self.status_code), ("request_id", self.request_id)) if v]
+                                            ("param", self.param), ("status", self.status_code),
+                                            ("request_id", self.request_id)) if v]
         return f"{self.message} ({', '.join(details)})" if details else self.message
 
     def failure(self) -> ProviderFailure:
@@ -173,7 +175,7 @@ def ark_error(status: int | None, body: Any, headers: Mapping[str, str] | None =
     cls = _ark_class(code, status) if code else error_class_for_status(status)
     request_id = _header(headers, "x-request-id") or _request_id_in(message)
     return cls(message, code=code or None, status_code=status, request_id=request_id,
-               retry_after=parse_retry_after(headers))
+               retry_after=parse_retry_after(headers), param=error.get("param"))
 
 
 # --- Volcengine Visual / Jimeng (https://www.volcengine.com/docs/6444/69728) -------------------------
@@ -245,7 +247,8 @@ def openai_error(status: int | None, body: Any, headers: Mapping[str, str] | Non
     type_ = str(error.get("type") or "")
     cls = OPENAI_CODES.get(code) or OPENAI_TYPES.get(type_) or error_class_for_status(status)
     return cls(str(error.get("message") or f"HTTP {status}"), code=code or type_ or None, status_code=status,
-               request_id=_header(headers, "x-request-id"), retry_after=parse_retry_after(headers))
+               request_id=_header(headers, "x-request-id"), retry_after=parse_retry_after(headers),
+               param=error.get("param"))
 
 
 # --- helpers ----------------------------------------------------------------------------------------

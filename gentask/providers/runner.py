@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
-from gentask.domain.catalog import Target, lookup, validate_spec
+from gentask.domain.catalog import ModelSpec, Target, lookup, validate_spec
 from gentask.domain.task import GenerationTaskSpec, ProviderFailure
 from gentask.providers.base import GenerationRequest, GenerationResult, JobState, JobStatus, Provider
 from gentask.providers.errors import DeadlineExceededError, ProviderError
@@ -106,6 +106,7 @@ class _Run:
         self.started = time.monotonic()
         self.failures: list[ProviderFailure] = []
         self.in_flight: tuple[Provider, GenerationRequest, str] | None = None
+        self.current: ModelSpec | None = None          # the target being tried
 
     def notify(self, request: GenerationRequest, state: str, **kw: Any) -> None:
         if self.on_progress is not None:
@@ -113,6 +114,7 @@ class _Run:
                                       elapsed=time.monotonic() - self.started, **kw))
 
     async def target(self, target: Target, task_id: str | None) -> GenerationResult:
+        self.current = target.model
         provider = self.registry.get(target.provider)
         request = GenerationRequest(target.model, self.spec.prompt, target.params, self.spec.user_id)
         if target.model.asynchronous:
@@ -177,11 +179,13 @@ class _Run:
 
 async def generate(spec: GenerationTaskSpec, *, registry: Registry, policy: RetryPolicy | None = None,
                    resume: Submitted | None = None, on_submitted: SubmittedHook | None = None,
-                   on_progress: ProgressHook | None = None) -> GenerationResult:
+                   on_progress: ProgressHook | None = None, deadline: float | None = None) -> GenerationResult:
     """Run a task's generation with retries and fallbacks; see the module docstring.
 
-    Raises InvalidSpecError (ModelRetiredError) for a spec the catalog refuses, GenerationFailed
-    when no target produced a result. `policy.retries` is replaced by spec.retries.
+    `deadline` is the seconds left for the task (default spec.timeoutSeconds; a restarted worker
+    passes what remains since status.startTime). Raises InvalidSpecError (ModelRetiredError) for a
+    spec the catalog refuses, GenerationFailed when no target produced a result.
+    `policy.retries` is replaced by spec.retries.
     """
     targets = validate_spec(spec, enabled=registry.names())
     policy = dataclasses.replace(policy or RetryPolicy(), retries=spec.retries)
@@ -195,7 +199,7 @@ async def generate(spec: GenerationTaskSpec, *, registry: Registry, policy: Retr
             log.warning("the job to resume is not one of the task's targets; starting afresh",
                         extra={"provider": resume.provider, "model": resume.model})
     try:
-        async with asyncio.timeout(spec.timeout_seconds):
+        async with asyncio.timeout(spec.timeout_seconds if deadline is None else max(0.0, deadline)):
             for index in range(start, len(targets)):
                 try:
                     result = await run.target(targets[index], task_id if index == start else None)
@@ -210,7 +214,9 @@ async def generate(spec: GenerationTaskSpec, *, registry: Registry, policy: Retr
                 return result
     except TimeoutError:
         await run.cancel_in_flight()
-        error = DeadlineExceededError(f"the task ran longer than timeoutSeconds={spec.timeout_seconds}")
+        error = DeadlineExceededError(f"the task ran longer than timeoutSeconds={spec.timeout_seconds}",
+                                      provider=run.current.provider if run.current else None,
+                                      model=run.current.model if run.current else None)
         run.failures.append(error.failure())
         raise GenerationFailed(error, run.failures) from None
     raise AssertionError("unreachable: validate_spec returns at least one target")
