@@ -13,3 +13,10 @@ __all__ = [
     "GenerationTaskStatus", "ModelRef", "Params", "Phase", "Priority", "ProviderFailure",
     "TaskResult", "TaskType",
 ]
+
+# the model catalog (gentask.domain.catalog)
+from gentask.domain.catalog import (  # noqa: E402
+    CATALOG, InvalidSpecError, ModelRetiredError, ModelSpec, Target, validate_spec,
+)
+
+__all__ += ["CATALOG", "InvalidSpecError", "ModelRetiredError", "ModelSpec", "Target", "validate_spec"]
