@@ -104,7 +104,7 @@ class VendorServer:
     # --- lifecycle --------------------------------------------------------------------------
     def start(self) -> "VendorServer":
         handler = type("Handler", (_Handler,), {"vendor_server": self})
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._httpd = _HTTPServer(("127.0.0.1", 0), handler)
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
                                         name=f"{self.vendor}-server", daemon=True)
@@ -222,10 +222,15 @@ class VendorServer:
         raise NotImplementedError
 
 
+class _HTTPServer(ThreadingHTTPServer):
+    request_queue_size = 256          # the default 5 drops connections when many clients open at once
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     vendor_server: VendorServer
     timeout = 30
+    disable_nagle_algorithm = True    # headers and body go out in two writes; no 40 ms delayed-ACK stalls
 
     def _handle(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
