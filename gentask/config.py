@@ -72,6 +72,39 @@ class Settings(BaseSettings):
                                        description="comma-separated key:user[:role]")
     auth_disabled: bool = Field(False, validation_alias=_env("GENTASK_AUTH_DISABLED"))
 
+    # --- operator and worker ---
+    watch_namespaces: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, validation_alias=_env("GENTASK_WATCH_NAMESPACES"),
+        description="namespaces the operator watches, comma-separated; empty: all")
+    worker_image: str = Field("ghcr.io/gentask/gentask:0.1.0", min_length=1, validation_alias=_env("GENTASK_WORKER_IMAGE"))
+    worker_image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field(
+        "IfNotPresent", validation_alias=_env("GENTASK_WORKER_IMAGE_PULL_POLICY"))
+    credentials_secret: str = Field("gentask-credentials", pattern=r"^[a-z0-9]([-.a-z0-9]*[a-z0-9])?$",
+                                    validation_alias=_env("GENTASK_CREDENTIALS_SECRET"),
+                                    description="Secret in the task namespace with MONGO_URL and provider keys")
+    inline_concurrency: int = Field(4, ge=1, le=256, validation_alias=_env("GENTASK_INLINE_CONCURRENCY"))
+    metrics_port: int = Field(9090, ge=0, le=65535, validation_alias=_env("GENTASK_METRICS_PORT"),
+                              description="operator metrics and probes; 0 turns them off")
+    resync_seconds: float = Field(60.0, ge=1, le=86400, validation_alias=_env("GENTASK_RESYNC_SECONDS"))
+    worker_cpu_request: str = Field("50m", validation_alias=_env("GENTASK_WORKER_CPU_REQUEST"))
+    worker_memory_request: str = Field("128Mi", validation_alias=_env("GENTASK_WORKER_MEMORY_REQUEST"))
+    worker_memory_limit: str = Field("512Mi", validation_alias=_env("GENTASK_WORKER_MEMORY_LIMIT"))
+
+    # --- api ---
+    api_host: str = Field("0.0.0.0", min_length=1, validation_alias=_env("GENTASK_API_HOST"),
+                          description="address the REST API listens on (its port is PORT)")
+    api_max_body_bytes: int = Field(131072, ge=1024, le=16 * 2**20, validation_alias=_env("GENTASK_API_MAX_BODY_BYTES"),
+                                    description="larger request bodies are refused with 413")
+    api_rate_per_user: float = Field(20.0, ge=0, le=100000, validation_alias=_env("GENTASK_API_RATE_PER_USER"),
+                                     description="REST requests a second per user (token bucket); 0 turns it off")
+    api_rate_burst: int = Field(40, ge=1, le=1000000, validation_alias=_env("GENTASK_API_RATE_BURST"),
+                                description="requests a user may send at once before the rate applies")
+    api_max_unfinished_per_user: int = Field(100, ge=0, le=1000000,
+                                             validation_alias=_env("GENTASK_API_MAX_UNFINISHED_PER_USER"),
+                                             description="a user's unfinished tasks; creates beyond get 429; 0: no cap")
+    api_kube_timeout: float = Field(10.0, gt=0, le=120, validation_alias=_env("GENTASK_API_KUBE_TIMEOUT"),
+                                    description="seconds per Kubernetes API call of the REST API")
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _level(cls, v: object) -> object:
@@ -100,7 +133,7 @@ class Settings(BaseSettings):
             raise ValueError("expected a URL starting with mongodb:// or mongodb+srv://")
         return v
 
-    @field_validator("providers", mode="before")
+    @field_validator("providers", "watch_namespaces", mode="before")
     @classmethod
     def _providers(cls, v: object) -> object:
         if isinstance(v, str):

@@ -140,6 +140,7 @@ class GenerationTaskStatus(_Model):
     conditions: list[Condition] = Field(default_factory=list)
     attempts: int | None = Field(None, ge=0)
     job_name: str | None = Field(None, alias="jobName")
+    worker_pod: str | None = Field(None, alias="workerPod", description="the pod running the current attempt")
     served_by: ModelRef | None = Field(None, alias="servedBy")
     provider_task_id: str | None = Field(None, alias="providerTaskID")
     provider_failures: list[ProviderFailure] = Field(default_factory=list, alias="providerFailures")

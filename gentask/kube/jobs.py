@@ -1,0 +1,107 @@
+"""The manifests the operator creates for a task: its worker's RBAC and its Job."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from gentask.domain.task import GROUP, PLURAL
+from gentask.kube.names import (
+    EXIT_PERMANENT, LABEL_COMPONENT, WORKER_CONTAINER, job_name, owner_reference, task_labels, worker_account,
+)
+
+if TYPE_CHECKING:
+    from gentask.config import Settings
+
+# Keys read from the credentials Secret; every one optional, so a cluster that only uses the
+# fake provider needs no keys at all.
+SECRET_KEYS = ("MONGO_URL", "ARK_API_KEY", "VOLCENGINE_ACCESS_KEY", "VOLCENGINE_SECRET_KEY", "OPENAI_API_KEY")
+
+RESTRICTED_POD = {"runAsNonRoot": True, "runAsUser": 65532, "runAsGroup": 65532,
+                  "seccompProfile": {"type": "RuntimeDefault"}}
+RESTRICTED_CONTAINER = {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                        "runAsNonRoot": True, "capabilities": {"drop": ["ALL"]}}
+
+
+def _meta(task: dict, name: str, component: str) -> dict:
+    return {"name": name, "namespace": task["metadata"]["namespace"],
+            "labels": {**task_labels(task), LABEL_COMPONENT: component},
+            "ownerReferences": [owner_reference(task)]}
+
+
+def worker_rbac(task: dict) -> list[dict]:
+    """A service account that may get its own task and patch its status: nothing else."""
+    name = task["metadata"]["name"]
+    account = worker_account(name)
+    return [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _meta(task, account, "worker"),
+         "automountServiceAccountToken": False},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": _meta(task, account, "worker"),
+         "rules": [{"apiGroups": [GROUP], "resources": [PLURAL], "resourceNames": [name], "verbs": ["get"]},
+                   {"apiGroups": [GROUP], "resources": [f"{PLURAL}/status"], "resourceNames": [name],
+                    "verbs": ["get", "patch"]}]},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": _meta(task, account, "worker"),
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": account},
+         "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": task["metadata"]["namespace"]}]},
+    ]
+
+
+def _env(settings: "Settings") -> list[dict]:
+    secret = settings.credentials_secret
+    env: list[dict] = [
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+    ]
+    env += [{"name": key, "valueFrom": {"secretKeyRef": {"name": secret, "key": key, "optional": True}}}
+            for key in SECRET_KEYS]
+    plain = {"LOG_LEVEL": settings.log_level, "AI_TIMEOUT": str(settings.ai_timeout),
+             "ARK_BASE_URL": settings.ark_base_url, "VOLCENGINE_VISUAL_BASE_URL": settings.visual_base_url,
+             "OPENAI_BASE_URL": settings.openai_base_url, "GENTASK_PROVIDERS": ",".join(settings.providers),
+             "ENVIRONMENT": settings.environment}
+    env += [{"name": k, "value": v} for k, v in plain.items()]
+    return env
+
+
+def job_manifest(task: dict, settings: "Settings") -> dict:
+    spec = task["spec"]
+    meta = task["metadata"]
+    name = meta["name"]
+    labels = {**task_labels(task), LABEL_COMPONENT: "worker"}
+    return {
+        "apiVersion": "batch/v1", "kind": "Job",
+        "metadata": _meta(task, job_name(name), "worker"),
+        "spec": {
+            "backoffLimit": spec.get("retries", 3),
+            "activeDeadlineSeconds": spec.get("timeoutSeconds", 600),
+            "ttlSecondsAfterFinished": spec.get("ttlSecondsAfterFinished", 86400),
+            "podFailurePolicy": {"rules": [
+                {"action": "FailJob", "onExitCodes": {"containerName": WORKER_CONTAINER, "operator": "In",
+                                                      "values": [EXIT_PERMANENT]}},
+                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+            ]},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "priorityClassName": f"gentask-{spec.get('priority', 'default')}",
+                    "serviceAccountName": worker_account(name),
+                    "automountServiceAccountToken": True,
+                    "enableServiceLinks": False,
+                    "terminationGracePeriodSeconds": 15,
+                    "securityContext": RESTRICTED_POD,
+                    "containers": [{
+                        "name": WORKER_CONTAINER,
+                        "image": settings.worker_image,
+                        "imagePullPolicy": settings.worker_image_pull_policy,
+                        "command": ["gentask", "worker", "run", f"{meta['namespace']}/{name}"],
+                        "env": _env(settings),
+                        "securityContext": RESTRICTED_CONTAINER,
+                        "resources": {"requests": {"cpu": settings.worker_cpu_request,
+                                                   "memory": settings.worker_memory_request},
+                                      "limits": {"memory": settings.worker_memory_limit}},
+                        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+                    }],
+                    "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}}],
+                },
+            },
+        },
+    }

@@ -1,0 +1,39 @@
+"""Names and labels of what the operator makes for a task (all deterministic: made exactly once)."""
+
+from __future__ import annotations
+
+from gentask.domain.task import API_VERSION, KIND
+
+LABEL_TASK = "gentask.io/task"
+LABEL_TYPE = "gentask.io/type"
+LABEL_PRIORITY = "gentask.io/priority"
+LABEL_COMPONENT = "app.kubernetes.io/component"
+MANAGED_BY = {"app.kubernetes.io/name": "gentask", "app.kubernetes.io/managed-by": "gentask-operator"}
+WORKER_CONTAINER = "worker"
+
+# The worker's exit codes: what tells the Job to stop (podFailurePolicy FailJob) or to retry.
+EXIT_OK = 0
+EXIT_RETRY = 1        # infrastructure trouble (API server, artifact store): the Job may try again
+EXIT_PERMANENT = 3    # the task failed for good (provider refused, retries spent, invalid spec)
+
+
+def job_name(task_name: str) -> str:
+    """The Job is named like its task (task names are at most 63 characters, enforced by the CRD)."""
+    return task_name
+
+
+def worker_account(task_name: str) -> str:
+    """Each task's worker runs as its own service account, allowed to read that task alone."""
+    return f"gentask-worker-{task_name}"[:253]
+
+
+def task_labels(task: dict) -> dict[str, str]:
+    spec = task.get("spec", {})
+    return {**MANAGED_BY, LABEL_TASK: task["metadata"]["name"], LABEL_TYPE: spec.get("type", ""),
+            LABEL_PRIORITY: spec.get("priority", "default")}
+
+
+def owner_reference(task: dict) -> dict:
+    meta = task["metadata"]
+    return {"apiVersion": API_VERSION, "kind": KIND, "name": meta["name"], "uid": meta["uid"],
+            "controller": True, "blockOwnerDeletion": True}

@@ -1,0 +1,49 @@
+"""Prometheus metrics and the probes, served by the operator on GENTASK_METRICS_PORT."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
+from prometheus_client import Counter as PromCounter
+
+BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800, 3600)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.tasks = Gauge("gentask_tasks", "Tasks the operator knows, by phase, type and provider",
+                           ["phase", "type", "provider"], registry=r)
+        self.duration = Histogram("gentask_task_duration_seconds", "Start to finish of finished tasks",
+                                  ["type", "provider", "phase"], buckets=BUCKETS, registry=r)
+        self.queue_wait = Histogram("gentask_task_queue_wait_seconds", "Creation to Running",
+                                    ["type", "priority"], buckets=BUCKETS, registry=r)
+        self.provider_errors = PromCounter("gentask_provider_errors_total",
+                                           "Provider failures seen on finished tasks, by class",
+                                           ["provider", "reason"], registry=r)
+        self.transitions = PromCounter("gentask_transitions_total", "Phase transitions observed",
+                                       ["phase", "reason"], registry=r)
+        self.api_writes = PromCounter("gentask_operator_api_writes_total",
+                                      "Writes the operator sent to the Kubernetes API", ["kind"], registry=r)
+        self.mirror_lag = Gauge("gentask_mirror_lag_seconds", "Age of the oldest change not yet in MongoDB",
+                                registry=r)
+        self.mirror_pending = Gauge("gentask_mirror_pending", "Task changes waiting for MongoDB", registry=r)
+        self._by_uid: dict[str, tuple[str, str, str]] = {}
+
+    def observe_task(self, uid: str, phase: str, type_: str, provider: str) -> None:
+        new = (phase, type_, provider)
+        old = self._by_uid.get(uid)
+        if old == new:
+            return
+        if old is not None:
+            self.tasks.labels(*old).dec()
+        self._by_uid[uid] = new
+        self.tasks.labels(*new).inc()
+
+    def forget_task(self, uid: str) -> None:
+        old = self._by_uid.pop(uid, None)
+        if old is not None:
+            self.tasks.labels(*old).dec()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

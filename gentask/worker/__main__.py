@@ -1,0 +1,63 @@
+"""gentask worker run NAMESPACE/NAME: run one GenerationTask (what the task's Job pod runs)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+
+from gentask.config import SettingsError, load_settings
+from gentask.kube.names import EXIT_PERMANENT, EXIT_RETRY
+from gentask.logs import setup_logging
+
+log = logging.getLogger("gentask.worker")
+
+
+async def _main(namespace: str, name: str) -> int:
+    from gentask.kube.client import api_client
+    from gentask.providers import registry_from_settings
+    from gentask.storage import ArtifactStore, connect
+    from gentask.worker.run import Worker
+
+    settings = load_settings()
+    setup_logging(settings)
+    store = ArtifactStore(connect(settings)) if os.environ.get("MONGO_URL") else None
+    api = api_client()
+    current = asyncio.current_task()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, current.cancel)
+    async with registry_from_settings(settings) as registry:
+        worker = Worker(api, settings, registry, store, os.environ.get("POD_NAME") or socket.gethostname())
+        try:
+            return await worker.run(namespace, name)
+        except asyncio.CancelledError:
+            log.warning("stopped by a signal; the operator reports the outcome", extra={"task": name})
+            return 128 + signal.SIGTERM
+        except Exception:  # noqa: BLE001 - anything unexpected: let the Job try again
+            log.exception("worker failed", extra={"task": name})
+            return EXIT_RETRY
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="gentask worker", description=__doc__)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    run = sub.add_parser("run", help="run one task")
+    run.add_argument("task", help="NAMESPACE/NAME")
+    args = parser.parse_args(argv)
+    namespace, sep, name = args.task.partition("/")
+    if not sep or not namespace or not name:
+        parser.error(f"task {args.task!r}: expected NAMESPACE/NAME")
+    try:
+        return asyncio.run(_main(namespace, name))
+    except SettingsError as exc:
+        print(f"gentask worker: {exc}", file=sys.stderr)
+        return EXIT_PERMANENT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

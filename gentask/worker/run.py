@@ -1,0 +1,195 @@
+"""What a Job pod runs: load one task, call the provider, keep the files, write the status.
+
+    gentask worker run NAMESPACE/NAME
+
+Retries and fallbacks on provider errors happen here, in-process (spec.retries, backoff with
+jitter, Retry-After), so a task that fails for good exits EXIT_PERMANENT and the Job's
+podFailurePolicy stops at once. EXIT_RETRY is for trouble around the provider (the API server
+or the artifact store unreachable): the Job then starts another pod (backoffLimit =
+spec.retries). An asynchronous vendor job's id is written to the status before it is polled,
+so a pod that starts again resumes that job instead of paying for a second one; artifacts are
+named by task uid and attempt and stored once, so a second pod for the same attempt stores
+nothing twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+from gentask.config import Settings
+from gentask.domain.catalog import InvalidSpecError
+from gentask.domain.reasons import Phase
+from gentask.domain.task import GenerationTaskSpec, GenerationTaskStatus
+from gentask.kube.conditions import now_iso
+from gentask.kube.names import EXIT_OK, EXIT_PERMANENT, EXIT_RETRY
+from gentask.kube.status import get_task, patch_status, transition
+from gentask.providers import GenerationFailed, ProviderError, Registry, RetryPolicy, Submitted, generate
+from gentask.providers.base import GenerationResult, Media
+from gentask.providers.download import fetch
+from gentask.storage import ArtifactStore, StorageUnavailable
+
+log = logging.getLogger("gentask.worker")
+
+TEXT_INLINE_MAX = 65536
+PROGRESS_EVERY = 10.0
+EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp", "video/mp4": "mp4",
+              "image/gif": "gif", "text/plain": "txt"}
+
+
+class Worker:
+    def __init__(self, api: client.ApiClient, settings: Settings, registry: Registry, store: ArtifactStore | None,
+                 pod_name: str, policy: RetryPolicy | None = None) -> None:
+        self.api = api
+        self.settings = settings
+        self.registry = registry
+        self.store = store
+        self.pod = pod_name
+        self.policy = policy or RetryPolicy.from_settings(settings)
+        self._last_progress = 0.0
+
+    async def _kube(self, fn, *args, **kwargs):
+        return await asyncio.to_thread(fn, *args, **kwargs)
+
+    async def _patch(self, ns: str, name: str, status: dict[str, Any], rv: str | None = None) -> dict:
+        return await self._kube(patch_status, self.api, ns, name, status, rv)
+
+    async def run(self, namespace: str, name: str) -> int:
+        try:
+            task = await self._kube(get_task, self.api, namespace, name)
+        except ApiException as exc:
+            if exc.status == 404:
+                log.info("task is gone; nothing to do", extra={"task": f"{namespace}/{name}"})
+                return EXIT_OK
+            log.error("cannot read the task: %s", exc.reason, extra={"task": f"{namespace}/{name}"})
+            return EXIT_RETRY
+        status = task.get("status") or {}
+        if status.get("phase") in ("Succeeded", "Failed", "Cancelled") or task["spec"].get("cancel"):
+            log.info("task already finished or cancelled", extra={"task": name, "phase": status.get("phase")})
+            return EXIT_OK
+        task = await self._claim(task)
+        return await self._generate(task)
+
+    async def _claim(self, task: dict) -> dict:
+        """Mark the task Running for this pod's attempt (optimistic concurrency on resourceVersion)."""
+        meta = task["metadata"]
+        for _ in range(5):
+            status = task.get("status") or {}
+            same_attempt = status.get("workerPod") == self.pod and status.get("phase") == "Running"
+            attempt = (status.get("attempts") or 0) + (0 if same_attempt else 1)
+            patch = transition(task, Phase.RUNNING, "Started", f"attempt {attempt} running on pod {self.pod}",
+                               attempts=attempt, workerPod=self.pod, startTime=status.get("startTime") or now_iso())
+            try:
+                return await self._patch(meta["namespace"], meta["name"], patch, meta["resourceVersion"])
+            except ApiException as exc:
+                if exc.status != 409:
+                    raise
+                task = await self._kube(get_task, self.api, meta["namespace"], meta["name"])
+        raise RuntimeError("could not claim the task: it kept changing")
+
+    def _remaining(self, spec: GenerationTaskSpec, status: GenerationTaskStatus) -> float:
+        started = status.start_time or datetime.now(timezone.utc)
+        return spec.timeout_seconds - (datetime.now(timezone.utc) - started).total_seconds()
+
+    async def _generate(self, task: dict) -> int:
+        meta = task["metadata"]
+        ns, name = meta["namespace"], meta["name"]
+        spec = GenerationTaskSpec.model_validate(task["spec"])
+        status = GenerationTaskStatus.model_validate(task.get("status") or {})
+        current = {"task": task}
+
+        async def on_submitted(sub: Submitted) -> None:
+            current["task"] = await self._patch(ns, name, {
+                "servedBy": {"provider": sub.provider, "model": sub.model}, "providerTaskID": sub.task_id,
+                "message": f"vendor job {sub.task_id} submitted to {sub.provider}/{sub.model}"})
+            log.info("vendor job submitted", extra={"task": name, "provider": sub.provider, "vendor_task": sub.task_id})
+
+        def on_progress(progress) -> None:
+            log.info("progress: %s", progress.state, extra={"task": name, "provider": progress.provider,
+                                                           "percent": progress.percent, "detail": progress.message})
+            if time.monotonic() - self._last_progress >= PROGRESS_EVERY and progress.state in ("queued", "running"):
+                self._last_progress = time.monotonic()
+                pct = f" {progress.percent}%" if progress.percent is not None else ""
+                try:
+                    patch_status(self.api, ns, name, {"message": f"vendor job {progress.state}{pct} "
+                                                                 f"after {progress.elapsed:.0f}s"})
+                except ApiException:
+                    pass
+
+        try:
+            result = await generate(spec, registry=self.registry, policy=self.policy,
+                                    resume=Submitted.from_status(status), on_submitted=on_submitted,
+                                    on_progress=on_progress, deadline=self._remaining(spec, status))
+        except InvalidSpecError as exc:
+            reason = "ModelRetired" if type(exc).__name__ == "ModelRetiredError" else "InvalidSpec"
+            await self._fail(current["task"], reason, str(exc))
+            return EXIT_PERMANENT
+        except GenerationFailed as exc:
+            failures = [f.model_dump(by_alias=True, exclude_none=True) for f in exc.failures]
+            await self._fail(current["task"], exc.reason, str(exc.error), providerFailures=failures)
+            return EXIT_PERMANENT
+        try:
+            stored = await self._store(meta["uid"], (status.attempts or 1), result)
+        except StorageUnavailable as exc:
+            await self._patch(ns, name, {"reason": "Retrying", "message": f"artifact store unavailable: {exc}"})
+            return EXIT_RETRY
+        except ProviderError as exc:
+            await self._fail(current["task"], exc.reason, f"could not download the result: {exc}")
+            return EXIT_PERMANENT
+        done = transition(current["task"], Phase.SUCCEEDED, "Completed",
+                          f"served by {result.provider}/{result.model}",
+                          servedBy={"provider": result.provider, "model": result.model},
+                          providerFailures=[f.model_dump(by_alias=True, exclude_none=True) for f in result.failures],
+                          result=stored)
+        if result.provider_task_id:
+            done["providerTaskID"] = result.provider_task_id
+        await self._patch(ns, name, done)
+        log.info("task succeeded", extra={"task": name, "provider": result.provider, "model": result.model})
+        return EXIT_OK
+
+    async def _fail(self, task: dict, reason: str, message: str, **fields: Any) -> None:
+        meta = task["metadata"]
+        await self._patch(meta["namespace"], meta["name"], transition(task, Phase.FAILED, reason, message, **fields))
+        log.warning("task failed", extra={"task": meta["name"], "reason": reason, "detail": message})
+
+    async def _store(self, uid: str, attempt: int, result: GenerationResult) -> dict[str, Any]:
+        """Copy every produced file into the artifact store; the status result references them."""
+        out: dict[str, Any] = {"usage": result.usage}
+        files: list[tuple[str, Media]] = [(f"image-{i}", m) for i, m in enumerate(result.images)]
+        if result.video is not None:
+            files.append(("video", result.video))
+        refs = []
+        for stem, media in files:
+            data = await fetch(media, policy=self.policy, provider=result.provider, model=result.model)
+            refs.append(await self._put(uid, attempt, stem, data, media.mime_type, media))
+        if result.images:
+            out["images"] = refs[: len(result.images)]
+        if result.video is not None:
+            out["video"] = refs[-1]
+        if result.text is not None:
+            encoded = result.text.encode()
+            if len(encoded) <= TEXT_INLINE_MAX:
+                out["text"] = result.text
+            else:
+                out["text"] = result.text[:1000] + "…"
+                out["textArtifact"] = await self._put(uid, attempt, "text", encoded, "text/plain", Media("text/plain"))
+        return out
+
+    async def _put(self, uid: str, attempt: int, stem: str, data: bytes, mime: str, media: Media) -> dict[str, Any]:
+        if self.store is None:
+            raise StorageUnavailable("no artifact store is configured (MONGO_URL)")
+        name = f"{uid}/{attempt}/{stem}.{EXTENSIONS.get(mime, 'bin')}"
+        ref = await asyncio.to_thread(self.store.put, name, data, mime_type=mime, task_uid=uid)
+        entry: dict[str, Any] = {"artifact": ref.name, "mimeType": ref.mime_type, "sizeBytes": ref.size_bytes,
+                                 "sha256": ref.sha256}
+        if media.url:
+            entry["url"] = media.url
+            if media.url_expires_at:
+                entry["urlExpiresAt"] = media.url_expires_at.strftime("%Y-%m-%dT%H:%M:%SZ")
+        return entry

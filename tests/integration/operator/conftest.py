@@ -1,0 +1,132 @@
+"""The operator under test: `gentask operator` as a real process against the local cluster,
+its Jobs run by the process node with the real worker and the fake provider."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+from gentask.domain import GROUP, PLURAL, VERSION
+from tests.integration.conftest import Cluster, wait_for
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Operator:
+    proc: subprocess.Popen
+    metrics_port: int
+    log: Path
+    env: dict
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
+            return r.read().decode()
+
+    def metric(self, name: str, **labels: str) -> float:
+        total = 0.0
+        for line in self.metrics().splitlines():
+            if line.startswith(name + "{") or line.startswith(name + " "):
+                if all(f'{k}="{v}"' in line for k, v in labels.items()):
+                    total += float(line.rsplit(" ", 1)[1])
+        return total
+
+
+def start_operator(cluster: Cluster, log: Path, **extra: str) -> Operator:
+    port = free_port()
+    env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig), "MONGO_URL": cluster.mongo_url,
+           "GENTASK_METRICS_PORT": str(port), "GENTASK_RESYNC_SECONDS": "5", "GENTASK_WORKER_IMAGE": "gentask:dev",
+           "LOG_LEVEL": "info", "GENTASK_WATCH_NAMESPACES": "", **extra}
+    proc = subprocess.Popen([sys.executable, "-m", "gentask", "operator"], env=env, stdout=open(log, "ab"),
+                            stderr=subprocess.STDOUT, start_new_session=True)
+
+    def ready() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"the operator exited: {log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
+                return r.status == 200
+        except OSError:
+            return False
+    wait_for(ready, 60, what="the operator to be ready")
+    return Operator(proc, port, log, env)
+
+
+def stop_operator(op: Operator, sig: int = signal.SIGTERM) -> None:
+    if op.proc.poll() is None:
+        os.killpg(op.proc.pid, sig)
+        try:
+            op.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(op.proc.pid, signal.SIGKILL)
+            op.proc.wait(5)
+
+
+@pytest.fixture(scope="session")
+def operator(cluster, tmp_path_factory) -> Operator:
+    op = start_operator(cluster, tmp_path_factory.mktemp("operator") / "operator.log")
+    yield op
+    stop_operator(op)
+
+
+@pytest.fixture
+def tasks_ns(cluster, namespace, operator) -> str:
+    """A namespace with the credentials Secret the workers read (MONGO_URL only: the fake needs no key)."""
+    client.CoreV1Api(cluster.api).create_namespaced_secret(namespace, {
+        "metadata": {"name": "gentask-credentials"}, "stringData": {"MONGO_URL": cluster.mongo_url}})
+    return namespace
+
+
+class Tasks:
+    def __init__(self, cluster: Cluster, namespace: str) -> None:
+        self.api = client.CustomObjectsApi(cluster.api)
+        self.ns = namespace
+
+    def create(self, name: str | None = None, **spec) -> str:
+        name = name or f"t-{uuid.uuid4().hex[:6]}"
+        body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "GenerationTask", "metadata": {"name": name},
+                "spec": {"provider": "fake", "userID": "tester", **spec}}
+        self.api.create_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL, body)
+        return name
+
+    def get(self, name: str) -> dict:
+        return self.api.get_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL, name)
+
+    def status(self, name: str) -> dict:
+        try:
+            return self.get(name).get("status") or {}
+        except ApiException as exc:
+            if exc.status == 404:
+                return {"phase": "<deleted>"}
+            raise
+
+    def wait_phase(self, name: str, *phases: str, timeout: float = 90) -> dict:
+        return wait_for(lambda: (s := self.status(name)).get("phase") in phases and s, timeout,
+                        what=f"task {name} to reach {'/'.join(phases)}")
+
+    def patch_spec(self, name: str, **spec) -> None:
+        self.api.patch_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL, name, {"spec": spec})
+
+    def delete(self, name: str) -> None:
+        self.api.delete_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL, name)
+
+
+@pytest.fixture
+def tasks(cluster, tasks_ns) -> Tasks:
+    return Tasks(cluster, tasks_ns)

@@ -1,0 +1,184 @@
+"""A GenerationTask's life through the operator, its Job, the process node and the real worker."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pymongo
+import pytest
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+from gentask.kube.names import worker_account
+from tests.integration.conftest import wait_for
+
+
+def artifact_bytes(cluster, name: str) -> bytes:
+    from gentask.config import load_settings
+    from gentask.storage import ArtifactStore, connect
+    store = ArtifactStore(connect(load_settings(mongo_url=cluster.mongo_url)))
+    stream = store.open(name)
+    assert stream is not None, f"artifact {name} is not in the store"
+    return stream.read()
+
+
+@pytest.mark.parametrize("type_,model,params,check", [
+    ("image", "fake-image", {"size": "256x256"}, lambda b: b.startswith(b"\x89PNG")),
+    ("video", "fake-video", {"duration": 1, "aspectRatio": "16:9"}, lambda b: b[4:8] == b"ftyp"),
+    ("text", "fake-text", {"maxTokens": 12}, None),
+])
+def test_success_for_every_type_with_artifacts(cluster, tasks, type_, model, params, check):
+    name = tasks.create(type=type_, model=model, prompt="a red fox in the snow", params=params, priority="critical")
+    status = tasks.wait_phase(name, "Succeeded", "Failed", timeout=120)
+    assert status["phase"] == "Succeeded", status
+    assert status["reason"] == "Completed" and status["attempts"] == 1
+    assert status["servedBy"] == {"provider": "fake", "model": model}
+    assert status["jobName"] == name and status["startTime"] and status["completionTime"]
+    conds = {c["type"]: c for c in status["conditions"]}
+    assert conds["Succeeded"]["status"] == "True" and conds["Accepted"]["status"] == "True"
+    assert all(c["observedGeneration"] == 1 for c in conds.values())
+    result = status["result"]
+    if type_ == "text":
+        assert result["text"] and len(result["text"].split()) <= 12
+        return
+    ref = result["images"][0] if type_ == "image" else result["video"]
+    data = artifact_bytes(cluster, ref["artifact"])
+    assert hashlib.sha256(data).hexdigest() == ref["sha256"] and len(data) == ref["sizeBytes"]
+    assert check(data)
+
+
+def test_the_job_is_made_as_specified(cluster, tasks):
+    name = tasks.create(type="text", model="fake-text", prompt="hello", priority="low", retries=2,
+                        timeoutSeconds=300)
+    tasks.wait_phase(name, "Succeeded", timeout=90)
+    job = client.BatchV1Api(cluster.api).read_namespaced_job(name, tasks.ns)
+    owner = job.metadata.owner_references[0]
+    assert owner.kind == "GenerationTask" and owner.name == name and owner.controller
+    assert job.spec.backoff_limit == 2 and job.spec.active_deadline_seconds == 300
+    pod = job.spec.template.spec
+    assert pod.priority_class_name == "gentask-low" and pod.service_account_name == worker_account(name)
+    assert pod.security_context.run_as_non_root and pod.security_context.seccomp_profile.type == "RuntimeDefault"
+    container = pod.containers[0]
+    assert container.security_context.capabilities.drop == ["ALL"]
+    assert not container.security_context.allow_privilege_escalation
+    assert container.security_context.read_only_root_filesystem
+    rules = job.spec.pod_failure_policy.rules
+    assert rules[0].action == "FailJob" and rules[0].on_exit_codes.values == [3]
+    assert rules[1].action == "Ignore" and rules[1].on_pod_conditions[0].type == "DisruptionTarget"
+    secret_refs = {e.name: e.value_from.secret_key_ref for e in container.env
+                   if e.value_from and e.value_from.secret_key_ref}
+    assert {"ARK_API_KEY", "OPENAI_API_KEY", "MONGO_URL"} <= set(secret_refs)
+    assert all(ref.name == "gentask-credentials" for ref in secret_refs.values())
+
+
+def test_the_worker_may_read_only_its_own_task(cluster, tasks):
+    mine = tasks.create(type="text", model="fake-text", prompt="one")
+    other = tasks.create(type="text", model="fake-text", prompt="two")
+    tasks.wait_phase(mine, "Succeeded", timeout=90)
+    authz = client.AuthorizationV1Api(cluster.api)
+    user = f"system:serviceaccount:{tasks.ns}:{worker_account(mine)}"
+
+    def can(verb, name, sub=None, resource="generationtasks", group="gentask.io"):
+        review = authz.create_subject_access_review({"spec": {"user": user, "resourceAttributes": {
+            "namespace": tasks.ns, "verb": verb, "group": group, "resource": resource, "name": name,
+            "subresource": sub}}})
+        return review.status.allowed
+    assert can("get", mine) and can("patch", mine, "status")
+    assert not can("get", other) and not can("patch", other, "status") and not can("delete", mine)
+    assert not can("patch", mine) and not can("list", "")
+    assert not can("get", "gentask-credentials", resource="secrets", group="")
+
+
+def test_invalid_spec_fails_without_a_job(cluster, tasks):
+    name = tasks.create(type="image", model="doubao-seedream-3-0-t2i-250415", provider="volcengine",
+                        prompt="x", params={"size": "999x999"})
+    status = tasks.wait_phase(name, "Failed", timeout=30)
+    assert status["reason"] == "InvalidSpec" and "999x999" in status["message"]
+    with pytest.raises(ApiException) as err:
+        client.BatchV1Api(cluster.api).read_namespaced_job(name, tasks.ns)
+    assert err.value.status == 404
+
+
+def test_retryable_failure_then_success(cluster, tasks):
+    name = tasks.create(type="text", model="fake-text", prompt="hi [fail-first:2:rate_limited]", retries=3)
+    status = tasks.wait_phase(name, "Succeeded", "Failed", timeout=90)
+    assert status["phase"] == "Succeeded" and status["attempts"] == 1
+
+
+def test_permanent_failure_fails_at_once_without_retries(cluster, tasks):
+    name = tasks.create(type="image", model="fake-image", prompt="x [fail:content_rejected]", retries=3)
+    status = tasks.wait_phase(name, "Failed", timeout=60)
+    assert status["reason"] == "ContentRejected" and status["attempts"] == 1
+    job = client.BatchV1Api(cluster.api).read_namespaced_job_status(name, tasks.ns)
+    assert job.status.failed == 1
+    failed = next(c for c in job.status.conditions if c.type == "Failed")
+    assert failed.reason == "PodFailurePolicy"
+
+
+def test_retries_exhausted_names_the_last_error(cluster, tasks):
+    name = tasks.create(type="text", model="fake-text", prompt="x [fail:overloaded]", retries=1)
+    status = tasks.wait_phase(name, "Failed", timeout=60)
+    assert status["reason"] == "ProviderOverloaded"
+    assert [f["reason"] for f in status["providerFailures"]] == ["ProviderOverloaded"]
+
+
+def test_timeout_fails_with_deadline_exceeded(cluster, tasks):
+    name = tasks.create(type="video", model="fake-video", prompt="slow [latency:5m]", timeoutSeconds=10,
+                        params={"duration": 1})
+    status = tasks.wait_phase(name, "Failed", timeout=60)
+    assert status["reason"] == "DeadlineExceeded"
+
+
+def test_cancel_while_queued(cluster, tasks):
+    core = client.CoreV1Api(cluster.api)
+    core.patch_node("gentask-node", {"spec": {"unschedulable": True}})     # nothing can start
+    try:
+        name = tasks.create(type="text", model="fake-text", prompt="never runs")
+        tasks.wait_phase(name, "Queued", timeout=30)
+        tasks.patch_spec(name, cancel=True)
+        status = tasks.wait_phase(name, "Cancelled", timeout=30)
+        assert status["reason"] == "Cancelled"
+    finally:
+        core.patch_node("gentask-node", {"spec": {"unschedulable": False}})
+    wait_for(lambda: not client.BatchV1Api(cluster.api).list_namespaced_job(tasks.ns).items, 30,
+             what="the Job to be deleted")
+
+
+def test_cancel_while_running_cancels_the_vendor_job(cluster, tasks):
+    name = tasks.create(type="video", model="fake-video", prompt="long [latency:5m]", params={"duration": 1})
+    running = wait_for(lambda: (s := tasks.status(name)).get("providerTaskID") and s, 60,
+                       what="the vendor job to be submitted")
+    assert running["phase"] == "Running"
+    tasks.patch_spec(name, cancel=True)
+    status = tasks.wait_phase(name, "Cancelled", timeout=30)
+    assert running["providerTaskID"] in status["message"]
+    core = client.CoreV1Api(cluster.api)
+    wait_for(lambda: not core.list_namespaced_pod(tasks.ns, label_selector=f"job-name={name}").items, 30,
+             what="the worker pod to be gone")
+
+
+def test_deleting_a_task_removes_its_job_and_marks_the_record(cluster, tasks):
+    name = tasks.create(type="video", model="fake-video", prompt="long [latency:5m]", params={"duration": 1})
+    tasks.wait_phase(name, "Running", timeout=60)
+    uid = tasks.get(name)["metadata"]["uid"]
+    tasks.delete(name)
+    batch = client.BatchV1Api(cluster.api)
+    wait_for(lambda: not batch.list_namespaced_job(tasks.ns).items, 60, what="the Job to be garbage-collected")
+    db = pymongo.MongoClient(cluster.mongo_url)["gentask"]
+    record = wait_for(lambda: (r := db.tasks.find_one({"_id": uid})) and r.get("deleted") and r, 30,
+                      what="the mirror record to be marked deleted")
+    assert record["name"] == name and record["phase"] == "Running"
+
+
+def test_status_changes_are_mirrored_and_events_recorded(cluster, tasks):
+    name = tasks.create(type="image", model="fake-image", prompt="mirror me", params={"size": "64x64"})
+    tasks.wait_phase(name, "Succeeded", timeout=90)
+    uid = tasks.get(name)["metadata"]["uid"]
+    db = pymongo.MongoClient(cluster.mongo_url)["gentask"]
+    record = wait_for(lambda: (r := db.tasks.find_one({"_id": uid})) and r["phase"] == "Succeeded" and r, 30,
+                      what="the mirror to reach Succeeded")
+    assert record["userID"] == "tester" and record["result"]["images"][0]["sha256"]
+    events = client.CoreV1Api(cluster.api).list_namespaced_event(
+        tasks.ns, field_selector=f"involvedObject.name={name},involvedObject.kind=GenerationTask").items
+    reasons = [e.reason for e in sorted(events, key=lambda e: e.first_timestamp)]
+    assert reasons == ["JobCreated", "Started", "Completed"]
