@@ -107,10 +107,13 @@ class ModelSpec:
 
 
 def _image(provider: str, model: str, api: str, size: Rule, *, default_size: str, n: Rule = choice(1),
-           response_format: Rule = RESPONSE_FORMAT, default_format: str = "url", **kw: Any) -> ModelSpec:
-    return ModelSpec(provider, model, TaskType.IMAGE, api,
-                     {"size": size, "response_format": response_format, "n": n, "seed": SEED},
-                     {"size": default_size, "response_format": default_format, "n": 1, "seed": -1}, **kw)
+           response_format: Rule = RESPONSE_FORMAT, default_format: str = "url", seed: bool = True,
+           **kw: Any) -> ModelSpec:
+    params = {"size": size, "response_format": response_format, "n": n}
+    defaults = {"size": default_size, "response_format": default_format, "n": 1}
+    if seed:
+        params["seed"], defaults["seed"] = SEED, -1
+    return ModelSpec(provider, model, TaskType.IMAGE, api, params, defaults, **kw)
 
 
 def _text(provider: str, model: str, api: str, max_tokens: int, temperature: Rule | None = between(0, 2),
@@ -124,8 +127,10 @@ def _text(provider: str, model: str, api: str, max_tokens: int, temperature: Rul
 
 
 def _video(provider: str, model: str, api: str, params: dict[str, Rule], defaults: dict[str, Any],
-           **kw: Any) -> ModelSpec:
-    return ModelSpec(provider, model, TaskType.VIDEO, api, {"seed": SEED, **params}, {"seed": -1, **defaults}, **kw)
+           seed: bool = True, **kw: Any) -> ModelSpec:
+    if seed:
+        params, defaults = {"seed": SEED, **params}, {"seed": -1, **defaults}
+    return ModelSpec(provider, model, TaskType.VIDEO, api, params, defaults, **kw)
 
 
 SEEDREAM3_SIZES = ("1024x1024", "864x1152", "1152x864", "1280x720", "720x1280", "832x1248", "1248x832", "1512x648")
@@ -160,19 +165,19 @@ MODELS: list[ModelSpec] = [
            {"aspect_ratio": "16:9", "duration": 5}, note="Jimeng 3.0 text-to-video; 5 s = 121 frames, 10 s = 241"),
     # OpenAI
     _image("openai", "dall-e-3", "openai", choice("1024x1024", "1792x1024", "1024x1792"), default_size="1024x1024",
-           retired="2026-05-12", successor="openai/gpt-image-1.5", note="DALL·E 3 (old server)"),
+           seed=False, retired="2026-05-12", successor="openai/gpt-image-1.5", note="DALL·E 3 (old server)"),
     _image("openai", "dall-e-2", "openai", choice("256x256", "512x512", "1024x1024"), default_size="1024x1024",
-           n=between(1, 10), retired="2026-05-12", successor="openai/gpt-image-1-mini"),
+           n=between(1, 10), seed=False, retired="2026-05-12", successor="openai/gpt-image-1-mini"),
     _image("openai", "gpt-image-1", "openai", choice(*GPT_IMAGE_SIZES), default_size="1024x1024", n=between(1, 10),
-           retired="2026-10-23", successor="openai/gpt-image-1.5"),
+           seed=False, retired="2026-10-23", successor="openai/gpt-image-1.5"),
     _image("openai", "gpt-image-1-mini", "openai", choice(*GPT_IMAGE_SIZES), default_size="1024x1024",
-           n=between(1, 10), default_format="b64_json", options={"inline_only": True},
+           n=between(1, 10), default_format="b64_json", seed=False, options={"inline_only": True},
            note="always answers base64; responseFormat url still returns bytes"),
     _image("openai", "gpt-image-1.5", "openai", choice(*GPT_IMAGE_SIZES), default_size="1024x1024",
-           n=between(1, 10), default_format="b64_json", options={"inline_only": True},
+           n=between(1, 10), default_format="b64_json", seed=False, options={"inline_only": True},
            note="always answers base64; responseFormat url still returns bytes"),
     _image("openai", "gpt-image-2", "openai", multiple_of(16, 3840, 2160), default_size="1024x1024",
-           n=between(1, 10), default_format="b64_json", options={"inline_only": True},
+           n=between(1, 10), default_format="b64_json", seed=False, options={"inline_only": True},
            note="always answers base64; any WxH in multiples of 16"),
     _text("openai", "gpt-4", "openai", 8192, note="GPT-4 (old server)", successor="openai/gpt-4.1"),
     _text("openai", "gpt-4.1", "openai", 32768),
@@ -180,10 +185,10 @@ MODELS: list[ModelSpec] = [
           options={"max_tokens_field": "max_completion_tokens"},
           note="reasoning model: max_completion_tokens, no temperature (unconfirmed)"),
     _video("openai", "sora-2", "openai", {"aspect_ratio": choice("16:9", "9:16"), "duration": choice(4, 8, 12)},
-           {"aspect_ratio": "9:16", "duration": 4}, retired="2026-09-24",
+           {"aspect_ratio": "9:16", "duration": 4}, seed=False, retired="2026-09-24",
            successor="volcengine/doubao-seedance-1-0-pro-250528", note="Sora 2 (old server: sora)"),
     _video("openai", "sora-2-pro", "openai", {"aspect_ratio": choice("16:9", "9:16"), "duration": choice(4, 8, 12)},
-           {"aspect_ratio": "9:16", "duration": 4}, retired="2026-09-24",
+           {"aspect_ratio": "9:16", "duration": 4}, seed=False, retired="2026-09-24",
            successor="volcengine/doubao-seedance-1-0-pro-250528"),
     # the built-in simulator
     _image("fake", "fake-image", "fake", side_range(16, 2048), default_size="512x512", n=between(1, 4),
