@@ -58,7 +58,7 @@ class Ark:
             elif item.get("url"):
                 images.append(Media("image/jpeg", url=item["url"], url_expires_at=expires_in(URL_LIFETIME)))
             elif item.get("error"):
-                raise ark_error(None, item, None)
+                raise self.http.error(None, item, {}, model)
         if not images:
             raise ProviderError("Ark answered without an image", provider=self.provider, model=model,
                                 request_id=request_id)
@@ -110,7 +110,7 @@ class Ark:
                                                                    usage=int_usage(data.get("usage")),
                                                                    provider_task_id=task_id))
         if status == "failed":
-            error = ark_error(None, data.get("error") or {}, None)
+            error = self.http.error(None, data.get("error") or {}, {}, model)
         elif status == "expired":
             error = OverloadedError("the vendor job expired before it ran")
         else:

@@ -116,8 +116,8 @@ class OpenAIProvider(Provider):
             video = Media(sniff_mime(content.content, "video/mp4"), data=content.content)
             return JobStatus(JobState.SUCCEEDED, 100, self._result(request, response, video=video,
                                                                    provider_task_id=task_id))
-        error = openai_error(None, data.get("error") or {"message": f"the video ended {status or 'without a status'}"})
-        error.provider, error.model = self.name, model
+        error = self.http.error(None, data.get("error") or {"message": f"the video ended {status or 'without a status'}"},
+                                response.headers, model)
         return JobStatus(JobState.FAILED, error=error)
 
     async def cancel(self, request: GenerationRequest, task_id: str) -> None:
