@@ -29,7 +29,7 @@ import inspect
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, TypeVar
 
 from gentask.domain.catalog import ModelSpec, Target, lookup, validate_spec
 from gentask.domain.task import GenerationTaskSpec, ProviderFailure
@@ -41,6 +41,7 @@ from gentask.providers.retry import RetryPolicy, call_with_retries
 log = logging.getLogger("gentask.providers")
 
 CANCEL_TIMEOUT = 10.0
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -119,28 +120,31 @@ class _Run:
         request = GenerationRequest(target.model, self.spec.prompt, target.params, self.spec.user_id)
         if target.model.asynchronous:
             return await self.job(provider, request, task_id)
-        result, attempts = await call_with_retries(
-            lambda: provider.generate(request), self.policy, provider=provider.name, model=request.model.model,
-            on_retry=lambda e, n, wait: self.notify(request, "retrying", message=f"{e.reason}, retry {n} in {wait:.2f}s"))
+        result, attempts = await self.call(provider, request, lambda: provider.generate(request))
         result.attempts = attempts
         return result
+
+    async def call(self, provider: Provider, request: GenerationRequest, call: Callable[[], Awaitable[T]]) -> tuple[T, int]:
+        def retrying(error: ProviderError, retry: int, wait: float) -> None:
+            self.notify(request, "retrying", message=f"{error.reason}, retry {retry} in {wait:.2f}s")
+        return await call_with_retries(call, self.policy, provider=provider.name, model=request.model.model,
+                                       on_retry=retrying)
 
     async def job(self, provider: Provider, request: GenerationRequest, task_id: str | None) -> GenerationResult:
         model = request.model.model
         calls = failed_jobs = 0
-        retry = lambda e, n, wait: self.notify(request, "retrying", message=f"{e.reason}, retry {n} in {wait:.2f}s")  # noqa: E731
         while True:
-            if task_id is None:
-                task_id, n = await call_with_retries(lambda: provider.submit(request), self.policy,
-                                                     provider=provider.name, model=model, on_retry=retry)
+            submitted = task_id is None
+            if submitted:
+                task_id, n = await self.call(provider, request, lambda: provider.submit(request))
                 calls += n
-                self.in_flight = (provider, request, task_id)
+            self.in_flight = (provider, request, task_id)
+            if submitted:
                 hook = self.on_submitted(Submitted(provider.name, model, task_id)) if self.on_submitted else None
                 if inspect.isawaitable(hook):
                     await hook
                 self.notify(request, "submitted", task_id=task_id)
-            self.in_flight = (provider, request, task_id)
-            status = await self.wait(provider, request, task_id, retry)
+            status = await self.wait(provider, request, task_id)
             self.in_flight = None
             if status.state is JobState.SUCCEEDED and status.result is not None:
                 status.result.provider_task_id = task_id
@@ -155,11 +159,10 @@ class _Run:
             await asyncio.sleep(self.policy.delay(failed_jobs, error))
             task_id = None
 
-    async def wait(self, provider: Provider, request: GenerationRequest, task_id: str, retry) -> JobStatus:
-        """Poll until the job is done; a poll that fails is retried like any call."""
+    async def wait(self, provider: Provider, request: GenerationRequest, task_id: str) -> JobStatus:
+        """Poll until the job is done; a poll that fails is retried like any call, not resubmitted."""
         while True:
-            status, _ = await call_with_retries(lambda: provider.poll(request, task_id), self.policy,
-                                                provider=provider.name, model=request.model.model, on_retry=retry)
+            status, _ = await self.call(provider, request, lambda: provider.poll(request, task_id))
             if status.state.done:
                 return status
             self.notify(request, status.state.value, task_id=task_id, percent=status.progress)
