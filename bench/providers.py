@@ -17,23 +17,22 @@ import argparse
 import asyncio
 import multiprocessing
 import os
-import platform
-import re
 import statistics
 import sys
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _report import write_section  # noqa: E402
 
 from gentask.config import Settings  # noqa: E402
 from gentask.domain.task import GenerationTaskSpec  # noqa: E402
 from gentask.providers import GenerationFailed, RetryPolicy, generate, registry_from_settings  # noqa: E402
 
-DOCS = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
-SECTION = "## Provider layer"
+TITLE = "Provider layer"
 
 CASES = [  # vendor, what, spec
     ("volcengine ark", "image (url)", dict(type="image", provider="volcengine", model="doubao-seedream-3-0-t2i-250415")),
@@ -113,25 +112,9 @@ async def run(settings: Settings, seconds: float, concurrency: int) -> list[Row]
     return rows
 
 
-def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        match = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.M)
-        cpu = match.group(1).strip() if match else cpu
-    except OSError:
-        pass
-    memory = ""
-    try:
-        match = re.search(r"^MemTotal:\s*(\d+) kB", Path("/proc/meminfo").read_text(), re.M)
-        memory = f", {round(int(match.group(1)) / 2**20)} GiB" if match else ""
-    except OSError:
-        pass
-    return f"{os.cpu_count()} cores ({cpu}){memory}, Linux {platform.release()}, Python {platform.python_version()}"
-
-
-def section(rows: list[Row], command: str, concurrency: int) -> str:
-    lines = [SECTION, "",
-             f"Machine: {machine()}. Command: `{command}`. Date: {datetime.now(timezone.utc):%Y-%m-%d}.", "",
+def report(rows: list[Row], concurrency: int, load: float) -> str:
+    lines = [f"Load average (1 min) when it started: {load:.1f} on {os.cpu_count()} cores; other work on the "
+             "machine lowers these figures.", "",
              f"| Vendor | Call | Calls/s, one at a time | Calls/s, {concurrency} concurrent | p50 | p99 | Errors |",
              "|---|---|---|---|---|---|---|"]
     lines += [f"| {r.vendor} | {r.what} | {r.sequential:.0f} | {r.per_second:.0f} | {r.p50_ms:.1f} ms | "
@@ -143,19 +126,8 @@ def section(rows: list[Row], command: str, concurrency: int) -> str:
               "is one submit and one poll). Client and servers share the 2 cores and the servers are Python "
               "`http.server` threads, so these are floors for the provider layer, not a vendor's capacity; the "
               "fake rows are the runner alone. httpcore tries `import sniffio` on every request and it is not "
-              "installed here: a failed import per call, a measurable share of the client's time.", ""]
+              "installed here: a failed import per call, a measurable share of the client's time."]
     return "\n".join(lines)
-
-
-def refresh_docs(text: str) -> None:
-    current = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(current):
-        updated = pattern.sub(lambda _: text + "\n", current)
-    else:
-        updated = current.rstrip("\n") + "\n\n" + text
-    DOCS.parent.mkdir(parents=True, exist_ok=True)
-    DOCS.write_text(updated.rstrip("\n") + "\n")
 
 
 def main() -> int:
@@ -165,6 +137,7 @@ def main() -> int:
     parser.add_argument("--no-docs", action="store_true", help="print only; leave docs/benchmarks.md alone")
     args = parser.parse_args()
 
+    load = os.getloadavg()[0]
     ctx = multiprocessing.get_context("spawn")
     parent, child = ctx.Pipe()
     servers = ctx.Process(target=_serve, args=(child,), daemon=True)
@@ -181,8 +154,8 @@ def main() -> int:
     if not args.no_docs:
         command = "python bench/providers.py" + (f" --seconds {args.seconds:g}" if args.seconds != 2 else "") + \
             (f" --concurrency {args.concurrency}" if args.concurrency != 16 else "")
-        refresh_docs(section(rows, command, args.concurrency))
-        print(f"refreshed the '{SECTION[3:]}' section of {DOCS}")
+        write_section(TITLE, command, report(rows, args.concurrency, load))
+        print(f"refreshed the '{TITLE}' section of docs/benchmarks.md")
     return 0
 
 
