@@ -1,0 +1,312 @@
+"""The task mirror against the real FerretDB: records, the monotonic guard, deletion, lists."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from datetime import datetime
+
+import pytest
+from kubernetes import client
+
+from gentask.domain.task import GROUP, PLURAL, VERSION
+from gentask.storage import TaskMirror
+
+from ._objects import T0, minutes, task_obj
+
+MANIFEST = """
+apiVersion: gentask.io/v1alpha1
+kind: GenerationTask
+metadata:
+  name: img-kitten
+  labels: {gentask.io/type: image, gentask.io/priority: critical}
+  annotations: {note: "kubectl keeps the whole manifest in last-applied-configuration"}
+spec:
+  type: image
+  provider: volcengine
+  model: doubao-seedream-3-0-t2i-250415
+  prompt: "a kitten playing in a garden"
+  userID: user123
+  priority: critical
+  params: {size: 1024x1024, responseFormat: url, seed: 42}
+  fallbacks: [{provider: openai, model: gpt-image-1.5}]
+"""
+SHA = "ab" * 32
+
+
+def _status(phase: str) -> dict:
+    return {"status": {
+        "phase": phase, "reason": "Completed", "message": "1 image", "attempts": 2,
+        "servedBy": {"provider": "volcengine", "model": "doubao-seedream-3-0-t2i-250415"},
+        "startTime": "2026-03-01T12:00:05Z", "completionTime": "2026-03-01T12:00:19Z",
+        "conditions": [{"type": "Succeeded", "status": "True", "reason": "Completed", "message": "",
+                        "lastTransitionTime": "2026-03-01T12:00:19Z"}],
+        "result": {"images": [{"url": "https://ark.example/img.png", "artifact": "u/1/image-0.png",
+                               "mimeType": "image/png", "sizeBytes": 1234, "sha256": SHA}],
+                   "usage": {"generated_images": 1}},
+    }}
+
+
+def test_round_trip_of_a_task_read_from_the_api_server(cluster, namespace, mirror):
+    applied = cluster.kubectl("apply", "-n", namespace, "-f", "-", input=MANIFEST)
+    assert applied.returncode == 0, applied.stderr
+    api = client.CustomObjectsApi(cluster.api)
+    obj = api.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, "img-kitten",
+                                                    _status("Succeeded"))
+    assert "kubectl.kubernetes.io/last-applied-configuration" in obj["metadata"]["annotations"]
+
+    assert mirror.upsert(obj) is True
+    rec = mirror.get(obj["metadata"]["uid"])
+
+    assert rec["_id"] == obj["metadata"]["uid"]
+    assert (rec["namespace"], rec["name"], rec["userID"], rec["type"]) == (namespace, "img-kitten", "user123", "image")
+    assert (rec["provider"], rec["model"]) == ("volcengine", "doubao-seedream-3-0-t2i-250415")
+    assert rec["priority"] == "critical"
+    assert rec["prompt"] == "a kitten playing in a garden"
+    assert rec["params"] == {"size": "1024x1024", "responseFormat": "url", "seed": 42}
+    assert rec["fallbacks"] == [{"provider": "openai", "model": "gpt-image-1.5"}]
+    assert (rec["phase"], rec["phaseRank"], rec["reason"], rec["attempts"]) == ("Succeeded", 3, "Completed", 2)
+    assert rec["result"] == _status("Succeeded")["status"]["result"]
+    assert rec["conditions"][0]["reason"] == "Completed"
+    assert rec["servedBy"] == {"provider": "volcengine", "model": "doubao-seedream-3-0-t2i-250415"}
+    created = datetime.fromisoformat(obj["metadata"]["creationTimestamp"])
+    assert rec["createdAt"] == created and rec["createdAt"].tzinfo is not None
+    assert rec["completionTime"] == datetime.fromisoformat("2026-03-01T12:00:19+00:00")
+    assert rec["resourceVersion"] == int(obj["metadata"]["resourceVersion"])
+    assert rec["deleted"] is False and rec["deletedAt"] is None
+    text = repr(rec)
+    assert "last-applied" not in text and "managedFields" not in text and "kubectl keeps" not in text
+    assert mirror.get_by_name(namespace, "img-kitten") == rec
+
+
+def test_new_record_defaults_to_pending(mirror):
+    assert mirror.upsert(task_obj("u1", 5)) is True
+    rec = mirror.get("u1")
+    assert (rec["phase"], rec["phaseRank"], rec["resourceVersion"]) == ("Pending", 0, 5)
+    assert mirror.get("nope") is None and mirror.get_by_name("ns1", "nope") is None
+
+
+@pytest.fixture(params=["lease", "filter-only"])
+def guarded(request, db) -> TaskMirror:
+    """Both write paths: with the per-record lease (as on FerretDB) and the bare guarded upsert (MongoDB)."""
+    m = TaskMirror(db, serialize_writes=request.param == "lease")
+    m.ensure_indexes()
+    return m
+
+
+def test_an_older_resource_version_never_overwrites_a_newer(guarded):
+    assert guarded.upsert(task_obj("u1", 10, "Running", message="new")) is True
+    assert guarded.upsert(task_obj("u1", 9, "Running", message="old")) is False
+    assert guarded.upsert(task_obj("u1", 10, "Running", message="replayed")) is False
+    rec = guarded.get("u1")
+    assert (rec["resourceVersion"], rec["message"]) == (10, "new")
+    assert guarded.upsert(task_obj("u1", 11, "Running", message="newer")) is True
+    assert guarded.get("u1")["message"] == "newer"
+
+
+def test_a_terminal_phase_never_goes_back_to_running(guarded):
+    assert guarded.upsert(task_obj("u1", 10, "Succeeded", reason="Completed")) is True
+    assert guarded.upsert(task_obj("u1", 12, "Running", reason="Started")) is False
+    assert guarded.upsert(task_obj("u1", 13, "Queued", reason="JobCreated")) is False
+    assert guarded.get("u1")["phase"] == "Succeeded"
+    # a newer view of a terminal task (conditions updated, say) still lands
+    assert guarded.upsert(task_obj("u1", 14, "Succeeded", reason="Completed", message="archived")) is True
+    assert guarded.get("u1")["message"] == "archived"
+
+
+def test_concurrent_writers_converge_to_the_newest(mirror):
+    phases = ["Pending", "Queued", "Running", "Running", "Succeeded"]
+    uids = [f"race-{i}" for i in range(4)]
+    versions = [(uid, rv, phases[min(rv // 4, 4)]) for uid in uids for rv in range(1, 21)]
+    random.Random(7).shuffle(versions)
+    written: dict[str, int] = {uid: 0 for uid in uids}
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(10)
+
+    def writer(chunk):
+        barrier.wait()
+        try:
+            for uid, rv, phase in chunk:
+                if mirror.upsert(task_obj(uid, rv, phase)):
+                    written[uid] += 1
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(versions[i::10],)) for i in range(10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    for uid in uids:
+        rec = mirror.get(uid)
+        assert (rec["phase"], rec["resourceVersion"]) == ("Succeeded", 20), uid
+        assert written[uid] >= 1
+    assert mirror.collection.database[f"{mirror.collection.name}.leases"].count_documents({}) == 0
+
+
+@pytest.mark.parametrize("lease", [True, False], ids=["lease", "filter-only"])
+def test_two_writers_of_one_new_task_both_racing_to_insert(db, lease):
+    """Both find no record and insert; the newer one must still win (the loser's insert fails)."""
+    for attempt in range(5):
+        mirrors = [TaskMirror(db, serialize_writes=lease), TaskMirror(db, serialize_writes=lease)]
+        uid = f"pair-{attempt}"
+        barrier = threading.Barrier(2)
+        results = {}
+
+        def write(i, rv, phase):
+            barrier.wait()
+            results[rv] = mirrors[i].upsert(task_obj(uid, rv, phase))
+
+        threads = [threading.Thread(target=write, args=(0, 3, "Queued")),
+                   threading.Thread(target=write, args=(1, 4, "Running"))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert mirrors[0].get(uid)["resourceVersion"] == 4
+        assert results[4] is True
+
+
+def test_deleted_flag_sticks(mirror):
+    mirror.upsert(task_obj("u1", 10, "Succeeded"))
+    when = minutes(30)
+    assert mirror.mark_deleted("u1", when) is True
+    rec = mirror.get("u1")
+    assert rec["deleted"] is True and rec["deletedAt"] == when
+    # a late event with a newer view is kept, but the resource stays gone
+    assert mirror.upsert(task_obj("u1", 11, "Succeeded", message="late")) is True
+    rec = mirror.get("u1")
+    assert (rec["message"], rec["deleted"], rec["deletedAt"]) == ("late", True, when)
+    assert mirror.mark_deleted("u1") is False
+    assert mirror.mark_deleted("never-seen") is False
+    assert mirror.list()[1] == 0
+    assert [r["_id"] for r in mirror.list(include_deleted=True)[0]] == ["u1"]
+    assert mirror.get_by_name("ns1", "img-u1")["deleted"] is True
+
+
+def test_a_name_reused_after_its_task_was_deleted(mirror):
+    """kubectl delete + apply of the same name: the old record stays (deleted), the new one is live."""
+    mirror.upsert(task_obj("old", 10, "Succeeded", name="img-fox"))
+    mirror.mark_deleted("old")
+    assert mirror.upsert(task_obj("new", 20, "Pending", name="img-fox", created=minutes(5))) is True
+    assert mirror.get_by_name("ns1", "img-fox")["_id"] == "new"
+    assert mirror.get("old")["deleted"] is True
+
+
+def test_a_missed_deletion_is_inferred_when_the_name_is_reused(mirror):
+    mirror.upsert(task_obj("old", 10, "Running", name="img-fox"))  # its deletion never reached the mirror
+    assert mirror.upsert(task_obj("new", 20, "Pending", name="img-fox", created=minutes(5))) is True
+    old, new = mirror.get("old"), mirror.get("new")
+    assert (old["deleted"], old["deletedAt"]) == (True, minutes(5))
+    assert new["deleted"] is False
+    # a stale event of the old task arriving after the new one exists is stored as deleted
+    mirror.upsert(task_obj("older", 5, "Succeeded", name="img-fox"))
+    assert mirror.get("older")["deleted"] is True
+    assert mirror.get_by_name("ns1", "img-fox")["_id"] == "new"
+    assert [r["_id"] for r in mirror.list()[0]] == ["new"]
+
+
+def test_list_filters_paging_and_stable_order(mirror):
+    # 30 tasks of user a, 10 of user b; three tasks share each creation minute, so the order
+    # inside a minute comes from _id
+    for i in range(40):
+        user = "a" if i < 30 else "b"
+        kind = ["image", "video", "text"][i % 3]
+        phase = ["Pending", "Running", "Succeeded", "Failed"][i % 4]
+        mirror.upsert(task_obj(f"t{i:02d}", 100 + i, phase, user=user, type=kind, created=minutes(i // 3),
+                               namespace="ns1" if i % 2 else "ns2"))
+    everything, total = mirror.list(limit=100)
+    assert total == 40 and len(everything) == 40
+    keys = [(r["createdAt"], r["_id"]) for r in everything]
+    assert keys == sorted(keys, key=lambda k: (-k[0].timestamp(), k[1]))
+    assert everything[0]["_id"] == "t39"
+
+    pages = [mirror.list(user_id="a", limit=7, offset=o) for o in range(0, 35, 7)]
+    assert {p[1] for p in pages} == {30}
+    paged = [r["_id"] for page, _ in pages for r in page]
+    assert paged == [r["_id"] for r in everything if r["userID"] == "a"]
+    assert len(set(paged)) == 30
+    assert mirror.list(user_id="a", limit=7, offset=28)[0] == pages[4][0] == pages[4][0][:2]
+
+    videos, n = mirror.list(user_id="a", type="video", limit=100)
+    assert n == 10 and {r["type"] for r in videos} == {"video"}
+    failed, n = mirror.list(user_id="b", phase="Failed")
+    assert n == len(failed) == sum(1 for i in range(30, 40) if i % 4 == 3)
+    assert {r["userID"] for r in failed} == {"b"} and {r["phase"] for r in failed} == {"Failed"}
+    ns, n = mirror.list(namespace="ns1", limit=100)
+    assert n == 20 and {r["namespace"] for r in ns} == {"ns1"}
+    assert mirror.list(user_id="nobody") == ([], 0)
+    assert mirror.list(offset=1000) == ([], 40)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"limit": 0}, "limit must be an integer from 1 to 100, got 0"),
+    ({"limit": 101}, "limit must be an integer from 1 to 100, got 101"),
+    ({"limit": "20"}, "limit must be an integer from 1 to 100, got '20'"),
+    ({"offset": -1}, "offset must be an integer of 0 or more, got -1"),
+    ({"type": "audio"}, "type must be one of image, video, text, got 'audio'"),
+    ({"phase": "Done"}, "phase must be one of Pending, Queued, Running, Succeeded, Failed, Cancelled, got 'Done'"),
+])
+def test_list_rejects_bad_arguments_naming_what_is_accepted(mirror, kwargs, message):
+    with pytest.raises(ValueError) as err:
+        mirror.list(**kwargs)
+    assert str(err.value) == message
+
+
+def test_list_accepts_the_bounds(mirror):
+    for i in range(3):
+        mirror.upsert(task_obj(f"t{i}", i + 1))
+    assert len(mirror.list(limit=1)[0]) == 1
+    assert len(mirror.list(limit=100)[0]) == 3
+
+
+def test_indexes_exist_and_ensure_is_idempotent(mirror):
+    mirror.ensure_indexes()
+    indexes = {ix["name"]: ix for ix in mirror.collection.list_indexes()}
+    assert {"user_created", "user_type_created", "user_phase_created", "type_created", "phase",
+            "namespace_name_unique", "created_id"} <= set(indexes)
+    assert dict(indexes["user_created"]["key"]) == {"userID": 1, "createdAt": -1}
+    assert dict(indexes["created_id"]["key"]) == {"createdAt": -1, "_id": 1}
+    assert indexes["namespace_name_unique"].get("unique") is True
+
+
+def test_uids_and_counts_for_resync(mirror):
+    mirror.upsert(task_obj("a", 3, "Running", namespace="x"))
+    mirror.upsert(task_obj("b", 7, "Succeeded", namespace="x"))
+    mirror.upsert(task_obj("c", 9, "Succeeded", namespace="y"))
+    mirror.upsert(task_obj("d", 11, "Failed", namespace="y"))
+    mirror.mark_deleted("d")
+    assert mirror.uids() == {"a": 3, "b": 7, "c": 9}
+    assert mirror.uids("x") == {"a": 3, "b": 7}
+    assert mirror.count_by_phase() == {"Pending": 0, "Queued": 0, "Running": 1, "Succeeded": 2, "Failed": 1,
+                                       "Cancelled": 0}
+    assert mirror.count_by_phase(include_deleted=False)["Failed"] == 0
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda o: o["metadata"].pop("uid"), "lacks metadata.uid"),
+    (lambda o: o["metadata"].update(resourceVersion="abc"),
+     "metadata.resourceVersion must be an integer string, got 'abc'"),
+    (lambda o: o.pop("spec"), "lacks spec"),
+    (lambda o: o.update(status={"phase": "Done"}), "status.phase must be one of Pending, Queued"),
+    (lambda o: o["metadata"].update(creationTimestamp="yesterday"),
+     "metadata.creationTimestamp must be an RFC 3339 time"),
+])
+def test_malformed_objects_are_refused_naming_the_field(mirror, mutate, message):
+    obj = task_obj("u1", 1)
+    mutate(obj)
+    with pytest.raises(ValueError, match=message):
+        mirror.upsert(obj)
+    assert mirror.get("u1") is None
+
+
+def test_a_held_lease_of_a_crashed_writer_expires(db):
+    """A writer that died holding the lease blocks that record only until the lease expires."""
+    m = TaskMirror(db, serialize_writes=True, lease_seconds=1)
+    db["tasks.leases"].insert_one({"_id": "u1", "owner": "dead", "expiresAt": T0})
+    started = time.monotonic()
+    assert m.upsert(task_obj("u1", 1, "Pending")) is True
+    assert time.monotonic() - started < 5
+    assert db["tasks.leases"].count_documents({}) == 0
