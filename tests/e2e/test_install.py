@@ -1,0 +1,178 @@
+"""The chart installed for real: `helm install --wait` into the cluster, the operator and the API
+running from the chart's pods, tasks of every type over REST through the API's Service, Pod
+Security in the task namespace, and `helm uninstall` (the last test of this module)."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+from tests.e2e.conftest import (
+    CRD_NAME, KIND, PRIORITY_CLASSES, Release, dump, helm, helm_manifest, service_endpoint, wait_for,
+)
+
+TASKS = {   # type -> (request body, what the downloaded artifact starts with)
+    "image": ({"prompt": "a red fox in the snow", "provider": "fake", "model": "fake-image", "size": "64x48"},
+              "image/png"),
+    "video": ({"prompt": "waves on a beach", "provider": "fake", "model": "fake-video", "duration": 1,
+               "aspect_ratio": "16:9"}, "video/mp4"),
+    "text": ({"prompt": "say hello", "provider": "fake", "model": "fake-text", "max_tokens": 50}, None),
+}
+MAGIC = {"image/png": lambda b: b.startswith(b"\x89PNG\r\n\x1a\n"), "video/mp4": lambda b: b[4:8] == b"ftyp"}
+
+
+def call(rel: Release, method: str, path: str, body: dict | None = None) -> tuple[int, dict | bytes, dict]:
+    url = path if path.startswith("http") else rel.api_url() + path
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method, headers={
+        "Authorization": f"Bearer {rel.api_key}", "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            raw, status, headers = resp.read(), resp.status, dict(resp.headers)
+    except urllib.error.HTTPError as exc:
+        raw, status, headers = exc.read(), exc.code, dict(exc.headers)
+    if headers.get("content-type", headers.get("Content-Type", "")).startswith("application/json"):
+        return status, json.loads(raw), headers
+    return status, raw, headers
+
+
+@pytest.fixture(scope="module")
+def finished(release: Release) -> dict[str, dict]:
+    """One task of each type, created over REST at once and followed until each one finished."""
+    created = {}
+    for kind, (body, _) in TASKS.items():
+        status, answer, _ = call(release, "POST", f"/api/v1/ai/{kind}/task", body)
+        assert status == 200 and answer["success"], f"POST {kind}: {status} {answer}"
+        created[kind] = answer["data"]["task_id"]
+    done: dict[str, dict] = {}
+
+    def all_finished() -> bool:
+        for kind, task_id in created.items():
+            if kind in done:
+                continue
+            status, answer, _ = call(release, "GET", f"/api/v1/ai/task/result/{task_id}")
+            assert status == 200, answer
+            if answer["data"]["status"] in ("completed", "failed", "cancelled"):
+                done[kind] = answer["data"]
+        return len(done) == len(created)
+    wait_for(all_finished, 150, interval=0.5, what=f"tasks {created} to finish (done: {list(done)})")
+    return done
+
+
+def test_install_waits_until_operator_and_api_are_ready(release: Release):
+    apps = client.AppsV1Api(release.cluster.api)
+    deployments = {d.metadata.name: d for d in apps.list_namespaced_deployment(release.namespace).items}
+    assert set(deployments) == {f"{release.name}-gentask-operator", f"{release.name}-gentask-api"}
+    for dep in deployments.values():
+        assert dep.status.ready_replicas == dep.spec.replicas == 1, dump(dep.status.to_dict())
+    status = json.loads(helm("status", release.name, "--namespace", release.namespace, "-o", "json",
+                             kubeconfig=release.cluster.kubeconfig).stdout)
+    assert status["info"]["status"] == "deployed"
+    # NOTES.txt: how to reach the API; no warning, since API keys are configured
+    assert f"port-forward svc/{release.name}-gentask-api" in release.notes
+    assert "no API keys are configured" not in release.notes
+    print(f"\nhelm install --wait took {release.install_seconds:.1f}s")
+
+
+def test_api_refuses_callers_without_a_key(release: Release):
+    req = urllib.request.Request(release.api_url() + "/api/v1/ai/tasks")
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(req, timeout=10)
+    assert err.value.code == 401
+
+
+@pytest.mark.parametrize("kind", list(TASKS))
+def test_task_over_rest_runs_to_completion_and_its_result_downloads(release: Release, finished: dict, kind: str):
+    task = finished[kind]
+    assert task["status"] == "completed" and task["phase"] == "Succeeded", dump(task)
+    assert task["type"] == kind and task["served_by"]["provider"] == "fake"
+    _, mime = TASKS[kind]
+    if mime is None:    # a short text is the result itself, inline in the status
+        assert task["result"]["text_result"].startswith("Simulated answer to: say hello")
+    else:
+        artifact = task["result"]["artifacts"][0]
+        status, data, headers = call(release, "GET", artifact["url"])
+        assert status == 200, data
+        assert headers.get("content-type", headers.get("Content-Type", "")).startswith(mime)
+        assert isinstance(data, bytes) and MAGIC[mime](data), data[:32]
+        assert len(data) == artifact["size_bytes"]
+    # kubectl get gt shows it, Succeeded
+    proc = release.cluster.kubectl("get", "gt", "-n", release.task_namespace, task["task_id"], check=True)
+    header, row = proc.stdout.splitlines()[:2]
+    assert "PHASE" in header and task["task_id"] in row and "Succeeded" in row and kind in row, proc.stdout
+
+
+def test_history_lists_the_tasks_from_mongodb(release: Release, finished: dict):
+    status, answer, _ = call(release, "GET", "/api/v1/ai/tasks?limit=10")
+    assert status == 200, answer
+    listed = {t["task_id"] for t in answer["data"]["tasks"]}
+    assert {t["task_id"] for t in finished.values()} <= listed
+
+
+def test_task_namespace_enforces_restricted_and_admits_the_task_pods(release: Release, finished: dict):
+    core, batch = client.CoreV1Api(release.cluster.api), client.BatchV1Api(release.cluster.api)
+    labels = core.read_namespace(release.task_namespace).metadata.labels
+    assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
+    for task in finished.values():        # each task's Job pod was admitted and succeeded there
+        def job_succeeded():
+            job = batch.read_namespaced_job(task["task_id"], release.task_namespace)
+            return job if job.status.succeeded == 1 else None
+        job = wait_for(job_succeeded, 60, what=f"Job {task['task_id']} to succeed (the pod exits after its report)")
+        assert job.spec.template.spec.priority_class_name == "gentask-default"
+    # a pod that is not restricted is refused in the task namespace
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "not-restricted"},
+           "spec": {"containers": [{"name": "main", "image": "busybox", "command": ["true"]}]}}
+    with pytest.raises(ApiException) as err:
+        core.create_namespaced_pod(release.task_namespace, pod, dry_run="All")
+    assert err.value.status == 403 and "restricted" in err.value.body
+
+
+def test_operator_metrics_count_the_tasks(release: Release, finished: dict):
+    if KIND:
+        pytest.skip("the metrics port is not forwarded on kind")
+    host, port = service_endpoint(release.cluster, release.namespace, f"{release.name}-gentask-operator-metrics",
+                                  "metrics")
+    with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    succeeded = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                    if line.startswith("gentask_tasks{") and 'phase="Succeeded"' in line)
+    assert succeeded >= len(finished), text[:2000]
+
+
+def test_uninstall_removes_everything_but_the_crd(release: Release, finished: dict):
+    """The last test of the module: what `helm uninstall` leaves behind."""
+    cluster = release.cluster
+    manifest = helm_manifest(release)
+    helm("uninstall", release.name, "--namespace", release.namespace, "--wait", "--timeout", "120s",
+         kubeconfig=cluster.kubeconfig)
+    core = client.CoreV1Api(cluster.api)
+
+    def gone(kind: str, name: str, namespace: str | None) -> bool:
+        args = ["get", kind, name] + (["-n", namespace] if namespace else [])
+        proc = cluster.kubectl(*args)
+        return proc.returncode != 0 and "NotFound" in proc.stderr
+
+    left = []
+    for doc in manifest:
+        kind, meta = doc["kind"], doc["metadata"]
+        if kind == "CustomResourceDefinition":
+            continue
+        if kind == "Namespace":     # deleted with everything in it: tasks, Jobs, the Secret
+            wait_for(lambda: gone("namespace", meta["name"], None), 120, interval=1,
+                     what=f"task namespace {meta['name']} to be deleted")
+        elif not gone(kind, meta["name"], meta.get("namespace")):
+            left.append(f"{kind}/{meta['name']}")
+    assert not left, f"helm uninstall left {left}"
+    assert {d["metadata"]["name"] for d in manifest if d["kind"] == "PriorityClass"} == set(PRIORITY_CLASSES)
+    # the operator and API pods are gone
+    wait_for(lambda: not core.list_namespaced_pod(release.namespace).items, 60, what="the release's pods to go")
+    # the CRD stays (helm.sh/resource-policy: keep), and with it the API
+    crd = client.ApiextensionsV1Api(cluster.api).read_custom_resource_definition(CRD_NAME)
+    assert crd.metadata.annotations.get("helm.sh/resource-policy") == "keep"
+    assert release.cluster.kubectl("get", "gt", "-A").returncode == 0
