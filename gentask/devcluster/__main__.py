@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -20,6 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--node-pods", default="110")
     run = sub.add_parser("run", help="start the cluster, say what runs, stop all of it on Ctrl-C")
     run.add_argument("--timeout", type=float, default=180)
+    run.add_argument("--api-port", type=int, default=int(os.environ.get("PORT", "8080")))
     sub.add_parser("down", help="stop every process the cluster started, by PID")
     sub.add_parser("status", help="print what runs and where")
     logs = sub.add_parser("logs", help="print a pod's log: NAMESPACE/POD [CONTAINER]")
@@ -35,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     cluster = DevCluster(args.root, **({"node_cpu": args.node_cpu, "node_memory": args.node_memory,
                                         "node_pods": args.node_pods} if args.cmd == "up" else {}))
     if args.cmd == "run":
-        return _run(cluster, args.timeout)
+        return _run(cluster, args.timeout, args.api_port)
     try:
         if args.cmd == "up":
             state = cluster.up(timeout=args.timeout)
@@ -53,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _run(cluster: DevCluster, timeout: float) -> int:
+def _run(cluster: DevCluster, timeout: float, api_port: int) -> int:
     """The foreground form of `up`: Ctrl-C (or SIGTERM) stops everything it started."""
     import signal
     import threading
@@ -63,20 +65,33 @@ def _run(cluster: DevCluster, timeout: float) -> int:
         signal.signal(sig, lambda *_: stop.set())
     try:
         state = cluster.up(timeout=timeout)
+        from gentask.devcluster.system import start_system
+        system = start_system(cluster, state, api_port=api_port)
     except ClusterError as exc:
         print(f"devcluster: {exc}", file=sys.stderr)
+        cluster.down()
         return 1
     try:
+        provider = "volcengine" if os.environ.get("ARK_API_KEY") else "fake"
+        model = "doubao-seedream-3-0-t2i-250415" if provider == "volcengine" else "fake-image"
+        size = "1024x1024" if provider == "volcengine" else "512x512"
+        api, key = system["api"], system["api_key"]
         print(f"""
-gentask local cluster is running:
+gentask is running on the local cluster:
+  REST API         {api}   (docs: {api}/docs)
+  operator         metrics {system['metrics']}; tasks in namespace {system['namespace']}
   Kubernetes API   {state.server}   (etcd, kube-apiserver, controller-manager, scheduler)
-  process node     gentask-node     (runs pods as local processes; logs in {cluster.root / 'node' / 'pods'})
+  process node     gentask-node   (runs the task pods; logs in {cluster.root / 'node' / 'pods'})
   MongoDB          {state.mongo_url}   (FerretDB over SQLite)
+  component logs   {cluster.root / 'logs'}
 
-In another shell:
-  . {cluster.root / 'env'}
-  kubectl get nodes
-  kubectl apply -f crds/ && kubectl apply -f examples/image-seedream.yaml && kubectl get gt
+Try it (provider {provider}):
+  curl -s -X POST {api}/api/v1/ai/image/task -H 'Authorization: Bearer {key}' \\
+       -H 'Content-Type: application/json' \\
+       -d '{{"prompt": "a red fox in the snow", "user_id": "demo", "provider": "{provider}", "model": "{model}", "size": "{size}"}}'
+  curl -s {api}/api/v1/ai/task/result/<task_id> -H 'Authorization: Bearer {key}'
+
+In another shell: . {cluster.root / 'env'} && kubectl get gt -n {system['namespace']}
 
 Press Ctrl-C to stop all of it.""", flush=True)
         while not stop.wait(1.0):

@@ -32,7 +32,8 @@ ISSUER = "https://kubernetes.default.svc.cluster.local"
 ADMISSION = ("NamespaceLifecycle,LimitRanger,ServiceAccount,Priority,DefaultTolerationSeconds,"
              "PodSecurity,ResourceQuota,MutatingAdmissionWebhook,ValidatingAdmissionPolicy,"
              "ValidatingAdmissionWebhook")
-STOP_ORDER = ("node", "scheduler", "controller-manager", "ferretdb", "apiserver", "etcd")
+RESTARTABLE = ("ferretdb",)
+STOP_ORDER = ("api", "operator", "node", "scheduler", "controller-manager", "ferretdb", "apiserver", "etcd")
 
 
 class ClusterError(RuntimeError):
@@ -100,6 +101,7 @@ class State:
     mongo_port: int
     pids: dict[str, int]
     started_at: float
+    argv: dict[str, list[str]] | None = None
 
     @property
     def server(self) -> str:
@@ -115,7 +117,7 @@ class State:
 
     def save(self) -> None:
         doc = {"apiserver_port": self.apiserver_port, "mongo_port": self.mongo_port, "pids": self.pids,
-               "started_at": self.started_at}
+               "started_at": self.started_at, "argv": self.argv or {}}
         (self.root / "state.json").write_text(json.dumps(doc, indent=2))
 
     @classmethod
@@ -125,7 +127,7 @@ class State:
         except (OSError, ValueError):
             return None
         return cls(root=root, apiserver_port=doc["apiserver_port"], mongo_port=doc["mongo_port"],
-                   pids=doc["pids"], started_at=doc["started_at"])
+                   pids=doc["pids"], started_at=doc["started_at"], argv=doc.get("argv") or {})
 
 
 class DevCluster:
@@ -234,15 +236,18 @@ class DevCluster:
         self.log(f"devcluster up in {time.monotonic() - t0:.1f}s: API {state.server}, MongoDB {state.mongo_url}")
         return state
 
-    def _start(self, state: State, name: str, argv: list[str]) -> None:
+    def _start(self, state: State, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
         logf = open(self.root / "logs" / f"{name}.log", "ab")  # noqa: SIM115 - handed to the child
-        env = {k: v for k, v in os.environ.items() if k not in ("KUBECONFIG",)}
+        if env is None:
+            env = {k: v for k, v in os.environ.items() if k not in ("KUBECONFIG",)}
         try:
             proc = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     start_new_session=True, env=env, cwd=self.root)
         finally:
             logf.close()
         state.pids[name] = proc.pid
+        if name in RESTARTABLE:
+            state.argv = {**(state.argv or {}), name: argv}
         state.save()
 
     def _wait(self, state: State, name: str, check, timeout: float) -> None:
@@ -291,6 +296,26 @@ class DevCluster:
             f"export GENTASK_DEVCLUSTER={self.root}\n"
             f"export PATH={bin_dir}:$PATH\n")
 
+    # ---- fault drills ----------------------------------------------------------------------------
+
+    def stop_component(self, name: str) -> None:
+        """Stop one restartable component (FerretDB), e.g. to drill an outage."""
+        state = self._require(name)
+        stop_pid(state.pids[name], name)
+
+    def start_component(self, name: str, timeout: float = 30.0) -> None:
+        """Start a stopped component again, on the same port, with the same data."""
+        state = self._require(name)
+        self._start(state, name, state.argv[name])
+        self._wait(state, name, lambda: _tcp_open(state.mongo_port), timeout)
+
+    def _require(self, name: str) -> State:
+        state = self.state()
+        if state is None or name not in (state.argv or {}):
+            raise ClusterError(f"{name} cannot be stopped or started: the cluster is not running, or only "
+                               f"{', '.join(RESTARTABLE)} can be")
+        return state
+
     # ---- down ----------------------------------------------------------------------------------
 
     def down(self, quiet: bool = False) -> list[str]:
@@ -298,7 +323,7 @@ class DevCluster:
         state = self.state()
         stopped: list[str] = []
         if state is not None:
-            expect = {"node": "gentask.devcluster.node", "apiserver": "kube-apiserver",
+            expect = {"node": "gentask.devcluster.node", "operator": "gentask operator", "api": "gentask api", "apiserver": "kube-apiserver",
                       "controller-manager": "kube-controller-manager", "scheduler": "kube-scheduler",
                       "etcd": "etcd", "ferretdb": "ferretdb"}
             for name in STOP_ORDER:

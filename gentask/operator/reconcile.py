@@ -8,6 +8,7 @@ the handlers in gentask.operator.handlers call these with the object Kopf delive
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import logging
 import time
 from datetime import datetime, timezone
@@ -53,14 +54,11 @@ def observe(ctx: OperatorContext, task: dict) -> None:
     ctx.seen[uid] = phase
     if previous == phase or previous is None and phase == "Pending":
         return
-    reason = status.get("reason") or phase
-    ctx.metrics.transitions.labels(phase, reason).inc()
-    if previous is not None or phase != "Pending":
-        events.emit(ctx.api, task, reason, status.get("message") or f"task is {phase}", warning=phase == "Failed")
-        ctx.metrics.api_writes.labels("event").inc()
+    _record_transitions(ctx, task, previous, phase)
     created = _parse_time(meta.get("creationTimestamp"))
     started = _parse_time(status.get("startTime"))
-    if phase == "Running" and created and started:
+    passed_running = previous is not None and Phase(previous).rank < Phase.RUNNING.rank <= Phase(phase).rank
+    if passed_running and created and started:
         ctx.metrics.queue_wait.labels(spec.get("type", ""), spec.get("priority", "")).observe(
             max(0.0, (started - created).total_seconds()))
     if phase in TERMINAL:
@@ -70,6 +68,26 @@ def observe(ctx: OperatorContext, task: dict) -> None:
                 max(0.0, (done - started).total_seconds()))
         for failure in status.get("providerFailures") or []:
             ctx.metrics.provider_errors.labels(failure.get("provider", ""), failure.get("reason", "")).inc()
+
+
+def _record_transitions(ctx: OperatorContext, task: dict, previous: str | None, phase: str) -> None:
+    """An Event for every phase the task passed since the operator last saw it.
+
+    Kopf hands over the latest state of an object, so a quick task may go Queued → Succeeded
+    between two looks; the Running it passed through still gets its Event (from the status'
+    startTime and attempts), in order.
+    """
+    status = task.get("status") or {}
+    reason = status.get("reason") or phase
+    ctx.metrics.transitions.labels(phase, reason).inc()
+    if previous is None:
+        return          # an operator (re)start sees the task mid-way: its Events were recorded already
+    before = Phase(previous).rank
+    if before < Phase.RUNNING.rank < Phase(phase).rank and status.get("startTime"):
+        events.emit(ctx.api, task, "Started", f"attempt {status.get('attempts') or 1} started")
+        ctx.metrics.api_writes.labels("event").inc()
+    events.emit(ctx.api, task, reason, status.get("message") or f"task is {phase}", warning=phase == "Failed")
+    ctx.metrics.api_writes.labels("event").inc()
 
 
 def forget(ctx: OperatorContext, uid: str) -> None:
@@ -281,14 +299,16 @@ async def job_deleted(ctx: OperatorContext, task: dict) -> None:
 async def resync(ctx: OperatorContext) -> dict[str, int]:
     """Repair what a missed event could leave: the mirror, expired TTLs, a vanished Job."""
     custom = client.CustomObjectsApi(ctx.api)
-    namespaces = ctx.settings.watch_namespaces or [None]
-    tasks: list[dict] = []
-    for ns in namespaces:
-        if ns is None:
-            listing = await _k(custom.list_cluster_custom_object, GROUP, VERSION, PLURAL)
-        else:
+    patterns = ctx.settings.watch_namespaces
+    if patterns and not any(ch in p for p in patterns for ch in "*?["):
+        tasks: list[dict] = []
+        for ns in patterns:
             listing = await _k(custom.list_namespaced_custom_object, GROUP, VERSION, ns, PLURAL)
-        tasks += listing.get("items", [])
+            tasks += listing.get("items", [])
+    else:   # everything, or glob patterns as Kopf takes them: list once, keep what they match
+        listing = await _k(custom.list_cluster_custom_object, GROUP, VERSION, PLURAL)
+        tasks = [t for t in listing.get("items", [])
+                 if not patterns or any(fnmatch.fnmatch(t["metadata"]["namespace"], p) for p in patterns)]
     live = {t["metadata"]["uid"] for t in tasks}
     for task in tasks:
         ctx.mirror.put(task)
@@ -298,8 +318,19 @@ async def resync(ctx: OperatorContext) -> dict[str, int]:
     gone = 0
     if ctx.mirror.mirror is not None:
         try:
-            known = await asyncio.to_thread(ctx.mirror.mirror.uids)
-            for uid in set(known) - live:
+            known: set[str] = set()
+            if not patterns:
+                known = set(await asyncio.to_thread(ctx.mirror.mirror.uids))
+            else:   # only the records of the namespaces this operator watches
+                names = {t["metadata"]["namespace"] for t in tasks} | {p for p in patterns if not any(
+                    ch in p for ch in "*?[")}
+                if any(ch in p for p in patterns for ch in "*?["):
+                    listing = await _k(client.CoreV1Api(ctx.api).list_namespace)
+                    names |= {n.metadata.name for n in listing.items
+                              if any(fnmatch.fnmatch(n.metadata.name, p) for p in patterns)}
+                for ns in names:
+                    known |= set(await asyncio.to_thread(ctx.mirror.mirror.uids, ns))
+            for uid in known - live:
                 ctx.mirror.delete(uid)
                 gone += 1
         except Exception as exc:  # noqa: BLE001 - MongoDB down: next time

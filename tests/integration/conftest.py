@@ -21,9 +21,9 @@ from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
 from gentask.devcluster import DevCluster, tools_dir
+from gentask.devcluster.system import bootstrap
 
 ROOT = Path(__file__).resolve().parents[2]
-PRIORITY_CLASSES = {"gentask-critical": 1000, "gentask-default": 100, "gentask-low": 10}
 
 
 @dataclass
@@ -44,36 +44,6 @@ class Cluster:
                        for f in folders if (f / f"{container}.log").exists())
 
 
-def _apply_bootstrap(api: client.ApiClient, kubeconfig: Path) -> None:
-    ext = client.ApiextensionsV1Api(api)
-    crd = yaml.safe_load((ROOT / "crds" / "generationtasks.gentask.io.yaml").read_text())
-    try:
-        ext.create_custom_resource_definition(crd)
-    except ApiException as exc:
-        if exc.status != 409:
-            raise
-        current = ext.read_custom_resource_definition(crd["metadata"]["name"])
-        crd["metadata"]["resourceVersion"] = current.metadata.resource_version
-        ext.replace_custom_resource_definition(crd["metadata"]["name"], crd)
-    sched = client.SchedulingV1Api(api)
-    for name, value in PRIORITY_CLASSES.items():
-        body = {"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass", "metadata": {"name": name},
-                "value": value, "preemptionPolicy": "Never",
-                "description": f"gentask tasks of priority {name.split('-')[1]}"}
-        try:
-            sched.create_priority_class(body)
-        except ApiException as exc:
-            if exc.status != 409:
-                raise
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        got = ext.read_custom_resource_definition(crd["metadata"]["name"])
-        if any(c.type == "Established" and c.status == "True" for c in got.status.conditions or []):
-            return
-        time.sleep(0.2)
-    raise RuntimeError("the GenerationTask CRD did not become Established")
-
-
 @pytest.fixture(scope="session")
 def cluster() -> Cluster:
     kubeconfig, mongo_url = os.environ.get("GENTASK_TEST_KUBECONFIG"), os.environ.get("GENTASK_TEST_MONGO_URL")
@@ -87,7 +57,7 @@ def cluster() -> Cluster:
         kubeconfig, mongo_url = str(state.kubeconfig), state.mongo_url
     api = config.new_client_from_config(kubeconfig)
     try:
-        _apply_bootstrap(api, Path(kubeconfig))
+        bootstrap(api)
         yield Cluster(Path(kubeconfig), mongo_url, api)
     finally:
         api.close()

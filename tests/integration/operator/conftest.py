@@ -52,7 +52,7 @@ def start_operator(cluster: Cluster, log: Path, **extra: str) -> Operator:
     port = free_port()
     env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig), "MONGO_URL": cluster.mongo_url,
            "GENTASK_METRICS_PORT": str(port), "GENTASK_RESYNC_SECONDS": "5", "GENTASK_WORKER_IMAGE": "gentask:dev",
-           "LOG_LEVEL": "info", "GENTASK_WATCH_NAMESPACES": "", **extra}
+           "LOG_LEVEL": "info", "GENTASK_WATCH_NAMESPACES": "t-*", **extra}
     proc = subprocess.Popen([sys.executable, "-m", "gentask", "operator"], env=env, stdout=open(log, "ab"),
                             stderr=subprocess.STDOUT, start_new_session=True)
 

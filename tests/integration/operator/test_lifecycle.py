@@ -109,10 +109,11 @@ def test_permanent_failure_fails_at_once_without_retries(cluster, tasks):
     name = tasks.create(type="image", model="fake-image", prompt="x [fail:content_rejected]", retries=3)
     status = tasks.wait_phase(name, "Failed", timeout=60)
     assert status["reason"] == "ContentRejected" and status["attempts"] == 1
-    job = client.BatchV1Api(cluster.api).read_namespaced_job_status(name, tasks.ns)
-    assert job.status.failed == 1
-    failed = next(c for c in job.status.conditions if c.type == "Failed")
-    assert failed.reason == "PodFailurePolicy"
+    batch = client.BatchV1Api(cluster.api)
+    failed = wait_for(lambda: next((c for c in batch.read_namespaced_job_status(name, tasks.ns).status.conditions or []
+                                    if c.type == "Failed"), None), 30, what="the Job to fail")
+    assert failed.reason == "PodFailurePolicy"          # at once: no second pod
+    assert batch.read_namespaced_job_status(name, tasks.ns).status.failed == 1
 
 
 def test_retries_exhausted_names_the_last_error(cluster, tasks):
@@ -180,5 +181,5 @@ def test_status_changes_are_mirrored_and_events_recorded(cluster, tasks):
     assert record["userID"] == "tester" and record["result"]["images"][0]["sha256"]
     events = client.CoreV1Api(cluster.api).list_namespaced_event(
         tasks.ns, field_selector=f"involvedObject.name={name},involvedObject.kind=GenerationTask").items
-    reasons = [e.reason for e in sorted(events, key=lambda e: e.first_timestamp)]
+    reasons = [e.reason for e in sorted(events, key=lambda e: int(e.metadata.resource_version))]
     assert reasons == ["JobCreated", "Started", "Completed"]
