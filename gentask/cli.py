@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "devcluster": ("gentask.devcluster.__main__", "start, stop or inspect the local cluster"),
     "crds": ("gentask.domain.crd", "render the GenerationTask CRD from the domain models"),
     "provider": ("gentask.providers.cli", "try a provider: one generation, saved to a folder"),
+    "api": ("gentask.api.__main__", "run the REST API"),
     "worker": ("gentask.worker.__main__", "run one GenerationTask (what a Job pod runs)"),
     "operator": ("gentask.operator.__main__", "run the operator (kopf run -m gentask.operator)"),
 }

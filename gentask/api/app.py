@@ -1,0 +1,96 @@
+"""The FastAPI application: `create_app(settings)`; `uvicorn gentask.api.app:app` builds one from
+the environment when the attribute is first read (no app exists at import time)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import AsyncIterator
+
+from fastapi import FastAPI
+
+from gentask.api.auth import KeyRing
+from gentask.api.deps import Services
+from gentask.api.errors import install_handlers
+from gentask.api.index import TaskIndex
+from gentask.api.limits import RateLimiter
+from gentask.api.metrics import Metrics, MetricsMiddleware
+from gentask.api.middleware import BodyLimitMiddleware
+from gentask.api.routers import health, models, tasks
+from gentask.api.service import TaskService
+from gentask.api.store import Store
+from gentask.config import Settings, SettingsError, load_settings
+from gentask.kube.tasks import TaskClient, load_connection
+
+log = logging.getLogger("gentask.api")
+
+DESCRIPTION = """
+Kubernetes-native AI generation tasks behind the old Volcengine AI Server's REST interface.
+
+Every answer is the envelope `{success, data, message}` (failures add `errors` for invalid fields).
+Authenticate with `Authorization: Bearer <key>` or `X-API-Key: <key>`. See docs/api.md.
+"""
+
+
+def create_app(settings: Settings | None = None, *, kubeconfig: str | None = None) -> FastAPI:
+    """A new app; its lifespan connects to the cluster, starts the task watch and the mirror writer."""
+    settings = settings or load_settings()
+    if settings.auth_disabled and settings.environment == "production":
+        raise SettingsError("invalid setting GENTASK_AUTH_DISABLED=true: authentication cannot be off "
+                            "when ENVIRONMENT=production")
+    try:
+        keys = KeyRing.parse(settings.api_keys.get_secret_value() if settings.api_keys else None)
+    except ValueError as exc:
+        raise SettingsError(f"invalid setting {exc}") from None
+    metrics = Metrics()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if not settings.auth_disabled and not len(keys):
+            log.warning("no API keys are configured (GENTASK_API_KEYS) and authentication is on: "
+                        "every /api request will be refused with 401")
+        if settings.auth_disabled:
+            log.warning("authentication is OFF (GENTASK_AUTH_DISABLED): every caller acts as admin")
+        client = TaskClient(load_connection(kubeconfig), timeout=settings.api_kube_timeout)
+        index = TaskIndex(client, settings.namespace)
+        store = Store(settings, metrics)
+        store.start()
+        metrics.gauges["gentask_api_watched_tasks"] = lambda: len(index)
+        metrics.gauges["gentask_api_watch_healthy"] = lambda: int(index.healthy)
+        app.state.services = Services(settings=settings, keys=keys, limiter=RateLimiter(
+            settings.api_rate_per_user, settings.api_rate_burst), metrics=metrics, store=store, index=index,
+            tasks=TaskService(settings, client, index, store, metrics))
+        watch = asyncio.create_task(index.run(), name="gentask-api-watch")
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(index.synced.wait(), 5)   # serve even if the cluster is not there yet
+        log.info("REST API ready", extra={"namespace": settings.namespace, "watched": len(index),
+                                          "auth": not settings.auth_disabled})
+        try:
+            yield
+        finally:
+            watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watch
+            await client.close()
+            await asyncio.to_thread(store.stop)
+
+    app = FastAPI(title="gentask REST API", version="1", description=DESCRIPTION, lifespan=lifespan,
+                  docs_url="/docs", openapi_url="/openapi.json", redoc_url=None)
+    app.state.settings = settings
+    install_handlers(app)
+    app.include_router(tasks.router)
+    app.include_router(models.router)
+    app.include_router(health.router)
+    app.add_middleware(BodyLimitMiddleware, limit=settings.api_max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    return app
+
+
+def __getattr__(name: str) -> FastAPI:
+    """`gentask.api.app:app` for uvicorn: built from the environment on first access."""
+    if name == "app":
+        built = create_app()
+        globals()["app"] = built
+        return built
+    raise AttributeError(name)

@@ -1,0 +1,79 @@
+"""Typed dependencies: routes take `caller: CallerDep, tasks: TasksDep` as plain parameters."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Header, Request
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+
+from gentask.api.auth import ANONYMOUS, Caller, KeyRing
+from gentask.api.errors import TooManyRequests, Unauthorized
+from gentask.api.index import TaskIndex
+from gentask.api.limits import RateLimiter
+from gentask.api.metrics import Metrics
+from gentask.api.service import TaskService
+from gentask.api.store import Store
+from gentask.config import Settings
+
+
+@dataclass
+class Services:
+    """Everything the routes use, built once per app in its lifespan."""
+
+    settings: Settings
+    keys: KeyRing
+    limiter: RateLimiter
+    metrics: Metrics
+    store: Store
+    index: TaskIndex
+    tasks: TaskService
+
+
+def get_services(request: Request) -> Services:
+    return request.app.state.services
+
+
+def get_tasks(request: Request) -> TaskService:
+    return request.app.state.services.tasks
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+_bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer <API key>")
+_api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="the API key, instead of Authorization")
+
+
+def get_caller(request: Request,
+               bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+               api_key: Annotated[str | None, Depends(_api_key)]) -> Caller:
+    """The authenticated caller, after the per-user rate limit (401 and 429 otherwise)."""
+    services: Services = request.app.state.services
+    if services.settings.auth_disabled:
+        caller = ANONYMOUS
+    else:
+        key = bearer.credentials.strip() if bearer is not None else (api_key or "").strip()
+        found = services.keys.lookup(key) if key else None
+        if found is None:
+            raise Unauthorized(None if not key else "unknown API key")
+        caller = found
+    wait = services.limiter.take(caller.limit_key)
+    if wait:
+        services.metrics.rejected["rate"] += 1
+        raise TooManyRequests(f"rate limit of {services.limiter.rate:g} requests/s per user exceeded "
+                              "(GENTASK_API_RATE_PER_USER)", retry_after=wait)
+    return caller
+
+
+IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]{1,255}$"
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+CallerDep = Annotated[Caller, Depends(get_caller)]
+TasksDep = Annotated[TaskService, Depends(get_tasks)]
+IdempotencyKeyDep = Annotated[str | None, Header(
+    alias="Idempotency-Key", pattern=IDEMPOTENCY_KEY_PATTERN,
+    description="the same key and body return the same task; the same key with another body is 409")]

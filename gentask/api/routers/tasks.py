@@ -1,0 +1,109 @@
+"""The old server's six endpoints, and cancel and artifact downloads."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query, Response
+from fastapi.responses import StreamingResponse
+
+from gentask.api.deps import CallerDep, IdempotencyKeyDep, TasksDep
+from gentask.api.schemas import (DeletedTask, Envelope, ErrorEnvelope, ImageTaskRequest, OldStatus, TaskPage,
+                                 TaskView, TextTaskRequest, VideoTaskRequest)
+from gentask.domain.task import TaskType
+
+router = APIRouter(prefix="/api/v1/ai", tags=["tasks"])
+
+
+def _errors(*codes: int) -> dict:
+    words = {400: "malformed JSON, or an unknown provider or model (the supported ones are listed)",
+             401: "missing or unknown API key", 403: "user_id is not the caller's",
+             404: "no such task, or not the caller's", 409: "conflict (see message)",
+             413: "request body too large", 422: "invalid field: errors lists field, value and accepted values",
+             429: "rate limit or unfinished-task cap reached; see Retry-After",
+             503: "the cluster or MongoDB is unreachable; see Retry-After"}
+    return {code: {"model": ErrorEnvelope, "description": words[code]} for code in codes}
+
+
+CREATE_ERRORS = _errors(400, 401, 403, 409, 413, 422, 429, 503)
+TASK_ERRORS = _errors(401, 404, 422, 429, 503)
+
+
+async def _create(type_: TaskType, body, caller, tasks, idempotency_key, response: Response) -> dict:
+    view, replayed = await tasks.create(caller, type_, body, idempotency_key)
+    if replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return {"success": True, "data": view,
+            "message": "task already created with this Idempotency-Key" if replayed else "task created"}
+
+
+@router.post("/image/task", response_model=Envelope[TaskView], responses=CREATE_ERRORS,
+             summary="Create an image task")
+async def create_image_task(body: ImageTaskRequest, caller: CallerDep, tasks: TasksDep, response: Response,
+                            idempotency_key: IdempotencyKeyDep = None) -> dict:
+    return await _create(TaskType.IMAGE, body, caller, tasks, idempotency_key, response)
+
+
+@router.post("/video/task", response_model=Envelope[TaskView], responses=CREATE_ERRORS,
+             summary="Create a video task")
+async def create_video_task(body: VideoTaskRequest, caller: CallerDep, tasks: TasksDep, response: Response,
+                            idempotency_key: IdempotencyKeyDep = None) -> dict:
+    return await _create(TaskType.VIDEO, body, caller, tasks, idempotency_key, response)
+
+
+@router.post("/text/task", response_model=Envelope[TaskView], responses=CREATE_ERRORS,
+             summary="Create a text task")
+async def create_text_task(body: TextTaskRequest, caller: CallerDep, tasks: TasksDep, response: Response,
+                           idempotency_key: IdempotencyKeyDep = None) -> dict:
+    return await _create(TaskType.TEXT, body, caller, tasks, idempotency_key, response)
+
+
+@router.get("/task/result/{task_id}", response_model=Envelope[TaskView], responses=TASK_ERRORS,
+            summary="A task's status and result")
+async def get_task_result(task_id: str, caller: CallerDep, tasks: TasksDep) -> dict:
+    return {"success": True, "data": await tasks.result(caller, task_id), "message": "ok"}
+
+
+@router.delete("/task/{task_id}", response_model=Envelope[DeletedTask], responses=TASK_ERRORS,
+               summary="Delete a task (a running one is stopped)")
+async def delete_task(task_id: str, caller: CallerDep, tasks: TasksDep) -> dict:
+    return {"success": True, "data": await tasks.delete(caller, task_id), "message": "task deleted"}
+
+
+@router.post("/task/{task_id}/cancel", response_model=Envelope[TaskView], responses={**TASK_ERRORS, **_errors(409)},
+             summary="Cancel a task that has not finished")
+async def cancel_task(task_id: str, caller: CallerDep, tasks: TasksDep) -> dict:
+    return {"success": True, "data": await tasks.cancel(caller, task_id), "message": "cancel requested"}
+
+
+@router.get("/task/{task_id}/artifacts/{name}", response_class=StreamingResponse, responses={
+    200: {"description": "the file, with its content type", "content": {"*/*": {"schema": {"type": "string",
+                                                                                           "format": "binary"}}}},
+    **TASK_ERRORS}, summary="Download a produced file from the artifact store")
+async def get_artifact(task_id: str, name: str, caller: CallerDep, tasks: TasksDep) -> StreamingResponse:
+    stream, entry = await tasks.artifact(caller, task_id, name)
+    headers = {"Content-Disposition": f'inline; filename="{name}"', "Cache-Control": "private, max-age=3600"}
+    size = getattr(stream, "size_bytes", None)
+    if size is not None:
+        headers["Content-Length"] = str(size)
+    digest = getattr(stream, "sha256", None) or entry.get("sha256")
+    if digest:
+        headers["ETag"] = f'"{digest}"'
+    media_type = getattr(stream, "mime_type", None) or entry.get("mimeType") or "application/octet-stream"
+    return StreamingResponse(iter(stream), media_type=media_type, headers=headers)
+
+
+@router.get("/tasks", response_model=Envelope[TaskPage], responses=_errors(401, 403, 422, 429, 503),
+            summary="Page through a user's tasks (newest first)")
+async def list_tasks(
+    caller: CallerDep, tasks: TasksDep,
+    user_id: Annotated[str | None, Query(min_length=1, max_length=128,
+                                         description="the caller's own user id, or any (admin)")] = None,
+    type: Annotated[Literal["image", "video", "text"] | None, Query(description="task type")] = None,
+    status: Annotated[OldStatus | None, Query(description="pending | processing | completed | failed | "
+                                                           "cancelled")] = None,
+    limit: Annotated[int, Query(ge=1, le=100, description="page size, at most 100")] = 20,
+    offset: Annotated[int, Query(ge=0, le=1_000_000, description="tasks to skip")] = 0,
+) -> dict:
+    page = await tasks.list(caller, user_id=user_id, type_=type, status=status, limit=limit, offset=offset)
+    return {"success": True, "data": page, "message": "ok"}
