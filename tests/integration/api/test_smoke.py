@@ -1,0 +1,59 @@
+"""Smoke: the API as operators start it, `gentask api` and `uvicorn gentask.api.app:app`, over a socket."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from tests.integration.api.conftest import API_KEYS, IMAGE, KEYS, free_port
+from tests.integration.conftest import wait_for
+
+COMMANDS = {
+    "gentask api": lambda port: [sys.executable, "-m", "gentask", "api"],
+    "uvicorn gentask.api.app:app": lambda port: [sys.executable, "-m", "uvicorn", "gentask.api.app:app",
+                                                 "--host", "127.0.0.1", "--port", str(port)],
+}
+
+
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_started_from_the_command_line_it_serves_the_old_endpoints(command, cluster, namespace, tmp_path):
+    port = free_port()
+    env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig), "MONGO_URL": cluster.mongo_url, "PORT": str(port),
+           "GENTASK_NAMESPACE": namespace, "GENTASK_API_KEYS": API_KEYS, "GENTASK_API_HOST": "127.0.0.1"}
+    log = (tmp_path / "api.log").open("w+")
+    proc = subprocess.Popen(COMMANDS[command](port), env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_for(lambda: _answers(base, proc), 30, what=f"{command} to answer /healthz")
+        c = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {KEYS['alice']}"}, timeout=10)
+        created = c.post("/api/v1/ai/image/task", json=IMAGE).json()
+        assert created["success"] is True and created["data"]["status"] == "pending"
+        task_id = created["data"]["task_id"]
+        assert c.get(f"/api/v1/ai/task/result/{task_id}").json()["data"]["task_id"] == task_id
+        wait_for(lambda: c.get("/api/v1/ai/tasks").json()["data"]["total"] == 1, 10, what="the task listed")
+        assert c.delete(f"/api/v1/ai/task/{task_id}").json()["success"] is True
+        assert httpx.get(f"{base}/readyz").status_code == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(15)
+    log.seek(0)
+    text = log.read()
+    assert code in (0, -signal.SIGTERM), text            # uvicorn re-raises the signal after a clean shutdown
+    assert "shutdown complete" in text.lower()
+    assert all(key not in text for key in KEYS.values())
+
+
+def _answers(base: str, proc: subprocess.Popen) -> bool:
+    if proc.poll() is not None:
+        raise AssertionError(f"the API exited with {proc.returncode}")
+    try:
+        return httpx.get(f"{base}/healthz", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        time.sleep(0.1)
+        return False
