@@ -20,6 +20,7 @@ BIN="$TOOLS_DIR/bin"
 SRC="$TOOLS_DIR/src"
 LOGS="$TOOLS_DIR/logs"
 mkdir -p "$BIN" "$SRC" "$LOGS"
+cd "$TOOLS_DIR"   # go commands outside a module run here, whatever happens to the caller's folder
 
 export CGO_ENABLED=0 GOFLAGS="-trimpath -mod=mod" GOTOOLCHAIN=${GOTOOLCHAIN:-local}
 
