@@ -17,6 +17,7 @@ import os
 import socket
 import subprocess
 import time
+import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,37 +85,53 @@ class Release:
     cluster: Cluster
     api_key: str
     values: dict
-    install_seconds: float = 0.0
+    install_seconds: float = 0.0      # helm install --wait
+    ready_seconds: float = 0.0        # ... until both /readyz answer 200
     notes: str = ""
-    _forward: subprocess.Popen | None = field(default=None, repr=False)
-    _forward_port: int = 0
+    _forwards: dict = field(default_factory=dict, repr=False)
 
     @property
     def api_service(self) -> str:
         return f"{self.name}-gentask-api"
 
     def api_url(self) -> str:
-        """Where the API Service answers, reached the way kube-proxy would route it."""
+        return self.service_url(self.api_service, "http")
+
+    def service_url(self, service: str, port_name: str) -> str:
+        """Where a Service of the release answers: on the local cluster the ready endpoint that
+        kube-proxy would route to (see service_endpoint); on kind a `kubectl port-forward`."""
         if KIND:
-            return self._port_forward()
-        host, port = service_endpoint(self.cluster, self.namespace, self.api_service, "http")
+            return self._port_forward(service, port_name)
+        host, port = service_endpoint(self.cluster, self.namespace, service, port_name)
         return f"http://{host}:{port}"
 
-    def _port_forward(self) -> str:
-        if self._forward is None or self._forward.poll() is not None:
-            self._forward_port = free_port()
+    def _port_forward(self, service: str, port_name: str) -> str:
+        proc, local = self._forwards.get((service, port_name), (None, 0))
+        if proc is None or proc.poll() is not None:
+            svc = client.CoreV1Api(self.cluster.api).read_namespaced_service(service, self.namespace)
+            remote = next(p.port for p in svc.spec.ports if p.name == port_name)
+            local = free_port()
             env = {**os.environ, "KUBECONFIG": str(self.cluster.kubeconfig)}
-            self._forward = subprocess.Popen(
-                [str(tools_dir() / "bin" / "kubectl"), "-n", self.namespace, "port-forward",
-                 f"svc/{self.api_service}", f"{self._forward_port}:{self.values['api']['service']['port']}"],
-                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-            wait_for(lambda: _port_open(self._forward_port), 30, what="kubectl port-forward")
-        return f"http://127.0.0.1:{self._forward_port}"
+            proc = subprocess.Popen([str(tools_dir() / "bin" / "kubectl"), "-n", self.namespace, "port-forward",
+                                     f"svc/{service}", f"{local}:{remote}"], env=env, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL, start_new_session=True)
+            self._forwards[(service, port_name)] = (proc, local)
+            wait_for(lambda: _port_open(local), 30, what=f"kubectl port-forward svc/{service}")
+        return f"http://127.0.0.1:{local}"
 
     def close(self) -> None:
-        if self._forward is not None and self._forward.poll() is None:
-            self._forward.terminate()
-            self._forward.wait(10)
+        for proc, _ in self._forwards.values():
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait(10)
+
+
+def _ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=3) as resp:
+            return resp.status == 200
+    except (OSError, AssertionError):
+        return False
 
 
 def _port_open(port: int) -> bool:
@@ -237,7 +254,7 @@ def release(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory):
     """The chart installed with `helm install --wait`: operator and API Ready, task namespace made."""
     suffix = uuid.uuid4().hex[:6]
     name, ns, task_ns = f"e2e{suffix}", f"gentask-e2e-{suffix}", f"gentask-e2e-{suffix}-tasks"
-    mongo_url = os.environ.get("GENTASK_E2E_POD_MONGO_URL", cluster.mongo_url)
+    mongo_url = cluster.mongo_url          # what the pods connect to: FerretDB here, the MongoDB in kind
     api_key = f"e2e-{uuid.uuid4().hex}"
     values = install_values(task_ns, "gentask-api-keys")
     values_file = tmp_path_factory.mktemp("helm") / "values.yaml"
@@ -256,6 +273,13 @@ def release(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory):
                          "--timeout", "180s", kubeconfig=cluster.kubeconfig, timeout=240)
         rel.notes = installed.stdout
         rel.install_seconds = time.monotonic() - started
+        # `--wait` waited for the Deployments' Ready pods. The process node reports a pod Ready
+        # once its process runs (it runs no probes), so poll /readyz the way the readinessProbe
+        # would; on kind the probes made --wait cover this already.
+        for service, port_name in ((rel.api_service, "http"), (f"{name}-gentask-operator-metrics", "metrics")):
+            wait_for(lambda: _ready(rel.service_url(service, port_name) + "/readyz"), 60, interval=0.3,
+                     what=f"{service} /readyz to answer 200")
+        rel.ready_seconds = time.monotonic() - started
         # The worker pods read the same Secret in the task namespace, which the chart created.
         create_secret(cluster, task_ns, "gentask-credentials", {"MONGO_URL": mongo_url})
         yield rel
