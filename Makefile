@@ -38,8 +38,8 @@ devcluster-status: ## what runs in the local cluster and where
 run: install tools ## run the system on the local cluster; Ctrl-C stops all of it
 	$(PY) -m gentask devcluster --root $(DEVCLUSTER) run
 
-test: install tools ## unit and integration tests (starts the local cluster, stops it after)
-	$(PY) -m pytest tests/unit tests/integration $(PYTEST_ARGS)
+test: install tools ## unit, integration and chart e2e tests (starts the local cluster, stops it after)
+	$(PY) -m pytest tests/unit tests/integration tests/e2e $(PYTEST_ARGS)
 
 test-unit: install ## unit tests only (no cluster)
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
@@ -48,4 +48,18 @@ bench: install tools ## benchmarks: figures into docs/benchmarks.md
 	$(PY) bench/devcluster.py
 	$(PY) bench/pod_start.py
 
-.PHONY: help install tools crds devcluster-up devcluster-down devcluster-status run test test-unit bench
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+IMAGE ?= ghcr.io/gentask/gentask:$(VERSION)
+HELM := $(GENTASK_TOOLS_DIR)/bin/helm
+
+image: ## build the image (needs a Docker engine; lints the Dockerfile first when hadolint is installed)
+	@if command -v hadolint >/dev/null; then hadolint Dockerfile; else echo "hadolint not installed: lint skipped"; fi
+	docker build --build-arg VERSION=$(VERSION) -t $(IMAGE) .
+
+chart-lint: tools ## helm lint the chart (strict) with its values schema
+	$(HELM) lint --strict charts/gentask
+
+kind-e2e: install ## the chart e2e suite on kind with the built image (needs Docker, kind, kubectl, helm)
+	IMAGE=$(IMAGE) bash hack/kind-e2e.sh
+
+.PHONY: help install tools crds devcluster-up devcluster-down devcluster-status run test test-unit bench image chart-lint kind-e2e
