@@ -75,6 +75,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list) -> None:
+    """In a run with tests/integration (`make test`), run this suite before it.
+
+    tests/integration/operator starts a session-wide operator that watches every namespace and
+    lives until the session ends. Running after it, the chart's tasks would be served by two
+    operators, and a broken chart operator (e.g. missing RBAC) would go unnoticed because the
+    test operator, with admin rights, did the work. Before it, the chart's operator is alone.
+    """
+    mine = [item for item in items if item.nodeid.startswith("tests/e2e/")]
+    first_integration = next((n for n, item in enumerate(items) if item.nodeid.startswith("tests/integration/")), None)
+    if not mine or first_integration is None:
+        return
+    rest = [item for item in items if not item.nodeid.startswith("tests/e2e/")]
+    items[:] = rest[:first_integration] + mine + rest[first_integration:]
+
+
 # --- the installed release ------------------------------------------------------------------------
 
 @dataclass

@@ -14,7 +14,7 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from tests.e2e.conftest import (
-    CRD_NAME, PRIORITY_CLASSES, Release, dump, helm, helm_manifest, wait_for,
+    CRD_NAME, IMAGE, PRIORITY_CLASSES, Release, dump, helm, helm_manifest, wait_for,
 )
 
 TASKS = {   # type -> (request body, what the downloaded artifact starts with)
@@ -125,6 +125,8 @@ def test_task_namespace_enforces_restricted_and_admits_the_task_pods(release: Re
             return job if job.status.succeeded == 1 else None
         job = wait_for(job_succeeded, 60, what=f"Job {task['task_id']} to succeed (the pod exits after its report)")
         assert job.spec.template.spec.priority_class_name == "gentask-default"
+        # made by the chart's operator: the worker image is the chart's own
+        assert job.spec.template.spec.containers[0].image == IMAGE
     # a pod that is not restricted is refused in the task namespace
     pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "not-restricted"},
            "spec": {"containers": [{"name": "main", "image": "busybox", "command": ["true"]}]}}
