@@ -104,6 +104,9 @@ class Settings(BaseSettings):
                                              description="a user's unfinished tasks; creates beyond get 429; 0: no cap")
     api_kube_timeout: float = Field(10.0, gt=0, le=120, validation_alias=_env("GENTASK_API_KUBE_TIMEOUT"),
                                     description="seconds per Kubernetes API call of the REST API")
+    api_mirror_creates: bool = Field(True, validation_alias=_env("GENTASK_API_MIRROR_CREATES"),
+                                     description="the API also mirrors each task it creates, so that lists show it "
+                                                 "at once (the operator mirrors every change anyway)")
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -1,4 +1,7 @@
-"""Typed dependencies: routes take `caller: CallerDep, tasks: TasksDep` as plain parameters."""
+"""Typed dependencies: routes take `caller: CallerDep, tasks: TasksDep` as plain parameters.
+
+Every dependency is `async def`: FastAPI runs a plain `def` dependency in its thread pool, which
+cost more than the whole rest of a result read."""
 
 from __future__ import annotations
 
@@ -31,15 +34,15 @@ class Services:
     tasks: TaskService
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
     return request.app.state.services
 
 
-def get_tasks(request: Request) -> TaskService:
+async def get_tasks(request: Request) -> TaskService:
     return request.app.state.services.tasks
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
@@ -47,7 +50,7 @@ _bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer <API k
 _api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="the API key, instead of Authorization")
 
 
-def get_caller(request: Request,
+async def get_caller(request: Request,
                bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
                api_key: Annotated[str | None, Depends(_api_key)]) -> Caller:
     """The authenticated caller, after the per-user rate limit (401 and 429 otherwise)."""

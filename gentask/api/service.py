@@ -209,7 +209,8 @@ class TaskService:
             self.index.release(user_key)
         if not replayed:
             self.metrics.created[type_.value] += 1
-            self.store.submit("upsert", obj)
+            if self.settings.api_mirror_creates:
+                self.store.submit("upsert", obj)
         return task_view(record_of(obj)), replayed
 
     def _replay(self, key: str, type_: TaskType, owner: str, request_hash: str) -> dict | None:

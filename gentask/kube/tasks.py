@@ -123,24 +123,33 @@ class Connection:
     host: str
     ssl: ssl.SSLContext | bool
     _config: k8s_client.Configuration | None = None
-    _token: str | None = None
-    _refreshed: float = field(default=0.0)
+    _header: str | None = None
+    _refreshed: float | None = field(default=None)
 
     def authorization(self) -> str | None:
-        """The bearer header, refreshed now and then (in-cluster tokens rotate)."""
+        """The bearer header, read once a minute (in-cluster tokens rotate; the kubernetes
+        package's own refresh hook reloads the kubeconfig on every call, ~1 ms)."""
         cfg = self._config
         if cfg is None:
-            return self._token
+            return self._header
         now = time.monotonic()
-        if cfg.refresh_api_key_hook is not None and now - self._refreshed > TOKEN_REFRESH_SECONDS:
+        if self._refreshed is None or now - self._refreshed > TOKEN_REFRESH_SECONDS:
+            if cfg.refresh_api_key_hook is not None and self._refreshed is not None:
+                try:
+                    cfg.refresh_api_key_hook(cfg)
+                except Exception:  # noqa: BLE001 - keep the previous token; the API server will say 401
+                    log.warning("could not refresh the API server token")
             self._refreshed = now
-            try:
-                cfg.refresh_api_key_hook(cfg)
-            except Exception:  # noqa: BLE001 - keep the previous token; the API server will say 401
-                log.warning("could not refresh the API server token")
+            self._header = self._read(cfg)
+        return self._header
+
+    @staticmethod
+    def _read(cfg: k8s_client.Configuration) -> str | None:
         for key in ("BearerToken", "authorization"):
-            value = cfg.get_api_key_with_prefix(key)
+            value = cfg.api_key.get(key)
             if value:
+                prefix = cfg.api_key_prefix.get(key)
+                value = f"{prefix} {value}" if prefix else value
                 return value if value.lower().startswith("bearer ") else f"Bearer {value}"
         return None
 
@@ -161,7 +170,7 @@ def load_connection(kubeconfig: str | os.PathLike[str] | None = None) -> Connect
         tls: ssl.SSLContext | bool = context
     else:
         tls = False
-    return Connection(host=cfg.host.rstrip("/"), ssl=tls, _config=cfg, _refreshed=time.monotonic())
+    return Connection(host=cfg.host.rstrip("/"), ssl=tls, _config=cfg)
 
 
 # --- the client -----------------------------------------------------------------------------
