@@ -31,6 +31,23 @@ VIDEO = {"prompt": "a disc crossing the frame", "provider": "fake", "model": "fa
 TEXT = {"prompt": "write a haiku", "provider": "fake", "model": "fake-text", "max_tokens": 20}
 
 
+# The API tests' own database, fresh each session: FerretDB scans a whole collection on every
+# list and upsert, so a database that grows across runs slows every test down.
+DATABASE = f"gentask_api_{uuid.uuid4().hex[:8]}"
+
+
+def mongo_url(cluster) -> str:
+    base, _, query = cluster.mongo_url.partition("?")
+    return base.rsplit("/", 1)[0] + "/" + DATABASE + (f"?{query}" if query else "")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _api_database(cluster):
+    yield
+    from gentask.storage import connect
+    connect(Settings(mongo_url=mongo_url(cluster))).client.drop_database(DATABASE)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -64,7 +81,7 @@ class RunningAPI:
 
 def launch(cluster, namespace: str, *, kubeconfig: str | Path | None = None, **overrides) -> RunningAPI:
     """Serve a new app on a free loopback port from a thread; returns once it answers."""
-    values = {"namespace": namespace, "mongo_url": cluster.mongo_url, "api_keys": API_KEYS,
+    values = {"namespace": namespace, "mongo_url": mongo_url(cluster), "api_keys": API_KEYS,
               "providers": ["volcengine", "openai", "fake"], "api_rate_per_user": 0, **overrides}
     settings = Settings(**values)
     app = create_app(settings, kubeconfig=str(kubeconfig or cluster.kubeconfig))
@@ -143,7 +160,7 @@ class Worker:
     def __init__(self, cluster, namespace: str) -> None:
         self.api = client.CustomObjectsApi(cluster.api)
         self.namespace = namespace
-        self.settings = Settings(mongo_url=cluster.mongo_url)
+        self.settings = Settings(mongo_url=mongo_url(cluster))
 
     def get(self, name: str) -> dict:
         return self.api.get_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name)

@@ -11,7 +11,7 @@ import time
 import httpx
 import pytest
 
-from tests.integration.api.conftest import API_KEYS, IMAGE, KEYS, free_port
+from tests.integration.api.conftest import API_KEYS, IMAGE, KEYS, free_port, mongo_url
 from tests.integration.conftest import wait_for
 
 COMMANDS = {
@@ -24,7 +24,7 @@ COMMANDS = {
 @pytest.mark.parametrize("command", list(COMMANDS))
 def test_started_from_the_command_line_it_serves_the_old_endpoints(command, cluster, namespace, tmp_path):
     port = free_port()
-    env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig), "MONGO_URL": cluster.mongo_url, "PORT": str(port),
+    env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig), "MONGO_URL": mongo_url(cluster), "PORT": str(port),
            "GENTASK_NAMESPACE": namespace, "GENTASK_API_KEYS": API_KEYS, "GENTASK_API_HOST": "127.0.0.1"}
     log = (tmp_path / "api.log").open("w+")
     proc = subprocess.Popen(COMMANDS[command](port), env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
