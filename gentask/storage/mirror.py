@@ -177,6 +177,8 @@ class TaskMirror:
 
     def mark_deleted(self, uid: str, when: datetime | None = None) -> bool:
         """Flag the record of a task whose resource is gone; True when it was live until now."""
+        if when is not None and not isinstance(when, datetime):
+            raise ValueError(f"when must be a datetime (the deletion time) or None for now, got {when!r}")
         when = _ms(when) if when else _now()
         with self._errors(f"marking task {uid} deleted"), self._exclusive(uid):
             res = self.collection.update_one({"_id": uid, "deleted": False},

@@ -181,6 +181,8 @@ def test_deleted_flag_sticks(mirror):
     assert (rec["message"], rec["deleted"], rec["deletedAt"]) == ("late", True, when)
     assert mirror.mark_deleted("u1") is False
     assert mirror.mark_deleted("never-seen") is False
+    with pytest.raises(ValueError, match="when must be a datetime"):
+        mirror.mark_deleted("u1", "2026-03-01")
     assert mirror.list()[1] == 0
     assert [r["_id"] for r in mirror.list(include_deleted=True)[0]] == ["u1"]
     assert mirror.get_by_name("ns1", "img-u1")["deleted"] is True
