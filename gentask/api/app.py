@@ -9,6 +9,7 @@ import logging
 from typing import AsyncIterator
 
 from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
 
 from gentask.api.auth import KeyRing
 from gentask.api.deps import Services
@@ -31,6 +32,28 @@ Kubernetes-native AI generation tasks behind the old Volcengine AI Server's REST
 Every answer is the envelope `{success, data, message}` (failures add `errors` for invalid fields).
 Authenticate with `Authorization: Bearer <key>` or `X-API-Key: <key>`. See docs/api.md.
 """
+
+
+SECURITY_SCHEMES = {
+    "bearer": {"type": "http", "scheme": "bearer", "description": "Authorization: Bearer <API key>"},
+    "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key", "description": "the API key, instead"},
+}
+
+
+def _openapi(app: FastAPI):
+    """The generated document, plus the API-key schemes on every /api operation."""
+    def build() -> dict:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, description=app.description,
+                                 routes=app.routes)
+            schema.setdefault("components", {})["securitySchemes"] = SECURITY_SCHEMES
+            for path, operations in schema["paths"].items():
+                if path.startswith("/api/"):
+                    for operation in operations.values():
+                        operation["security"] = [{"bearer": []}, {"apiKey": []}]
+            app.openapi_schema = schema
+        return app.openapi_schema
+    return build
 
 
 def create_app(settings: Settings | None = None, *, kubeconfig: str | None = None) -> FastAPI:
@@ -78,6 +101,7 @@ def create_app(settings: Settings | None = None, *, kubeconfig: str | None = Non
     app = FastAPI(title="gentask REST API", version="1", description=DESCRIPTION, lifespan=lifespan,
                   docs_url="/docs", openapi_url="/openapi.json", redoc_url=None)
     app.state.settings = settings
+    app.openapi = _openapi(app)  # type: ignore[method-assign]
     install_handlers(app)
     app.include_router(tasks.router)
     app.include_router(models.router)
