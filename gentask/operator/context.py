@@ -16,7 +16,7 @@ from gentask.providers import Registry
 
 log = logging.getLogger("gentask.operator")
 
-MIRROR_BACKOFF_MAX = 30.0
+MIRROR_BACKOFF_MAX = 10.0
 
 
 class MirrorQueue:
@@ -102,5 +102,6 @@ class OperatorContext:
     executor: Any = None                                        # InlineExecutor when settings.executor == "inline"
     seen: dict[str, str] = field(default_factory=dict)          # uid -> last phase seen (events, metrics)
     ttl_timers: dict[str, asyncio.TimerHandle] = field(default_factory=dict)
+    jobs_ensured: set[str] = field(default_factory=set)         # uids whose Job this process made or found
     background: list[asyncio.Task] = field(default_factory=list)
     ready: bool = False

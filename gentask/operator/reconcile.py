@@ -94,6 +94,7 @@ def forget(ctx: OperatorContext, uid: str) -> None:
     ctx.mirror.delete(uid)
     ctx.metrics.forget_task(uid)
     ctx.seen.pop(uid, None)
+    ctx.jobs_ensured.discard(uid)
     timer = ctx.ttl_timers.pop(uid, None)
     if timer:
         timer.cancel()
@@ -118,6 +119,9 @@ async def reconcile_task(ctx: OperatorContext, task: dict) -> None:
         await start(ctx, task)
     elif ctx.executor is not None:
         ctx.executor.ensure(task)          # inline: a restarted operator picks its tasks up again
+    elif meta["uid"] not in ctx.jobs_ensured:
+        await ensure_job(ctx, task)        # a restart may have come between the Queued write and the Job
+        ctx.jobs_ensured.add(meta["uid"])
 
 
 async def start(ctx: OperatorContext, task: dict) -> None:
@@ -137,10 +141,12 @@ async def start(ctx: OperatorContext, task: dict) -> None:
                                                  attempts=0))
         ctx.executor.ensure(task)
         return
-    await ensure_job(ctx, task)
-    await write_status(ctx, task, transition(task, Phase.QUEUED, "JobCreated", f"Job {job_name(meta['name'])} "
-                                             "created; waiting for a node", jobName=job_name(meta["name"]),
-                                             attempts=0))
+    queued = await write_status(ctx, task, transition(task, Phase.QUEUED, "JobCreated", f"Job {job_name(meta['name'])} "
+                                                      "created; waiting for a node", jobName=job_name(meta["name"]),
+                                                      attempts=0))
+    if queued is not None:     # Queued first, then the Job: no worker can write before the operator has
+        await ensure_job(ctx, task)
+        ctx.jobs_ensured.add(meta["uid"])
 
 
 async def ensure_job(ctx: OperatorContext, task: dict) -> bool:
@@ -166,13 +172,16 @@ async def _create(ctx: OperatorContext, create, namespace: str, manifest: dict) 
         raise
 
 
-async def write_status(ctx: OperatorContext, task: dict, patch: dict[str, Any]) -> dict:
+async def write_status(ctx: OperatorContext, task: dict, patch: dict[str, Any]) -> dict | None:
+    """Patch status only if the task is still what the operator saw (resourceVersion): a worker
+    may have moved it on meanwhile, and a stale write must never undo that. None on conflict;
+    the event the other write caused brings the task back to the operator."""
     meta = task["metadata"]
     try:
-        updated = await _k(patch_status, ctx.api, meta["namespace"], meta["name"], patch)
+        updated = await _k(patch_status, ctx.api, meta["namespace"], meta["name"], patch, meta.get("resourceVersion"))
     except ApiException as exc:
-        if exc.status == 404:
-            return task
+        if exc.status in (404, 409):
+            return None
         raise
     ctx.metrics.api_writes.labels("status").inc()
     return updated
@@ -309,33 +318,38 @@ async def resync(ctx: OperatorContext) -> dict[str, int]:
         listing = await _k(custom.list_cluster_custom_object, GROUP, VERSION, PLURAL)
         tasks = [t for t in listing.get("items", [])
                  if not patterns or any(fnmatch.fnmatch(t["metadata"]["namespace"], p) for p in patterns)]
-    live = {t["metadata"]["uid"] for t in tasks}
+    live = {t["metadata"]["uid"]: t for t in tasks}
     for task in tasks:
-        ctx.mirror.put(task)
-        status = task.get("status") or {}
-        if status.get("phase") in TERMINAL:
+        if (task.get("status") or {}).get("phase") in TERMINAL:
             schedule_ttl(ctx, task)
-    gone = 0
-    if ctx.mirror.mirror is not None:
-        try:
-            known: set[str] = set()
-            if not patterns:
-                known = set(await asyncio.to_thread(ctx.mirror.mirror.uids))
-            else:   # only the records of the namespaces this operator watches
-                names = {t["metadata"]["namespace"] for t in tasks} | {p for p in patterns if not any(
-                    ch in p for ch in "*?[")}
-                if any(ch in p for p in patterns for ch in "*?["):
-                    listing = await _k(client.CoreV1Api(ctx.api).list_namespace)
-                    names |= {n.metadata.name for n in listing.items
-                              if any(fnmatch.fnmatch(n.metadata.name, p) for p in patterns)}
-                for ns in names:
-                    known |= set(await asyncio.to_thread(ctx.mirror.mirror.uids, ns))
-            for uid in known - live:
-                ctx.mirror.delete(uid)
-                gone += 1
-        except Exception as exc:  # noqa: BLE001 - MongoDB down: next time
-            log.info("resync could not read the mirror: %s", exc)
-    return {"tasks": len(tasks), "marked_deleted": gone}
+    known = await _mirrored(ctx, patterns, tasks)
+    stale = [t for uid, t in live.items() if known is None or known.get(uid) != int(t["metadata"]["resourceVersion"])]
+    for task in stale:              # only what MongoDB lacks or has older
+        ctx.mirror.put(task)
+    gone = [uid for uid in (known or {}) if uid not in live]
+    for uid in gone:
+        ctx.mirror.delete(uid)
+    return {"tasks": len(tasks), "mirrored_again": len(stale), "marked_deleted": len(gone)}
+
+
+async def _mirrored(ctx: OperatorContext, patterns: list[str], tasks: list[dict]) -> dict[str, int] | None:
+    """uid -> resourceVersion of the live records of the watched namespaces; None if unreadable."""
+    if ctx.mirror.mirror is None:
+        return None
+    try:
+        if not patterns:
+            return await asyncio.to_thread(ctx.mirror.mirror.uids)
+        names = {t["metadata"]["namespace"] for t in tasks} | {p for p in patterns if not any(ch in p for ch in "*?[")}
+        if any(ch in p for p in patterns for ch in "*?["):
+            listing = await _k(client.CoreV1Api(ctx.api).list_namespace)
+            names |= {n.metadata.name for n in listing.items if any(fnmatch.fnmatch(n.metadata.name, p) for p in patterns)}
+        known: dict[str, int] = {}
+        for ns in names:
+            known.update(await asyncio.to_thread(ctx.mirror.mirror.uids, ns))
+        return known
+    except Exception as exc:  # noqa: BLE001 - MongoDB down: everything goes through the queue
+        log.info("resync could not read the mirror: %s", exc)
+        return None
 
 
 async def resync_loop(ctx: OperatorContext) -> None:

@@ -38,8 +38,9 @@ async def _main(namespace: str, name: str) -> int:
         except asyncio.CancelledError:
             log.warning("stopped by a signal; the operator reports the outcome", extra={"task": name})
             return 128 + signal.SIGTERM
-        except Exception:  # noqa: BLE001 - anything unexpected: let the Job try again
+        except Exception as exc:  # noqa: BLE001 - anything unexpected: let the Job try again
             log.exception("worker failed", extra={"task": name})
+            await worker.report_retry(namespace, name, f"the worker failed: {type(exc).__name__}: {exc}")
             return EXIT_RETRY
 
 

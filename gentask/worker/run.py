@@ -81,7 +81,9 @@ class Worker:
         meta = task["metadata"]
         for _ in range(5):
             status = task.get("status") or {}
-            same_attempt = status.get("workerPod") == self.pod and status.get("phase") == "Running"
+            # The previous worker never reported a failure (its pod was lost, evicted, or this very
+            # pod restarted): carry on with its attempt instead of spending a new one.
+            same_attempt = status.get("phase") == "Running" and status.get("reason") == "Started"
             attempt = (status.get("attempts") or 0) + (0 if same_attempt else 1)
             patch = transition(task, Phase.RUNNING, "Started", f"attempt {attempt} running on pod {self.pod}",
                                attempts=attempt, workerPod=self.pod, startTime=status.get("startTime") or now_iso())
@@ -137,7 +139,7 @@ class Worker:
         try:
             stored = await self._store(meta["uid"], (status.attempts or 1), result)
         except StorageUnavailable as exc:
-            await self._patch(ns, name, {"reason": "Retrying", "message": f"artifact store unavailable: {exc}"})
+            await self.report_retry(ns, name, f"artifact store unavailable: {exc}")
             return EXIT_RETRY
         except ProviderError as exc:
             await self._fail(current["task"], exc.reason, f"could not download the result: {exc}")
@@ -152,6 +154,13 @@ class Worker:
         await self._patch(ns, name, done)
         log.info("task succeeded", extra={"task": name, "provider": result.provider, "model": result.model})
         return EXIT_OK
+
+    async def report_retry(self, namespace: str, name: str, message: str) -> None:
+        """Best effort: say why this attempt ends, so the next one counts as a new attempt."""
+        try:
+            await self._patch(namespace, name, {"reason": "Retrying", "message": message[:32768]})
+        except Exception:  # noqa: BLE001 - the API server may be what failed
+            log.warning("could not report the failed attempt", extra={"task": name})
 
     async def _fail(self, task: dict, reason: str, message: str, **fields: Any) -> None:
         meta = task["metadata"]

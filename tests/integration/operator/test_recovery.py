@@ -1,0 +1,77 @@
+"""What the pod cannot report, the operator does: backoff exhausted, an evicted pod, a Job
+deleted behind its back; and what a happy task costs in API writes."""
+
+from __future__ import annotations
+
+import pytest
+from kubernetes import client
+
+from tests.integration.conftest import wait_for
+from tests.integration.operator.conftest import free_port
+
+
+@pytest.mark.timeout(180)
+def test_backoff_limit_exceeded_names_the_last_error(cluster, tasks):
+    # the artifact store is unreachable for this namespace's workers: every attempt exits "retry"
+    client.CoreV1Api(cluster.api).patch_namespaced_secret("gentask-credentials", tasks.ns, {
+        "stringData": {"MONGO_URL": f"mongodb://127.0.0.1:{free_port()}/gentask?serverSelectionTimeoutMS=500"}})
+    name = tasks.create(type="image", model="fake-image", prompt="nowhere to keep it", retries=1,
+                        params={"size": "64x64"})
+    status = tasks.wait_phase(name, "Failed", timeout=150)
+    assert status["reason"] == "BackoffLimitExceeded"
+    assert "all 2 attempt(s) failed" in status["message"] and "artifact store unavailable" in status["message"]
+    assert status["attempts"] == 2
+
+
+def _worker_pod(cluster, ns, name):
+    pods = client.CoreV1Api(cluster.api).list_namespaced_pod(ns, label_selector=f"job-name={name}").items
+    running = [p for p in pods if p.status.phase == "Running" and not p.metadata.deletion_timestamp]
+    return running[0] if running else None
+
+
+def test_an_evicted_pod_is_retried_without_using_an_attempt(cluster, tasks):
+    name = tasks.create(type="video", model="fake-video", prompt="evict me [latency:6s]", params={"duration": 1})
+    wait_for(lambda: tasks.status(name).get("providerTaskID"), 60, what="the vendor job to start")
+    pod = _worker_pod(cluster, tasks.ns, name)
+    client.CoreV1Api(cluster.api).create_namespaced_pod_eviction(pod.metadata.name, tasks.ns, {
+        "apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": pod.metadata.name, "namespace": tasks.ns}})
+    status = tasks.wait_phase(name, "Succeeded", "Failed", timeout=120)
+    assert status["phase"] == "Succeeded" and status["attempts"] == 1
+    assert status["workerPod"] != pod.metadata.name                       # a second pod finished the job
+    job = client.BatchV1Api(cluster.api).read_namespaced_job_status(name, tasks.ns)
+    assert not job.status.failed                                           # the eviction cost no retry
+
+
+def test_a_job_deleted_behind_our_back_is_recreated(cluster, tasks):
+    name = tasks.create(type="video", model="fake-video", prompt="keep going [latency:6s]", params={"duration": 1})
+    wait_for(lambda: tasks.status(name).get("providerTaskID"), 60, what="the vendor job to start")
+    job = client.BatchV1Api(cluster.api).read_namespaced_job(name, tasks.ns)
+    client.BatchV1Api(cluster.api).delete_namespaced_job(name, tasks.ns, propagation_policy="Background")
+    wait_for(lambda: (j := _job_uid(cluster, tasks.ns, name)) and j != job.metadata.uid, 60,
+             what="the operator to recreate the Job")
+    status = tasks.wait_phase(name, "Succeeded", "Failed", timeout=120)
+    assert status["phase"] == "Succeeded"
+    events = client.CoreV1Api(cluster.api).list_namespaced_event(
+        tasks.ns, field_selector=f"involvedObject.name={name},involvedObject.kind=GenerationTask").items
+    assert any(e.reason == "JobDeleted" and e.type == "Warning" for e in events)
+
+
+def _job_uid(cluster, ns, name):
+    jobs = [j for j in client.BatchV1Api(cluster.api).list_namespaced_job(ns).items if j.metadata.name == name]
+    return jobs[0].metadata.uid if jobs else None
+
+
+def test_a_happy_task_costs_few_writes_and_kopf_leaves_no_trace(cluster, operator, tasks):
+    before = {k: operator.metric("gentask_operator_api_writes_total", kind=k)
+              for k in ("ServiceAccount", "Role", "RoleBinding", "Job", "status", "event")}
+    name = tasks.create(type="text", model="fake-text", prompt="count my writes")
+    tasks.wait_phase(name, "Succeeded", timeout=60)
+    wait_for(lambda: operator.metric("gentask_operator_api_writes_total", kind="event") - before["event"] >= 3, 20,
+             what="the Succeeded event")
+    after = {k: operator.metric("gentask_operator_api_writes_total", kind=k) for k in before}
+    spent = {k: after[k] - before[k] for k in before}
+    # one of each object, one status write (Queued), one Event per transition (Queued, Running, Succeeded)
+    assert spent == {"ServiceAccount": 1, "Role": 1, "RoleBinding": 1, "Job": 1, "status": 1, "event": 3}
+    meta = tasks.get(name)["metadata"]
+    assert not meta.get("finalizers")
+    assert not [a for a in (meta.get("annotations") or {}) if "kopf" in a]
