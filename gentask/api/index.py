@@ -22,6 +22,17 @@ log = logging.getLogger("gentask.api")
 BACKOFF_MAX = 10.0
 
 
+_LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
+
+
+def _slim(obj: dict) -> dict:
+    """Without managedFields and kubectl's last-applied copy: most of an object's bytes, none of use here."""
+    meta = {k: v for k, v in obj["metadata"].items() if k != "managedFields"}
+    if _LAST_APPLIED in (meta.get("annotations") or {}):
+        meta["annotations"] = {k: v for k, v in meta["annotations"].items() if k != _LAST_APPLIED}
+    return {**obj, "metadata": meta}
+
+
 def _user_key(obj: dict) -> str:
     return ((obj.get("metadata") or {}).get("labels") or {}).get(LABEL_USER, "")
 
@@ -62,9 +73,12 @@ class TaskIndex:
 
     def put(self, obj: dict) -> None:
         """Keep the newer of the known and the given version of an object."""
-        name = (obj.get("metadata") or {}).get("name")
+        meta = obj.get("metadata") or {}
+        name = meta.get("name")
         if not name:
             return
+        if "managedFields" in meta or _LAST_APPLIED in (meta.get("annotations") or {}):
+            obj = _slim(obj)
         old = self._objects.get(name)
         if old is not None:
             same = (old.get("metadata") or {}).get("uid") == (obj.get("metadata") or {}).get("uid")

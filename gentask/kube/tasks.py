@@ -60,6 +60,7 @@ DEFAULT_TIMEOUT = 10.0
 TOKEN_REFRESH_SECONDS = 60.0
 WATCH_TIMEOUT_SECONDS = 300
 MAX_WATCH_LINE = 16 * 2**20
+LIST_PAGE = 500
 
 
 # --- names and labels -----------------------------------------------------------------------
@@ -274,17 +275,19 @@ class TaskClient:
             raise
 
     async def list(self, namespace: str, *, label_selector: str | None = None,
-                   resource_version: str | None = None, limit: int | None = None) -> tuple[list[dict], str]:
-        """The items and the list's resourceVersion (to start a watch from)."""
-        params: dict[str, str] = {}
+                   page: int = LIST_PAGE) -> tuple[list[dict], str]:
+        """Every item (read `page` at a time) and the list's resourceVersion (to start a watch from)."""
+        params: dict[str, str] = {"limit": str(page)}
         if label_selector:
             params["labelSelector"] = label_selector
-        if resource_version is not None:
-            params["resourceVersion"] = resource_version
-        if limit:
-            params["limit"] = str(limit)
-        doc = await self._request("GET", task_path(namespace), params=params)
-        return doc.get("items", []), doc.get("metadata", {}).get("resourceVersion", "")
+        items: list[dict] = []
+        while True:
+            doc = await self._request("GET", task_path(namespace), params=params)
+            items += doc.get("items", [])
+            meta = doc.get("metadata", {})
+            if not meta.get("continue"):
+                return items, meta.get("resourceVersion", "")
+            params["continue"] = meta["continue"]
 
     async def watch(self, namespace: str, resource_version: str) -> AsyncIterator[tuple[str, dict]]:
         """(event type, object) from resource_version on, with bookmarks, until the server ends it.
