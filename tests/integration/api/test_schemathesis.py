@@ -17,7 +17,7 @@ from gentask.api.app import create_app
 from gentask.config import Settings
 from tests.integration.api.conftest import KEYS, launch
 
-MAX_EXAMPLES = 25
+MAX_EXAMPLES = 20
 
 
 @pytest.fixture(scope="module")
