@@ -47,6 +47,9 @@ test-unit: install ## unit tests only (no cluster)
 bench: install tools ## benchmarks: figures into docs/benchmarks.md
 	$(PY) bench/devcluster.py
 	$(PY) bench/pod_start.py
+	$(PY) bench/providers.py
+	$(PY) bench/mirror.py
+	$(PY) bench/api.py
 
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 IMAGE ?= ghcr.io/gentask/gentask:$(VERSION)
