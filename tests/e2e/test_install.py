@@ -10,11 +10,12 @@ import urllib.error
 import urllib.request
 
 import pytest
+import yaml
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from tests.e2e.conftest import (
-    CRD_NAME, IMAGE, PRIORITY_CLASSES, Release, dump, helm, helm_manifest, wait_for,
+    CHART, CRD_NAME, IMAGE, PRIORITY_CLASSES, ROOT, Release, _ready, dump, helm, helm_manifest, wait_for,
 )
 
 TASKS = {   # type -> (request body, what the downloaded artifact starts with)
@@ -142,6 +143,35 @@ def test_operator_metrics_count_the_tasks(release: Release, finished: dict):
     succeeded = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                     if line.startswith("gentask_tasks{") and 'phase="Succeeded"' in line)
     assert succeeded >= len(finished), text[:2000]
+
+
+def test_upgrade_recreates_the_operator_which_serves_a_task_made_with_kubectl(release: Release, finished: dict):
+    """`helm upgrade` of an operator setting: Recreate replaces the operator pod, and the new
+    operator runs a task created with `kubectl apply` (only the operator's Deployment changes:
+    the API keeps its pod, whose host port a second pod could not bind on the process node)."""
+    core = client.CoreV1Api(release.cluster.api)
+    selector = f"app.kubernetes.io/instance={release.name},app.kubernetes.io/component=operator"
+    before = {p.metadata.name for p in core.list_namespaced_pod(release.namespace, label_selector=selector).items}
+    helm("upgrade", release.name, str(CHART), "--namespace", release.namespace, "--reuse-values",
+         "--set", "operator.resyncSeconds=7", "--wait", "--timeout", "180s", kubeconfig=release.cluster.kubeconfig)
+    status = json.loads(helm("status", release.name, "--namespace", release.namespace, "-o", "json",
+                             kubeconfig=release.cluster.kubeconfig).stdout)
+    assert status["version"] == 2 and status["info"]["status"] == "deployed"
+    after = wait_for(lambda: {p.metadata.name for p in core.list_namespaced_pod(
+        release.namespace, label_selector=selector).items if p.status.phase == "Running"} or None, 60,
+        what="the new operator pod")
+    assert not before & after and len(after) == 1
+    url = release.service_url(f"{release.name}-gentask-operator-metrics", "metrics")
+    wait_for(lambda: _ready(url + "/readyz"), 60, what="the new operator's /readyz")
+    manifest = (ROOT / "examples" / "image-fake.yaml").read_text()
+    release.cluster.kubectl("apply", "-n", release.task_namespace, "-f", "-", input=manifest, check=True)
+    name = yaml.safe_load(manifest)["metadata"]["name"]
+
+    def phase() -> str | None:
+        proc = release.cluster.kubectl("get", "gt", name, "-n", release.task_namespace, "-o",
+                                       "jsonpath={.status.phase}")
+        return proc.stdout if proc.stdout in ("Succeeded", "Failed", "Cancelled") else None
+    assert wait_for(phase, 120, interval=0.5, what=f"task {name} to finish") == "Succeeded"
 
 
 def test_uninstall_removes_everything_but_the_crd(release: Release, finished: dict):
