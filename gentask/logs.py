@@ -17,6 +17,9 @@ if TYPE_CHECKING:
     from gentask.config import Settings
 
 REDACTED = "***"
+# Extras that are plain data; anything else (Kopf passes its whole OperatorSettings on every
+# record) is left out rather than dumped as a repr.
+_PLAIN = (str, int, float, bool, type(None), list, tuple, dict)
 _STD_ATTRS = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime", "taskName"}
 
 
@@ -31,7 +34,7 @@ class JsonFormatter(logging.Formatter):
             "message": record.getMessage(),
         }
         for key, value in record.__dict__.items():
-            if key not in _STD_ATTRS and not key.startswith("_"):
+            if key not in _STD_ATTRS and not key.startswith("_") and isinstance(value, _PLAIN):
                 doc[key] = value
         if record.exc_info:
             doc["error"] = self.formatException(record.exc_info)

@@ -67,3 +67,14 @@ def test_secrets_never_reach_a_line(restore_root, monkeypatch):
     text = out.getvalue()
     assert "SECRET" not in text
     assert text.count("***") >= 3
+
+
+def test_objects_passed_as_extras_are_left_out(restore_root):
+    class Settings:
+        def __repr__(self):
+            return "OperatorSettings(" + "x" * 2000 + ")"
+    out = io.StringIO()
+    setup_logging(load_settings(), stream=out)
+    logging.getLogger("kopf.objects").info("handler done", extra={"settings": Settings(), "k8s_ref": {"name": "t"}})
+    doc = json.loads(out.getvalue().splitlines()[-1])
+    assert "settings" not in doc and doc["k8s_ref"] == {"name": "t"}

@@ -118,7 +118,7 @@ def test_mongodb_down_for_30s_loses_nothing(cluster, r_ns, tmp_path):
         started = time.monotonic()
         try:
             names = [tasks.create(type="text", model="fake-text", prompt=f"during the outage {i}") for i in range(10)]
-            wait_for(lambda: all(tasks.status(n).get("phase") == "Succeeded" for n in names), 25, interval=1,
+            wait_for(lambda: all(tasks.status(n).get("phase") == "Succeeded" for n in names), 90, interval=1,
                      what="tasks to keep running while MongoDB is down")
             assert op.metric("gentask_mirror_pending") >= 1
             time.sleep(max(0.0, 30 - (time.monotonic() - started)))
