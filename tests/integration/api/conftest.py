@@ -111,12 +111,27 @@ def start_api(cluster, namespace):
         api.stop()
 
 
+def _make_namespace(cluster):
+    # "api-", not the suite's "t-": the operator tests' operators watch t-*, and these tests move
+    # their tasks along themselves, as the worker would
+    core = client.CoreV1Api(cluster.api)
+    name = f"api-{uuid.uuid4().hex[:8]}"
+    core.create_namespace({"metadata": {"name": name, "labels": {"gentask.io/test": "true"}}})
+    return core, name
+
+
+@pytest.fixture
+def namespace(cluster):
+    """A fresh namespace a test, where no operator runs."""
+    core, name = _make_namespace(cluster)
+    yield name
+    core.delete_namespace(name, propagation_policy="Background")
+
+
 @pytest.fixture(scope="module")
 def module_namespace(cluster):
     """A namespace shared by one module's tests (for data that is slow to build)."""
-    core = client.CoreV1Api(cluster.api)
-    name = f"t-{uuid.uuid4().hex[:8]}"
-    core.create_namespace({"metadata": {"name": name, "labels": {"gentask.io/test": "true"}}})
+    core, name = _make_namespace(cluster)
     yield name
     core.delete_namespace(name, propagation_policy="Background")
 
