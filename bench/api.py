@@ -287,25 +287,35 @@ def report(results: dict, args, loads: tuple[float, float]) -> str:
         "The API mirrors its own creates into MongoDB" + (" (on here)." if args.mirror_creates else
                                                            " only with GENTASK_API_MIRROR_CREATES (off here)."),
         "",
-        ANALYSIS,
+        analysis(results),
     ])
 
 
-ANALYSIS = """Where the time goes. A create costs the API about 1.5-2 ms of CPU (request parsing and
-validation, catalog check, one POST to the API server over a keep-alive aiohttp connection, the
-answer's JSON) and kube-apiserver about 3-4.5 ms more (decoding, OpenAPI schema validation and
-defaulting of the custom resource, managedFields, the etcd write, the watch fan-out), with etcd
-and the load generator adding about 1 ms: some 5.5-7 ms of CPU per create on a 2-core machine
-caps creates near 300-350/s even with the machine to themselves, under the 400/s target; with
-other work on the machine they get a share of that. More API replicas do not help when the API
-server is on the same cores; on a real cluster the API server has its own. A result read never
-reaches the API server: the API's watch keeps every live task, so a read is about 0.35 ms of API
-CPU plus the load generator's 0.2 ms. Lists are FerretDB's: it filters and sorts the whole
-collection for each page and again for the count (see "MongoDB mirror"), about 0.4 s of its CPU
-per list at 1,000 records and a minute at 100,000, against a few ms of the API's; on MongoDB the
-same query is an index range scan (`user_created`). Latency at 64 closed-loop clients is bound to
-throughput (Little's law: mean latency = 64 / rate): 400 creates/s would mean 160 ms on average,
-so a p99 of 100 ms at 400/s cannot hold with 64 clients that each send the next request at once."""
+def analysis(results: dict) -> str:
+    """Where the time goes, from the measured CPU per request."""
+    def per(name: str, proc: str) -> float:
+        r = results[name]
+        return 1000 * r["cpu_s"][proc] / max(1, r["all_requests"])
+    create = {p: per("creates", p) for p in ("api", "kube-apiserver", "etcd", "load generator")}
+    total = sum(create.values())
+    lists = [(r["records"], r["p50_ms"]) for n, r in results.items() if n.startswith("list_")]
+    return (
+        f"Where the time goes. A create costs the API {create['api']:.1f} ms of CPU (request parsing and "
+        "validation, the catalog check, one POST to the API server over a keep-alive aiohttp connection, the "
+        f"answer's JSON, the watch event that follows) and kube-apiserver {create['kube-apiserver']:.1f} ms "
+        "(decoding, schema validation and defaulting of the custom resource, managedFields, the etcd write, the "
+        f"watch fan-out); etcd {create['etcd']:.1f} ms and the load generator {create['load generator']:.1f} ms "
+        f"more: {total:.1f} ms of CPU a create, so 2 cores cap creates near {2000 / total:,.0f}/s with the "
+        "machine to themselves; the API server takes the largest share and more API replicas would not help "
+        "on the same cores. A result read never reaches the API server (the API's watch keeps every live "
+        f"task): {per('reads', 'api'):.2f} ms of API CPU and {per('reads', 'load generator'):.2f} ms of the "
+        "load generator's. Lists are FerretDB's: it filters and sorts the whole collection for each page and "
+        "again for the count (see \"MongoDB mirror\"), so a page takes "
+        + ", ".join(f"{ms / 1000:,.1f} s at {n:,} records" for n, ms in lists)
+        + " against a few ms of the API's; on MongoDB the same query is an index range scan (`user_created`). "
+        "Latency at 64 closed-loop clients follows throughput (Little's law: mean latency = 64 / rate), so "
+        "400 creates/s means 160 ms on average and a p99 of 100 ms cannot hold at that rate with 64 clients "
+        "that each send their next request at once.")
 
 
 if __name__ == "__main__":
