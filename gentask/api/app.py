@@ -114,7 +114,10 @@ def create_app(settings: Settings | None = None, *, kubeconfig: str | None = Non
 def __getattr__(name: str) -> FastAPI:
     """`gentask.api.app:app` for uvicorn: built from the environment on first access."""
     if name == "app":
-        built = create_app()
+        from gentask.logs import setup_logging
+        settings = load_settings()
+        setup_logging(settings)
+        built = create_app(settings)
         globals()["app"] = built
         return built
     raise AttributeError(name)
