@@ -230,24 +230,30 @@ class TaskService:
 
     async def _create(self, type_: TaskType, owner: str, spec: dict, request_hash: str,
                       key: str | None) -> tuple[dict, bool]:
+        try:
+            return await self._create_named(type_, owner, spec, request_hash, key)
+        except ClusterUnavailable as exc:
+            raise _cluster_error(exc) from exc
+        except KubeError as exc:
+            raise _kube_refusal(exc) from exc
+
+    async def _create_named(self, type_: TaskType, owner: str, spec: dict, request_hash: str,
+                            key: str | None) -> tuple[dict, bool]:
         name = idempotent_name(type_.value, owner, key) if key else random_name(type_.value)
         for _attempt in range(CREATE_ATTEMPTS):
             try:
                 return await self.client.create(self.namespace, self._manifest(name, type_, owner, spec,
                                                                                request_hash)), False
             except TaskExists:
-                if not key:
-                    name = random_name(type_.value)       # a random name collided: draw another
-                    continue
-                existing = await self.client.get(self.namespace, name)
-                if existing is None:
-                    continue                              # deleted in between: create it again
-                self._same_request(existing, request_hash)
-                return existing, True
-            except ClusterUnavailable as exc:
-                raise _cluster_error(exc) from exc
-            except KubeError as exc:
-                raise _kube_refusal(exc) from exc
+                pass
+            if not key:
+                name = random_name(type_.value)           # a random name collided: draw another
+                continue
+            existing = await self.client.get(self.namespace, name)
+            if existing is None:
+                continue                                  # deleted in between: create it again
+            self._same_request(existing, request_hash)
+            return existing, True
         raise Unavailable("could not create the task: its name kept colliding; try again", retry_after=1)
 
     # --- read ---------------------------------------------------------------------------

@@ -66,6 +66,10 @@ class Store:
             except storage.StorageUnavailable as exc:
                 self.last_error = str(exc) or type(exc).__name__
                 raise Unavailable(f"MongoDB is unavailable: {self.last_error}", retry_after=RETRY_AFTER) from exc
+            except ValueError as exc:        # MONGO_URL that pymongo cannot use: the message says why
+                self.last_error = str(exc)
+                log.error("MongoDB cannot be used", extra={"error": self.last_error})
+                raise Unavailable(f"MongoDB is unavailable: {self.last_error}", retry_after=RETRY_AFTER) from exc
 
     def unavailable(self, exc: Exception) -> Unavailable:
         """Note a failure seen while using MongoDB; the error to answer with."""
