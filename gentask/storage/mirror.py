@@ -185,6 +185,18 @@ class TaskMirror:
                                              {"$set": {"deleted": True, "deletedAt": when, "tombstone": uid}})
             return res.matched_count > 0
 
+    def forget(self, uid: str, when: datetime | None = None) -> bool:
+        """A task its user deleted: the record stays (deleted, forgotten) but leaves the history:
+        get, get_by_name and list no longer return it. True when it was visible until now."""
+        when = _ms(when) if when else _now()
+        with self._errors(f"forgetting task {uid}"), self._exclusive(uid):
+            visible = self.collection.find_one({"_id": uid, "forgotten": {"$ne": True}}, {"_id": 1}) is not None
+            # upsert: a forget that overtakes the record's first write still hides it for good
+            self.collection.update_one({"_id": uid}, {"$set": {"forgotten": True, "deleted": True, "tombstone": uid}},
+                                       upsert=True)
+            self.collection.update_one({"_id": uid, "deletedAt": {"$exists": False}}, {"$set": {"deletedAt": when}})
+            return visible
+
     def _write(self, record: dict[str, Any], tombstone_at: datetime | None = None) -> bool | None:
         """The guarded upsert: True written, False not newer, None another live record has the name."""
         fields = {k: v for k, v in record.items() if k != "_id" and k not in _DELETION_FIELDS}
@@ -229,12 +241,12 @@ class TaskMirror:
     def get(self, uid: str) -> dict[str, Any] | None:
         """The record of a task uid (its `deleted` field says whether the resource still exists)."""
         with self._errors(f"reading task {uid}"):
-            return _shaped(self.collection.find_one({"_id": uid}))
+            return _shaped(self.collection.find_one({"_id": uid, "forgotten": {"$ne": True}}))
 
     def get_by_name(self, namespace: str, name: str) -> dict[str, Any] | None:
         """The latest record with this name: the live one, else the most recently deleted."""
         with self._errors(f"reading task {namespace}/{name}"):
-            found = self.collection.find({"namespace": namespace, "name": name}) \
+            found = self.collection.find({"namespace": namespace, "name": name, "forgotten": {"$ne": True}}) \
                 .sort([("resourceVersion", DESCENDING)]).limit(1)
             return _shaped(next(iter(found), None))
 
@@ -340,6 +352,7 @@ def _list_query(*, user_id: str | None, type: str | None, phase: str | None,  # 
         query["phase"] = phase
     if not include_deleted:
         query["deleted"] = False
+    query["forgotten"] = {"$ne": True}
     return query
 
 

@@ -11,9 +11,6 @@ from gentask.domain.task import GROUP, PLURAL, VERSION
 from tests.integration.api.conftest import IMAGE, TEXT, VIDEO, create, sha256
 from tests.integration.conftest import wait_for
 
-needs_forget = pytest.mark.skipif(not hasattr(TaskMirror, "forget"),
-                                  reason="gentask.storage.TaskMirror has no forget(uid) yet: a task deleted "
-                                         "through the API stays in the history, marked deleted")
 
 
 def test_image_task_becomes_a_generation_task_with_labels(api, alice, cluster):
@@ -112,7 +109,6 @@ def test_delete_removes_the_resource(alice, worker):
     assert not _exists(worker, task_id)
 
 
-@needs_forget
 def test_a_deleted_task_leaves_the_history(alice, worker):
     task_id = create(alice)["task_id"]
     wait_for(lambda: task_id in _listed(alice), 10, what="task mirrored")
