@@ -66,10 +66,7 @@ class Ark:
 
     async def text(self, request: GenerationRequest) -> GenerationResult:
         model = request.model.model
-        messages = []
-        if request.params.get("system_prompt"):
-            messages.append({"role": "system", "content": request.params["system_prompt"]})
-        messages.append({"role": "user", "content": request.prompt})
+        messages = request.chat_messages()
         body = {"model": model, "messages": messages, "max_tokens": request.param("max_tokens"),
                 "temperature": request.param("temperature")}
         data, request_id = await self._post("chat/completions", body, model)

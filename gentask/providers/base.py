@@ -39,6 +39,14 @@ class GenerationRequest:
     def param(self, name: str) -> Any:
         return self.params.get(name, self.model.defaults.get(name))
 
+    def chat_messages(self) -> list[dict[str, str]]:
+        """The chat/completions `messages` both Ark and OpenAI take: system prompt, then the user's."""
+        messages = []
+        if self.params.get("system_prompt"):
+            messages.append({"role": "system", "content": self.params["system_prompt"]})
+        messages.append({"role": "user", "content": self.prompt})
+        return messages
+
 
 @dataclass
 class Media:

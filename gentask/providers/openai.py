@@ -78,10 +78,7 @@ class OpenAIProvider(Provider):
 
     async def _text(self, request: GenerationRequest) -> GenerationResult:
         model = request.model.model
-        messages = []
-        if request.params.get("system_prompt"):
-            messages.append({"role": "system", "content": request.params["system_prompt"]})
-        messages.append({"role": "user", "content": request.prompt})
+        messages = request.chat_messages()
         body: dict[str, Any] = {"model": model, "messages": messages,
                                 request.model.options.get("max_tokens_field", "max_tokens"): request.param("max_tokens")}
         if "temperature" in request.model.params:
