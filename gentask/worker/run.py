@@ -53,6 +53,13 @@ class Worker:
         self.pod = pod_name
         self.policy = policy or RetryPolicy.from_settings(settings)
         self._last_progress = 0.0
+        self._progress_writes: set[asyncio.Task] = set()
+
+    async def _note_progress(self, namespace: str, name: str, message: str) -> None:
+        try:
+            await self._patch(namespace, name, {"message": message})
+        except ApiException:
+            pass     # progress is information; the next one may get through
 
     async def _kube(self, fn, *args, **kwargs):
         return await asyncio.to_thread(fn, *args, **kwargs)
@@ -118,16 +125,19 @@ class Worker:
             if time.monotonic() - self._last_progress >= PROGRESS_EVERY and progress.state in ("queued", "running"):
                 self._last_progress = time.monotonic()
                 pct = f" {progress.percent}%" if progress.percent is not None else ""
-                try:
-                    patch_status(self.api, ns, name, {"message": f"vendor job {progress.state}{pct} "
-                                                                 f"after {progress.elapsed:.0f}s"})
-                except ApiException:
-                    pass
+                message = f"vendor job {progress.state}{pct} after {progress.elapsed:.0f}s"
+                # off the event loop: the inline executor runs other tasks on it meanwhile
+                pending = asyncio.get_running_loop().create_task(self._note_progress(ns, name, message))
+                self._progress_writes.add(pending)
+                pending.add_done_callback(self._progress_writes.discard)
 
         try:
-            result = await generate(spec, registry=self.registry, policy=self.policy,
-                                    resume=Submitted.from_status(status), on_submitted=on_submitted,
-                                    on_progress=on_progress, deadline=self._remaining(spec, status))
+            try:
+                result = await generate(spec, registry=self.registry, policy=self.policy,
+                                        resume=Submitted.from_status(status), on_submitted=on_submitted,
+                                        on_progress=on_progress, deadline=self._remaining(spec, status))
+            finally:   # a progress note must never land after the final status
+                await asyncio.gather(*self._progress_writes, return_exceptions=True)
         except InvalidSpecError as exc:
             reason = "ModelRetired" if type(exc).__name__ == "ModelRetiredError" else "InvalidSpec"
             await self._fail(current["task"], reason, str(exc))
