@@ -27,21 +27,26 @@ crds: install ## generate crds/ from gentask.domain
 	$(PY) -m gentask.domain.crd
 
 devcluster-up: install tools ## start the local cluster (.devcluster/kubeconfig, .devcluster/env)
-	$(PY) -m gentask devcluster --root $(DEVCLUSTER) up
+	$(PY) -m devcluster --root $(DEVCLUSTER) up
 
 devcluster-down: ## stop everything the local cluster started, by PID
-	@if [ -x $(PY) ]; then $(PY) -m gentask devcluster --root $(DEVCLUSTER) down; else echo "nothing to stop"; fi
+	@if [ -x $(PY) ]; then $(PY) -m devcluster --root $(DEVCLUSTER) down; else echo "nothing to stop"; fi
 
 devcluster-status: ## what runs in the local cluster and where
-	$(PY) -m gentask devcluster --root $(DEVCLUSTER) status
+	$(PY) -m devcluster --root $(DEVCLUSTER) status
 
 run: install tools ## run the system on the local cluster; Ctrl-C stops all of it
-	$(PY) -m gentask devcluster --root $(DEVCLUSTER) run
+	$(PY) -m devcluster --root $(DEVCLUSTER) run
+
+lint: install ## ruff, mypy and the import-linter contracts of docs/architecture.md
+	$(VENV)/bin/ruff check gentask devcluster tests bench
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 test: install tools ## unit, integration and chart e2e tests (starts the local cluster, stops it after)
 	$(PY) -m pytest tests/unit tests/integration tests/e2e $(PYTEST_ARGS)
 
-test-unit: install ## unit tests only (no cluster)
+test-unit: install tools ## unit tests only (no cluster)
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
 bench: install tools ## benchmarks: figures into docs/benchmarks.md
@@ -65,4 +70,4 @@ chart-lint: tools ## helm lint the chart (strict) with its values schema
 kind-e2e: install ## the chart e2e suite on kind with the built image (needs Docker, kind, kubectl, helm)
 	IMAGE=$(IMAGE) bash hack/kind-e2e.sh
 
-.PHONY: help install tools crds devcluster-up devcluster-down devcluster-status run test test-unit bench image chart-lint kind-e2e
+.PHONY: help install lint tools crds devcluster-up devcluster-down devcluster-status run test test-unit bench image chart-lint kind-e2e

@@ -22,11 +22,12 @@ import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # devcluster/ lives in the checkout
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import percentile, write_section  # noqa: E402
 
 from gentask.config import Settings  # noqa: E402
-from gentask.devcluster import DevCluster  # noqa: E402
+from devcluster import DevCluster  # noqa: E402
 from gentask.storage import TaskMirror, connect, record_from_task  # noqa: E402
 from gentask.storage.mongo import is_ferretdb  # noqa: E402
 

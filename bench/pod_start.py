@@ -17,10 +17,11 @@ from pathlib import Path
 
 from kubernetes import client, config, watch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # devcluster/ lives in the checkout
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import percentile, write_section  # noqa: E402
 
-from gentask.devcluster import DevCluster  # noqa: E402
+from devcluster import DevCluster  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -4,7 +4,7 @@
 
 Each row runs `gentask.providers.generate()` (catalog validation, the retry wrapper with its
 per-call timeout, one vendor HTTP call over loopback, parsing) for `--seconds`, once from one
-coroutine (calls one after another) and once from `--concurrency` coroutines. The local servers (gentask.providers.testing) run in a separate process, with jobs
+coroutine (calls one after another) and once from `--concurrency` coroutines. The local servers (devcluster.vendors) run in a separate process, with jobs
 that finish at the first poll, so a video row is one submit plus one poll. The "fake" rows call
 the in-process simulator: the runner's own overhead, no HTTP.
 
@@ -65,7 +65,7 @@ class Row:
 
 
 def _serve(conn) -> None:
-    from gentask.providers.testing import LocalVendors
+    from devcluster.vendors import LocalVendors
     with LocalVendors(job_steps=0) as vendors:
         conn.send({"ark_base_url": vendors.ark.url, "visual_base_url": vendors.visual.url,
                    "openai_base_url": vendors.openai.url, **vendors.keys})
@@ -121,7 +121,7 @@ def report(rows: list[Row], concurrency: int, load: float) -> str:
               f"{r.p99_ms:.1f} ms | {r.errors} |" for r in rows]
     lines += ["", "What is measured: `gentask.providers.generate()` (catalog validation, retry wrapper and per-call "
               "timeout, one vendor HTTP call over loopback, response parsing), first from one coroutine, then from "
-              f"{concurrency} (p50/p99 are theirs), against the local vendor servers of `gentask.providers.testing`, "
+              f"{concurrency} (p50/p99 are theirs), against the local vendor servers of `devcluster.vendors`, "
               "which run in a second process with zero latency and jobs that finish at the first poll (a video row "
               "is one submit and one poll). Client and servers share the 2 cores and the servers are Python "
               "`http.server` threads, so these are floors for the provider layer, not a vendor's capacity; the "

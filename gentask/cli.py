@@ -1,12 +1,12 @@
 """The `gentask` command: one entry point for every component.
 
-    gentask devcluster up|down|status   the local cluster (gentask.devcluster)
     gentask crds [--check]              render the CRD from gentask.domain
     gentask provider try ...            one generation against a configured provider
     gentask operator | api | worker     (the components, as they land)
 
-Each subcommand's module is imported only when it is used, so `gentask devcluster` does not
-load FastAPI and `gentask api` does not load Kopf.
+Each subcommand's module is imported only when it is used, so `gentask worker` does not
+load FastAPI and `gentask api` does not load Kopf. The local cluster is development tooling
+outside the product: `python -m devcluster` from a checkout.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import sys
 
 # subcommand -> (module with main(argv) -> int, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "devcluster": ("gentask.devcluster.__main__", "start, stop or inspect the local cluster"),
     "crds": ("gentask.domain.crd", "render the GenerationTask CRD from the domain models"),
     "provider": ("gentask.providers.cli", "try a provider: one generation, saved to a folder"),
     "api": ("gentask.api.__main__", "run the REST API"),

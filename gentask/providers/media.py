@@ -99,13 +99,6 @@ def png(width: int, height: int, prompt: str, seed: int | None = None) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", zlib.compress(raw, 6)) + _chunk(b"IEND", b"")
 
 
-def png_size(data: bytes) -> tuple[int, int]:
-    """(width, height) of a PNG, read from its IHDR; ValueError when it is not a PNG."""
-    if data[:8] != b"\x89PNG\r\n\x1a\n" or data[12:16] != b"IHDR":
-        raise ValueError("not a PNG")
-    return struct.unpack(">II", data[16:24])
-
-
 # --- H.264 (I_PCM) ------------------------------------------------------------------------------
 
 class _Bits:
@@ -332,16 +325,3 @@ def mp4(prompt: str, *, aspect_ratio: str = "16:9", seconds: int = 2, fps: int =
     moov = _moov(width, height, sps, pps, sizes, fps, len(ftyp) + moov_len + 8)
     return ftyp + moov + _box(b"mdat", *samples)
 
-
-def mp4_boxes(data: bytes) -> list[str]:
-    """Top-level box types of an MP4, in order; ValueError when the structure is broken."""
-    kinds, pos = [], 0
-    while pos < len(data):
-        if pos + 8 > len(data):
-            raise ValueError("truncated box header")
-        size, kind = struct.unpack(">I4s", data[pos:pos + 8])
-        if size < 8 or pos + size > len(data):
-            raise ValueError(f"bad box size {size} at {pos}")
-        kinds.append(kind.decode("latin-1"))
-        pos += size
-    return kinds

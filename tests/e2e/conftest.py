@@ -27,46 +27,15 @@ import yaml
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from gentask.devcluster import tools_dir
+from tests.support.helm import CHART, CRD_NAME, KUBE_VERSION, helm, helm_bin, render  # noqa: F401
 from tests.integration.conftest import ROOT, Cluster, cluster, namespace, wait_for  # noqa: F401
 
-CHART = ROOT / "charts" / "gentask"
-CRD_NAME = "generationtasks.gentask.io"
 PRIORITY_CLASSES = ("gentask-critical", "gentask-default", "gentask-low")
 BOOTSTRAP_PRIORITIES = {"gentask-critical": 1000, "gentask-default": 100, "gentask-low": 10}
 KIND = os.environ.get("GENTASK_E2E_KIND") == "1"
 # What the chart runs: any image whose name contains "gentask" maps to this virtualenv on the
 # process node; on kind, the image hack/kind-e2e.sh built and loaded.
 IMAGE = os.environ.get("GENTASK_E2E_IMAGE", "ghcr.io/gentask/gentask:0.1.0")
-KUBE_VERSION = "1.36.3"      # for `helm template`, which cannot ask a cluster
-
-
-def helm_bin() -> str:
-    return str(tools_dir() / "bin" / "helm")
-
-
-def helm(*args: str, kubeconfig: Path | None = None, check: bool = True,
-         timeout: float = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HELM_CACHE_HOME": "/tmp/gentask-helm/cache", "HELM_CONFIG_HOME": "/tmp/gentask-helm/config",
-           "HELM_DATA_HOME": "/tmp/gentask-helm/data"}
-    if kubeconfig is not None:
-        env["KUBECONFIG"] = str(kubeconfig)
-    proc = subprocess.run([helm_bin(), *args], env=env, capture_output=True, text=True, timeout=timeout)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"helm {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
-    return proc
-
-
-def render(*args: str, values: dict | None = None, tmp: Path | None = None) -> list[dict]:
-    """`helm template` of the chart: the manifests as dicts."""
-    extra: list[str] = []
-    if values is not None:
-        path = (tmp or Path("/tmp")) / f"values-{uuid.uuid4().hex[:6]}.yaml"
-        path.write_text(yaml.safe_dump(values))
-        extra = ["-f", str(path)]
-    out = helm("template", "t", str(CHART), "--namespace", "gentask", "--kube-version", KUBE_VERSION,
-               *extra, *args).stdout
-    return [doc for doc in yaml.safe_load_all(out) if doc]
 
 
 def free_port() -> int:

@@ -20,8 +20,8 @@ import yaml
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
-from gentask.devcluster import DevCluster, tools_dir
-from gentask.devcluster.system import bootstrap
+from devcluster import DevCluster, tools_dir
+from devcluster.system import bootstrap
 
 ROOT = Path(__file__).resolve().parents[2]
 

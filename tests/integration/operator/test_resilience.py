@@ -18,7 +18,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from gentask.devcluster import DevCluster
+from devcluster import DevCluster
 from tests.integration.conftest import wait_for
 from tests.integration.operator.conftest import Tasks, start_operator, stop_operator
 
@@ -134,7 +134,7 @@ def test_a_pod_started_twice_for_one_attempt_pays_once(cluster, r_ns, tmp_path):
     """A real vendor client (Ark, Seedance video) against its local server: the worker is killed
     while the vendor job runs and started again for the same attempt; one submission, one artifact set."""
     from gentask.config import load_settings
-    from gentask.providers.testing import LocalVendors
+    from devcluster.vendors import LocalVendors
     from gentask.storage import ArtifactStore, connect
 
     tasks = Tasks(cluster, r_ns)          # no operator watches r-*: this test plays the Job's part

@@ -9,7 +9,7 @@ import pytest
 
 from gentask.domain.task import GenerationTaskSpec
 from gentask.providers import RetryPolicy, registry_from_settings
-from gentask.providers.testing import LocalVendors
+from devcluster.vendors import LocalVendors
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ import pytest
 
 from gentask.config import get_settings
 from gentask.providers.cli import main
-from gentask.providers.media import mp4_boxes
+from tests.support.media import mp4_boxes
 
 from .conftest import png_pixels
 

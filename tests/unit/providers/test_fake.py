@@ -12,7 +12,7 @@ import pytest
 
 from gentask.providers import BadRequestError, GenerationFailed, Registry, generate
 from gentask.providers.fake import FAULTS, FakeProvider, parse_directives
-from gentask.providers.media import mp4_boxes
+from tests.support.media import mp4_boxes
 
 from .conftest import png_pixels, task
 

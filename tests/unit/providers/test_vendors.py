@@ -7,7 +7,7 @@ import pytest
 
 from gentask.domain.catalog import lookup
 from gentask.providers import GenerationRequest, JobState, generate
-from gentask.providers.media import mp4_boxes
+from tests.support.media import mp4_boxes
 
 from .conftest import png_pixels, task
 

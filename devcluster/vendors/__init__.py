@@ -16,10 +16,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from gentask.providers.testing._server import Fault, Req, Resp, VendorServer
-from gentask.providers.testing.ark import ArkServer
-from gentask.providers.testing.openai import OpenAIServer
-from gentask.providers.testing.visual import VisualServer
+from devcluster.vendors._server import Fault, Req, Resp, VendorServer
+from devcluster.vendors.ark import ArkServer
+from devcluster.vendors.openai import OpenAIServer
+from devcluster.vendors.visual import VisualServer
 
 ARK_API_KEY = "ark-local-0a1b2c3d4e5f"
 VOLCENGINE_ACCESS_KEY = "AKLTlocal9f8e7d6c5b4a"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from gentask.devcluster.node import ImageMap, expand, parse_taint
+from devcluster.node import ImageMap, expand, parse_taint
 
 
 def test_expansion_as_kubernetes_does_it():

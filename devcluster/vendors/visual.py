@@ -24,7 +24,7 @@ from urllib.parse import quote
 
 from gentask.domain.catalog import MODELS
 from gentask.domain.task import TaskType
-from gentask.providers.testing._server import Fault, Req, Resp, VendorServer, mp4_for, png_for
+from devcluster.vendors._server import Fault, Req, Resp, VendorServer, mp4_for, png_for
 
 VERSION = "2022-08-31"
 SERVICE, REGION = "cv", "cn-north-1"

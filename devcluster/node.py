@@ -46,7 +46,7 @@ import yaml
 from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
 
-log = logging.getLogger("gentask.devcluster.node")
+log = logging.getLogger("devcluster.node")
 
 LEASE_SECONDS = 40
 RENEW_EVERY = 10.0
@@ -702,7 +702,7 @@ def parse_taint(text: str) -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="gentask devcluster node", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m devcluster node", description=__doc__.split("\n")[0])
     parser.add_argument("--kubeconfig", required=True, type=Path)
     parser.add_argument("--name", default="gentask-node")
     parser.add_argument("--root", type=Path, required=True, help="folder for pod logs and kubeconfigs")

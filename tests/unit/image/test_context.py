@@ -14,7 +14,7 @@ import pytest
 
 from gentask.cli import COMMANDS
 from gentask.kube.jobs import RESTRICTED_POD
-from tests.e2e.conftest import ROOT, render
+from tests.support.helm import ROOT, render
 
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
 
@@ -71,6 +71,8 @@ def test_build_context_holds_the_package_and_its_metadata_only():
     files = context_files()
     tops = {p.split("/")[0] for p in files}
     assert tops == {"pyproject.toml", "README.md", "LICENSE", "gentask"}, tops
+    # development infrastructure (the local cluster, the local vendor servers) stays out of the image
+    assert not [f for f in files if f.startswith(("devcluster/", "tests/")) or "/testing/" in f]
     package = {str(p.relative_to(ROOT)) for p in (ROOT / "gentask").rglob("*.py")}
     tracked = set(subprocess.run(["git", "ls-files", "gentask"], cwd=ROOT, capture_output=True, text=True,
                                  check=True).stdout.split())
@@ -122,6 +124,8 @@ def test_the_wheel_builds_from_the_build_context(tmp_path: Path):
         for module in ("gentask/cli.py", "gentask/api/app.py", "gentask/operator/handlers.py",
                        "gentask/worker/run.py", "gentask/storage/__init__.py"):
             assert module in names, f"{module} is not in the wheel"
+        shipped_dev = sorted(n for n in names if n.startswith(("devcluster/", "tests/")) or "/testing/" in n)
+        assert not shipped_dev, f"development code in the wheel: {shipped_dev[:5]}"
         dist_info = next(n.split("/")[0] for n in names if n.endswith(".dist-info/METADATA"))
         assert "gentask = gentask.cli:main" in zf.read(f"{dist_info}/entry_points.txt").decode()
         requires = zf.read(f"{dist_info}/METADATA").decode()

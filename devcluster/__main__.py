@@ -1,4 +1,4 @@
-"""gentask devcluster up|down|status|logs|node: the local cluster from the command line."""
+"""python -m devcluster up|down|status|logs|node: the local cluster from the command line."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ import os
 import sys
 from pathlib import Path
 
-from gentask.devcluster.cluster import DEFAULT_ROOT, ClusterError, DevCluster
+from devcluster.cluster import DEFAULT_ROOT, ClusterError, DevCluster
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="gentask devcluster", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m devcluster", description=__doc__)
     parser.add_argument("--root", type=Path, default=DEFAULT_ROOT, help="cluster folder (default .devcluster)")
     sub = parser.add_subparsers(dest="cmd", required=True)
     up = sub.add_parser("up", help="start the cluster (or report the running one)")
@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("node", help="run a process node (what `up` starts)", add_help=False)
     args, rest = parser.parse_known_args(argv)
     if args.cmd == "node":
-        from gentask.devcluster.node import main as node_main
+        from devcluster.node import main as node_main
         return node_main(rest)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
@@ -65,7 +65,7 @@ def _run(cluster: DevCluster, timeout: float, api_port: int) -> int:
         signal.signal(sig, lambda *_: stop.set())
     try:
         state = cluster.up(timeout=timeout)
-        from gentask.devcluster.system import start_system
+        from devcluster.system import start_system
         system = start_system(cluster, state, api_port=api_port)
     except ClusterError as exc:
         print(f"devcluster: {exc}", file=sys.stderr)
@@ -104,7 +104,7 @@ Press Ctrl-C to stop all of it.""", flush=True)
 
 
 def _status(cluster: DevCluster) -> int:
-    from gentask.devcluster.cluster import pid_alive
+    from devcluster.cluster import pid_alive
     state = cluster.state()
     if state is None:
         print("devcluster: not running (start it with `make devcluster-up`)")

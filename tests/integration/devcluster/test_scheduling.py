@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -13,6 +14,7 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from gentask.domain import GROUP, PLURAL, VERSION
+from devcluster.cluster import with_checkout
 from tests.integration.conftest import wait_for
 
 
@@ -20,11 +22,11 @@ from tests.integration.conftest import wait_for
 def one_slot_node(cluster, tmp_path):
     """A second process node with room for one pod, tainted so only this test's pods land there."""
     name = f"slot-{uuid.uuid4().hex[:6]}"
-    proc = subprocess.Popen([sys.executable, "-m", "gentask.devcluster.node", f"--kubeconfig={cluster.kubeconfig}",
+    proc = subprocess.Popen([sys.executable, "-m", "devcluster.node", f"--kubeconfig={cluster.kubeconfig}",
                              f"--name={name}", f"--root={tmp_path / 'node'}", "--pods=1", "--cpu=1",
                              f"--taint=gentask.io/test={name}:NoSchedule", f"--label=gentask.io/slot={name}"],
                             stdout=open(tmp_path / "node.log", "wb"), stderr=subprocess.STDOUT,
-                            start_new_session=True)
+                            start_new_session=True, env=with_checkout(dict(os.environ)))
     core = client.CoreV1Api(cluster.api)
 
     def ready():

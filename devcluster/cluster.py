@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_ROOT = Path(".devcluster")
+# the checkout this package lives in: its processes (the node) import `devcluster` from there
+CHECKOUT = Path(__file__).resolve().parents[1]
 KUBE_BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
 ALL_BINARIES = KUBE_BINARIES + ("ferretdb", "helm")
 SERVICE_CIDR = "10.96.0.0/16"
@@ -177,7 +179,7 @@ class DevCluster:
         self._clean_data(logs_too=True)
         for sub in ("logs", "pki", "etcd", "ferretdb", "node"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
-        from gentask.devcluster.pki import write_pki
+        from devcluster.pki import write_pki
         write_pki(self.root / "pki")
         ports = {k: free_port() for k in ("etcd", "etcd_peer", "apiserver", "mongo", "ferret_debug")}
         state = State(self.root, ports["apiserver"], ports["mongo"], {}, time.time())
@@ -222,7 +224,7 @@ class DevCluster:
                 f"--state-dir={self.root / 'ferretdb'}", "--telemetry=disable", "--log-level=warn"])
             cpu, memory, pods = self.node_capacity
             self._start(state, "node", [
-                sys.executable, "-m", "gentask.devcluster.node", f"--kubeconfig={kubeconfig}",
+                sys.executable, "-m", "devcluster.node", f"--kubeconfig={kubeconfig}",
                 f"--root={self.root / 'node'}", f"--cpu={cpu}", f"--memory={memory}", f"--pods={pods}"])
             self._wait(state, "ferretdb", lambda: _tcp_open(ports["mongo"]), timeout)
             self._wait(state, "node", lambda: self._node_ready(state), timeout)
@@ -240,6 +242,7 @@ class DevCluster:
         logf = open(self.root / "logs" / f"{name}.log", "ab")  # noqa: SIM115 - handed to the child
         if env is None:
             env = {k: v for k, v in os.environ.items() if k not in ("KUBECONFIG",)}
+        env = with_checkout(env)
         try:
             proc = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     start_new_session=True, env=env, cwd=self.root)
@@ -323,7 +326,7 @@ class DevCluster:
         state = self.state()
         stopped: list[str] = []
         if state is not None:
-            expect = {"node": "gentask.devcluster.node", "operator": "gentask operator", "api": "gentask api", "apiserver": "kube-apiserver",
+            expect = {"node": "devcluster.node", "operator": "gentask operator", "api": "gentask api", "apiserver": "kube-apiserver",
                       "controller-manager": "kube-controller-manager", "scheduler": "kube-scheduler",
                       "etcd": "etcd", "ferretdb": "ferretdb"}
             for name in STOP_ORDER:
@@ -367,3 +370,9 @@ def _tcp_open(port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+def with_checkout(env: dict[str, str]) -> dict[str, str]:
+    """env with this checkout first on PYTHONPATH: `devcluster` is not installed, it is imported from here."""
+    paths = [str(CHECKOUT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p != str(CHECKOUT)]
+    return {**env, "PYTHONPATH": os.pathsep.join(paths)}

@@ -12,7 +12,7 @@ from kubernetes.client.rest import ApiException
 
 from gentask.domain import GROUP, PLURAL, VERSION
 
-EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yaml"))
+EXAMPLES = sorted((Path(__file__).resolve().parents[3] / "examples").glob("*.yaml"))
 VALID = {"apiVersion": "gentask.io/v1alpha1", "kind": "GenerationTask", "metadata": {"name": "t"},
          "spec": {"type": "image", "provider": "fake", "model": "fake-image", "prompt": "a fox"}}
 

@@ -18,9 +18,9 @@ import yaml
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from gentask.devcluster.cluster import ClusterError, DevCluster, State
+from devcluster.cluster import ClusterError, DevCluster, State
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 CRD = ROOT / "crds" / "generationtasks.gentask.io.yaml"
 PRIORITY_CLASSES = {"gentask-critical": 1000, "gentask-default": 100, "gentask-low": 10}
 TASK_NAMESPACE = "gentask-tasks"
@@ -66,7 +66,7 @@ def _free_port() -> int:
 
 
 def _wait_http(url: str, pid: int, name: str, cluster: DevCluster, timeout: float = 60.0) -> None:
-    from gentask.devcluster.cluster import pid_alive
+    from devcluster.cluster import pid_alive
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not pid_alive(pid):
