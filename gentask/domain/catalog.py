@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, NamedTuple
 
+from gentask.domain.names import to_camel
 from gentask.domain.task import GenerationTaskSpec, Params, TaskType
 
 # --- rules ------------------------------------------------------------------------------------
@@ -255,10 +256,6 @@ class Target(NamedTuple):
         return self.model.provider
 
 
-def _alias(name: str) -> str:
-    return Params.model_fields[name].alias or name
-
-
 def _check_model(provider: str, model: str, type_: TaskType, where: str, enabled: set[str] | None,
                  problems: list[Problem]) -> ModelSpec | None:
     known = providers()
@@ -294,12 +291,12 @@ def resolve_params(spec: ModelSpec, params: Params, whose: str = "") -> tuple[di
     for name, value in given.items():
         rule = spec.params.get(name)
         if rule is None:
-            accepted = "parameters " + ", ".join(_alias(n) for n in spec.params) if spec.params else "no parameters"
+            accepted = "parameters " + ", ".join(to_camel(n) for n in spec.params) if spec.params else "no parameters"
         elif not rule.check(value):
             accepted = rule.accepted
         else:
             continue
-        problems.append(Problem(f"spec.params.{_alias(name)}", value,
+        problems.append(Problem(f"spec.params.{to_camel(name)}", value,
                                 f"{whose}{spec.provider}/{spec.model} accepts {accepted}"))
     return {**spec.defaults, **given}, problems
 

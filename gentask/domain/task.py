@@ -13,6 +13,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from gentask.domain.names import to_camel
 from gentask.domain.reasons import REASONS, Phase
 
 GROUP = "gentask.io"
@@ -47,7 +48,8 @@ class Priority(str, Enum):
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(populate_by_name=True, extra="forbid", use_enum_values=False)
+    model_config = ConfigDict(populate_by_name=True, extra="forbid", use_enum_values=False,
+                              alias_generator=to_camel)
 
 
 class Params(_Model):
@@ -55,17 +57,17 @@ class Params(_Model):
 
     size: str | None = Field(None, pattern=r"^[1-9][0-9]{1,4}x[1-9][0-9]{1,4}$",
                              description="image size WIDTHxHEIGHT, e.g. 1024x1024")
-    response_format: Literal["url", "b64_json"] | None = Field(None, alias="responseFormat",
+    response_format: Literal["url", "b64_json"] | None = Field(None,
                                                                 description="image: how the vendor returns it")
     n: int | None = Field(None, ge=1, le=10, description="image: how many images")
     seed: int | None = Field(None, ge=-1, le=2147483647, description="-1 for random")
-    aspect_ratio: str | None = Field(None, alias="aspectRatio", pattern=r"^[1-9][0-9]?:[1-9][0-9]?$",
+    aspect_ratio: str | None = Field(None, pattern=r"^[1-9][0-9]?:[1-9][0-9]?$",
                                      description="video: aspect ratio such as 16:9")
     duration: int | None = Field(None, ge=1, le=60, description="video: seconds")
     resolution: str | None = Field(None, pattern=r"^[0-9]{3,4}p$", description="video: e.g. 720p, 1080p")
-    max_tokens: int | None = Field(None, alias="maxTokens", ge=1, le=131072, description="text: token limit")
+    max_tokens: int | None = Field(None, ge=1, le=131072, description="text: token limit")
     temperature: float | None = Field(None, ge=0, le=2, description="text: sampling temperature")
-    system_prompt: str | None = Field(None, alias="systemPrompt", max_length=PROMPT_MAX,
+    system_prompt: str | None = Field(None, max_length=PROMPT_MAX,
                                       description="text: system message")
 
 
@@ -82,15 +84,15 @@ class GenerationTaskSpec(_Model):
                           description="provider name from the catalog, e.g. volcengine, openai, fake")
     model: str = Field(min_length=1, max_length=128, description="model name from the catalog")
     prompt: str = Field(min_length=1, max_length=PROMPT_MAX)
-    user_id: str = Field("", alias="userID", max_length=128, description="the user the task belongs to")
+    user_id: str = Field("", max_length=128, description="the user the task belongs to")
     priority: Priority = Field(Priority.DEFAULT, description="critical | default | low: the Job's PriorityClass")
     params: Params = Field(default_factory=Params)
     fallbacks: list[ModelRef] = Field(default_factory=list, max_length=5,
                                       description="tried in order when retries on the primary are exhausted")
     retries: int = Field(3, ge=0, le=RETRIES_MAX, description="attempts after the first, for retryable errors")
-    timeout_seconds: int = Field(600, alias="timeoutSeconds", ge=TIMEOUT_MIN, le=TIMEOUT_MAX,
+    timeout_seconds: int = Field(600, ge=TIMEOUT_MIN, le=TIMEOUT_MAX,
                                  description="deadline for the whole task")
-    ttl_seconds_after_finished: int = Field(86400, alias="ttlSecondsAfterFinished", ge=0, le=TTL_MAX,
+    ttl_seconds_after_finished: int = Field(86400, ge=0, le=TTL_MAX,
                                             description="the resource is deleted this long after it finishes; MongoDB keeps the record")
     cancel: bool = Field(False, description="set true to cancel; cannot be unset")
 
@@ -102,18 +104,18 @@ class Condition(_Model):
     status: Literal["True", "False", "Unknown"]
     reason: str = Field(max_length=1024, pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$")
     message: str = Field("", max_length=32768)
-    last_transition_time: datetime = Field(alias="lastTransitionTime")
-    observed_generation: int | None = Field(None, alias="observedGeneration", ge=0)
+    last_transition_time: datetime = Field()
+    observed_generation: int | None = Field(None, ge=0)
 
 
 class Artifact(_Model):
     """A produced file: where the vendor put it (expires) and where we keep it."""
 
     url: str | None = Field(None, description="the vendor's URL; it expires")
-    url_expires_at: datetime | None = Field(None, alias="urlExpiresAt")
+    url_expires_at: datetime | None = None
     artifact: str | None = Field(None, description="name in the artifact store")
-    mime_type: str | None = Field(None, alias="mimeType")
-    size_bytes: int | None = Field(None, alias="sizeBytes", ge=0)
+    mime_type: str | None = None
+    size_bytes: int | None = Field(None, ge=0)
     sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
 
 
@@ -128,7 +130,7 @@ class TaskResult(_Model):
     images: list[Artifact] = Field(default_factory=list)
     video: Artifact | None = None
     text: str | None = Field(None, max_length=65536, description="the text; a longer one is in textArtifact")
-    text_artifact: Artifact | None = Field(None, alias="textArtifact")
+    text_artifact: Artifact | None = None
     usage: Annotated[dict[str, int], Field(default_factory=dict, description="token or unit counts reported by the vendor")]
 
 
@@ -136,33 +138,33 @@ class GenerationTaskStatus(_Model):
     phase: Phase | None = Field(None, description="Pending | Queued | Running | Succeeded | Failed | Cancelled")
     reason: str | None = Field(None, description="one word from the reason vocabulary")
     message: str | None = Field(None, max_length=32768)
-    observed_generation: int | None = Field(None, alias="observedGeneration")
+    observed_generation: int | None = None
     conditions: list[Condition] = Field(default_factory=list)
     attempts: int | None = Field(None, ge=0)
-    job_name: str | None = Field(None, alias="jobName")
-    worker_pod: str | None = Field(None, alias="workerPod", description="the pod running the current attempt")
-    served_by: ModelRef | None = Field(None, alias="servedBy")
-    provider_task_id: str | None = Field(None, alias="providerTaskID")
-    provider_failures: list[ProviderFailure] = Field(default_factory=list, alias="providerFailures")
-    start_time: datetime | None = Field(None, alias="startTime")
-    completion_time: datetime | None = Field(None, alias="completionTime")
+    job_name: str | None = None
+    worker_pod: str | None = Field(None, description="the pod running the current attempt")
+    served_by: ModelRef | None = None
+    provider_task_id: str | None = None
+    provider_failures: list[ProviderFailure] = Field(default_factory=list)
+    start_time: datetime | None = None
+    completion_time: datetime | None = None
     result: TaskResult | None = None
 
 
 class ObjectMeta(BaseModel):
-    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    model_config = ConfigDict(extra="allow", populate_by_name=True, alias_generator=to_camel)
     name: str | None = None
     namespace: str | None = None
     uid: str | None = None
     labels: dict[str, str] = Field(default_factory=dict)
-    resource_version: str | None = Field(None, alias="resourceVersion")
+    resource_version: str | None = None
     generation: int | None = None
-    creation_timestamp: datetime | None = Field(None, alias="creationTimestamp")
+    creation_timestamp: datetime | None = None
 
 
 class GenerationTask(BaseModel):
-    model_config = ConfigDict(populate_by_name=True, extra="ignore")
-    api_version: Literal["gentask.io/v1alpha1"] = Field(API_VERSION, alias="apiVersion")
+    model_config = ConfigDict(populate_by_name=True, extra="ignore", alias_generator=to_camel)
+    api_version: Literal["gentask.io/v1alpha1"] = API_VERSION
     kind: Literal["GenerationTask"] = KIND
     metadata: ObjectMeta = Field(default_factory=ObjectMeta)
     spec: GenerationTaskSpec

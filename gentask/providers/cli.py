@@ -27,6 +27,7 @@ from pydantic import ValidationError
 
 from gentask.config import SettingsError, load_settings
 from gentask.domain.catalog import MODELS, InvalidSpecError, lookup, models_of
+from gentask.domain.names import to_camel
 from gentask.domain.task import GenerationTaskSpec, Params, TaskType
 from gentask.logs import setup_logging
 from gentask.providers.base import GenerationResult, Media
@@ -58,14 +59,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _params(pairs: list[str]) -> dict[str, str]:
-    names = {f.alias or n: f.alias or n for n, f in Params.model_fields.items()}
-    names.update({n: f.alias or n for n, f in Params.model_fields.items()})
+    names = {to_camel(n): to_camel(n) for n in Params.model_fields} | {n: to_camel(n) for n in Params.model_fields}
     out = {}
     for pair in pairs:
         name, sep, value = pair.partition("=")
         if not sep or name not in names:
             raise SystemExit(f"--param {pair!r}: expected NAME=VALUE with NAME one of "
-                             f"{', '.join(sorted({f.alias or n for n, f in Params.model_fields.items()}))}")
+                             f"{', '.join(sorted(to_camel(n) for n in Params.model_fields))}")
         out[names[name]] = value
     return out
 
@@ -168,7 +168,7 @@ def _models(args: argparse.Namespace) -> int:
             and (not args.type or m.type.value == args.type)]
     for m in rows:
         status = f"retired {m.retired}, use {m.successor}" if m.retired else "available"
-        params = ", ".join(f"{Params.model_fields[n].alias or n}: {r.accepted}" for n, r in m.params.items())
+        params = ", ".join(f"{to_camel(n)}: {r.accepted}" for n, r in m.params.items())
         print(f"{m.provider:<11} {m.model:<34} {m.type.value:<6} {status}\n{'':<12}{params}")
     return 0
 
