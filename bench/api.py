@@ -31,7 +31,7 @@ import subprocess
 import sys
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import aiohttp
@@ -39,16 +39,15 @@ from kubernetes import client, config
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # devcluster/ lives in the checkout
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import percentile, write_section  # noqa: E402
-
-from gentask.config import Settings  # noqa: E402
-from devcluster import DevCluster  # noqa: E402
-from devcluster.system import bootstrap  # noqa: E402
-from gentask.storage import TaskMirror, connect, record_from_task  # noqa: E402
+from _report import percentile, write_section
+from devcluster import DevCluster
+from devcluster.system import bootstrap
+from gentask.config import Settings
+from gentask.storage import TaskMirror, connect, record_from_task
 
 ROOT = Path(__file__).resolve().parents[1]
 BODY = json.dumps({"prompt": "a red fox in the snow", "provider": "fake", "model": "fake-image", "size": "64x64"})
-T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -181,7 +180,8 @@ def main() -> None:
     port = free_port()
     env = {**os.environ, "KUBECONFIG": str(state.kubeconfig), "MONGO_URL": mongo_url, "PORT": str(port),
            "GENTASK_API_HOST": "127.0.0.1", "GENTASK_NAMESPACE": namespace, "LOG_LEVEL": "warning",
-           "GENTASK_API_KEYS": ",".join(f"{k}:{u}" for k, u in zip(keys, users)) + ",bench-lister-key:lister",
+           "GENTASK_API_KEYS": ",".join([*(f"{k}:{u}" for k, u in zip(keys, users, strict=True)),
+                                         "bench-lister-key:lister"]),
            "GENTASK_API_RATE_PER_USER": "0", "GENTASK_API_MAX_UNFINISHED_PER_USER": "0",
            "GENTASK_API_MIRROR_CREATES": "true" if args.mirror_creates else "false"}
     api = start_api(port, env)
@@ -241,7 +241,7 @@ def main() -> None:
         core.delete_namespace(namespace)
         try:
             connect(Settings(mongo_url=mongo_url)).client.drop_database(database)
-        except Exception:  # noqa: BLE001 - the figures matter more than the clean-up
+        except Exception:  # the figures matter more than the clean-up
             pass
         kube.close()
         if started:

@@ -16,9 +16,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # devcluster/ lives in the checkout
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import write_section  # noqa: E402
-
-from devcluster import DevCluster  # noqa: E402
+from _report import write_section
+from devcluster import DevCluster
 
 
 def main() -> None:

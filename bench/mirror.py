@@ -19,20 +19,19 @@ import os
 import sys
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # devcluster/ lives in the checkout
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import percentile, write_section  # noqa: E402
-
-from gentask.config import Settings  # noqa: E402
-from devcluster import DevCluster  # noqa: E402
-from gentask.storage import TaskMirror, connect, record_from_task  # noqa: E402
-from gentask.storage.mongo import is_ferretdb  # noqa: E402
+from _report import percentile, write_section
+from devcluster import DevCluster
+from gentask.config import Settings
+from gentask.storage import TaskMirror, connect, record_from_task
+from gentask.storage.mongo import is_ferretdb
 
 ROOT = Path(__file__).resolve().parents[1]
-T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
 PER_USER = 2000
 OFFSETS = range(0, 1001, 20)
 
@@ -53,7 +52,8 @@ def task(uid: str, i: int, rv: int, phase: str, users: int) -> dict:
             "completionTime": (created + timedelta(seconds=14)).isoformat() if phase == "Succeeded" else None,
             "conditions": [{"type": t, "status": "True", "reason": r, "message": "",
                             "lastTransitionTime": created.isoformat()}
-                           for t, r in (("Accepted", "Validated"), ("Scheduled", "JobCreated"), ("Running", "Started"))],
+                           for t, r in (("Accepted", "Validated"), ("Scheduled", "JobCreated"),
+                                        ("Running", "Started"))],
             "result": {"images": [{"url": f"https://ark.example/{uid}.png", "artifact": f"{uid}/1/image-0.png",
                                    "mimeType": "image/png", "sizeBytes": 1_482_113, "sha256": "ab" * 32}],
                        "usage": {"generated_images": 1}} if phase == "Succeeded" else None,
@@ -159,7 +159,8 @@ def report(rows: list[dict], server: str, loads: tuple[float, float]) -> str:
     for r in rows:
         mean = sum(r["upserts"]) / len(r["upserts"])
         lines.append(f"| {r['n']:,} | {len(r['lists'])} | {percentile(r['lists'], 50):,.0f} ms | "
-                     f"{percentile(r['lists'], 99):,.0f} ms | {len(r['upserts'])} | {mean:,.0f} ms | {1000 / mean:.2f} |")
+                     f"{percentile(r['lists'], 99):,.0f} ms | {len(r['upserts'])} | {mean:,.0f} ms | "
+                     f"{1000 / mean:.2f} |")
     if server.startswith("FerretDB"):
         lines += ["",
                   "FerretDB v1.24 on SQLite never uses the mirror's secondary indexes: only a filter that is exactly "

@@ -19,9 +19,8 @@ from kubernetes import client, config, watch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # devcluster/ lives in the checkout
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import percentile, write_section  # noqa: E402
-
-from devcluster import DevCluster  # noqa: E402
+from _report import percentile, write_section
+from devcluster import DevCluster
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -4,9 +4,10 @@
 
 Each row runs `gentask.providers.generate()` (catalog validation, the retry wrapper with its
 per-call timeout, one vendor HTTP call over loopback, parsing) for `--seconds`, once from one
-coroutine (calls one after another) and once from `--concurrency` coroutines. The local servers (devcluster.vendors) run in a separate process, with jobs
-that finish at the first poll, so a video row is one submit plus one poll. The "fake" rows call
-the in-process simulator: the runner's own overhead, no HTTP.
+coroutine (calls one after another) and once from `--concurrency` coroutines. The local servers
+(devcluster.vendors) run in a separate process, with jobs that finish at the first poll, so a
+video row is one submit plus one poll. The "fake" rows call the in-process simulator: the
+runner's own overhead, no HTTP.
 
 Prints a table and refreshes the "## Provider layer" section of docs/benchmarks.md.
 """
@@ -26,16 +27,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _report import write_section  # noqa: E402
-
-from gentask.config import Settings  # noqa: E402
-from gentask.domain.task import GenerationTaskSpec  # noqa: E402
-from gentask.providers import GenerationFailed, RetryPolicy, generate, registry_from_settings  # noqa: E402
+from _report import write_section
+from gentask.config import Settings
+from gentask.domain.task import GenerationTaskSpec
+from gentask.providers import GenerationFailed, RetryPolicy, generate, registry_from_settings
 
 TITLE = "Provider layer"
 
 CASES = [  # vendor, what, spec
-    ("volcengine ark", "image (url)", dict(type="image", provider="volcengine", model="doubao-seedream-3-0-t2i-250415")),
+    ("volcengine ark", "image (url)", dict(type="image", provider="volcengine",
+                                           model="doubao-seedream-3-0-t2i-250415")),
     ("volcengine ark", "text", dict(type="text", provider="volcengine", model="doubao-pro-4k",
                                     params={"maxTokens": 64})),
     ("volcengine ark", "video (submit + poll)", dict(type="video", provider="volcengine",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -76,6 +77,8 @@ def _run(cluster: DevCluster, timeout: float, api_port: int) -> int:
         model = "doubao-seedream-3-0-t2i-250415" if provider == "volcengine" else "fake-image"
         size = "1024x1024" if provider == "volcengine" else "512x512"
         api, key = system["api"], system["api_key"]
+        body = json.dumps({"prompt": "a red fox in the snow", "user_id": "demo", "provider": provider, "model": model,
+                           "size": size})
         print(f"""
 gentask is running on the local cluster:
   REST API         {api}   (docs: {api}/docs)
@@ -88,7 +91,7 @@ gentask is running on the local cluster:
 Try it (provider {provider}):
   curl -s -X POST {api}/api/v1/ai/image/task -H 'Authorization: Bearer {key}' \\
        -H 'Content-Type: application/json' \\
-       -d '{{"prompt": "a red fox in the snow", "user_id": "demo", "provider": "{provider}", "model": "{model}", "size": "{size}"}}'
+       -d '{body}'
   curl -s {api}/api/v1/ai/task/result/<task_id> -H 'Authorization: Bearer {key}'
 
 In another shell: . {cluster.root / 'env'} && kubectl get gt -n {system['namespace']}

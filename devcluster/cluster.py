@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import signal
 import socket
 import ssl
@@ -123,7 +122,7 @@ class State:
         (self.root / "state.json").write_text(json.dumps(doc, indent=2))
 
     @classmethod
-    def load(cls, root: Path) -> "State | None":
+    def load(cls, root: Path) -> State | None:
         try:
             doc = json.loads((root / "state.json").read_text())
         except (OSError, ValueError):
@@ -155,7 +154,7 @@ class DevCluster:
         try:
             self._get(state, "/readyz")
             return True
-        except Exception:  # noqa: BLE001
+        except Exception:  # any failure to answer means not healthy
             return False
 
     def _get(self, state: State, path: str) -> str:
@@ -239,7 +238,7 @@ class DevCluster:
         return state
 
     def _start(self, state: State, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
-        logf = open(self.root / "logs" / f"{name}.log", "ab")  # noqa: SIM115 - handed to the child
+        logf = open(self.root / "logs" / f"{name}.log", "ab")  # handed to the child
         if env is None:
             env = {k: v for k, v in os.environ.items() if k not in ("KUBECONFIG",)}
         env = with_checkout(env)
@@ -262,7 +261,7 @@ class DevCluster:
             try:
                 if check():
                     return
-            except Exception:  # noqa: BLE001
+            except Exception:  # not ready yet: the component may still be starting
                 pass
             time.sleep(0.1)
         raise ClusterError(f"{name} did not become ready within {timeout:.0f}s:\n{self._tail(name)}")
@@ -326,9 +325,9 @@ class DevCluster:
         state = self.state()
         stopped: list[str] = []
         if state is not None:
-            expect = {"node": "devcluster.node", "operator": "gentask operator", "api": "gentask api", "apiserver": "kube-apiserver",
-                      "controller-manager": "kube-controller-manager", "scheduler": "kube-scheduler",
-                      "etcd": "etcd", "ferretdb": "ferretdb"}
+            expect = {"node": "devcluster.node", "operator": "gentask operator", "api": "gentask api",
+                      "apiserver": "kube-apiserver", "controller-manager": "kube-controller-manager",
+                      "scheduler": "kube-scheduler", "etcd": "etcd", "ferretdb": "ferretdb"}
             for name in STOP_ORDER:
                 pid = state.pids.get(name)
                 if pid and stop_pid(pid, expect[name]):
@@ -373,6 +372,6 @@ def _tcp_open(port: int) -> bool:
 
 
 def with_checkout(env: dict[str, str]) -> dict[str, str]:
-    """env with this checkout first on PYTHONPATH: `devcluster` is not installed, it is imported from here."""
+    """The environment with this checkout first on PYTHONPATH: `devcluster` is imported from here, not installed."""
     paths = [str(CHECKOUT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p != str(CHECKOUT)]
     return {**env, "PYTHONPATH": os.pathsep.join(paths)}

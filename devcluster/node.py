@@ -38,7 +38,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +59,7 @@ SMP = "application/strategic-merge-patch+json"
 
 
 def now() -> datetime:
-    return datetime.now(timezone.utc).replace(microsecond=0)
+    return datetime.now(UTC).replace(microsecond=0)
 
 
 def iso(ts: datetime | None) -> str | None:
@@ -100,7 +100,7 @@ class ImageMap:
         ]
 
     @classmethod
-    def load(cls, path: Path | None) -> "ImageMap":
+    def load(cls, path: Path | None) -> ImageMap:
         rules: list[tuple[str, ImageEnv]] = []
         if path and path.exists():
             for item in yaml.safe_load(path.read_text()) or []:
@@ -308,8 +308,11 @@ class ProcessNode:
 
     def _node_status(self) -> dict[str, Any]:
         ts = iso(now())
-        cond = lambda t, s, r, m: {"type": t, "status": s, "reason": r, "message": m,  # noqa: E731
-                                   "lastHeartbeatTime": ts, "lastTransitionTime": ts}
+
+        def cond(type_: str, status: str, reason: str, message: str) -> dict[str, str]:
+            return {"type": type_, "status": status, "reason": reason, "message": message,
+                    "lastHeartbeatTime": ts, "lastTransitionTime": ts}
+
         return {
             "capacity": self.capacity, "allocatable": self.capacity,
             "conditions": [
@@ -344,7 +347,7 @@ class ProcessNode:
         log.info("node registered", extra={"node": self.name, "capacity": self.capacity})
 
     def _renew_lease(self) -> None:
-        ts = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        ts = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         body = {"metadata": {"name": self.name, "namespace": "kube-node-lease"},
                 "spec": {"holderIdentity": self.name, "leaseDurationSeconds": LEASE_SECONDS, "renewTime": ts}}
         try:
@@ -362,7 +365,7 @@ class ProcessNode:
                 if time.monotonic() - last_status >= STATUS_EVERY:
                     self.core.patch_node_status(self.name, {"status": self._node_status()})
                     last_status = time.monotonic()
-            except Exception:  # noqa: BLE001 - keep beating; the API server may be restarting
+            except Exception:  # keep beating; the API server may be restarting
                 log.warning("lease renewal failed", exc_info=True)
 
     # ---- watching pods --------------------------------------------------------------------
@@ -392,7 +395,7 @@ class ProcessNode:
                         self.events.put(("GONE", pod.metadata.uid))
                     elif event["type"] in ("ADDED", "MODIFIED"):
                         self.events.put(("MODIFIED", pod))
-            except Exception as exc:  # noqa: BLE001 - relist after any watch failure
+            except Exception as exc:  # relist after any watch failure
                 if not self.stopping.is_set():
                     log.warning("pod watch restarting: %s", exc)
                     time.sleep(1.0)
@@ -413,7 +416,7 @@ class ProcessNode:
                     self._on_event(kind, obj)
             except queue.Empty:
                 pass
-            except Exception:  # noqa: BLE001 - one bad pod must not stop the node
+            except Exception:  # one bad pod must not stop the node
                 log.exception("event handling failed")
             self._tick()
         self.shutdown()
@@ -456,7 +459,7 @@ class ProcessNode:
                     self.runs.pop(run.uid, None)
                 else:
                     log.warning("pod %s/%s: API error %s", run.namespace, run.name, exc.status)
-            except Exception:  # noqa: BLE001
+            except Exception:  # one pod's failure must not stop the others' sync
                 log.exception("pod %s/%s: sync failed", run.namespace, run.name)
 
     def _sync(self, run: PodRun) -> None:
@@ -564,7 +567,7 @@ class ProcessNode:
         if shutil.which(argv[0], path=full_env["PATH"]) is None and not Path(argv[0]).is_file():
             raise ConfigError(f"executable {argv[0]!r} not found on the image's PATH")
         cwd = spec.working_dir if spec.working_dir and Path(spec.working_dir).is_dir() else str(run.dir)
-        logf = open(run.dir / f"{spec.name}.log", "ab")  # noqa: SIM115 - handed to the child
+        logf = open(run.dir / f"{spec.name}.log", "ab")  # handed to the child
         try:
             proc.popen = subprocess.Popen(argv, env=full_env, cwd=cwd, stdout=logf, stderr=subprocess.STDOUT,
                                           stdin=subprocess.DEVNULL, start_new_session=True)

@@ -30,7 +30,7 @@ def _write(path: Path, data: bytes, mode: int = 0o600) -> None:
 
 def write_pki(folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    now = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=5)
+    now = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
     later = now + dt.timedelta(days=365)
 
     ca_key = ec.generate_private_key(ec.SECP256R1())

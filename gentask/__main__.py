@@ -1,3 +1,5 @@
+"""`python -m gentask`: the same entry point as the `gentask` command."""
+
 import sys
 
 from gentask.cli import main

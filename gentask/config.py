@@ -9,11 +9,11 @@ start-up with a SettingsError naming the variable, the value and what it accepts
 from __future__ import annotations
 
 import re
-from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
@@ -59,7 +59,8 @@ class Settings(BaseSettings):
                                  description="also write daily-rotated JSON log files here")
     openai_api_key: SecretStr | None = Field(None, validation_alias=_env("OPENAI_API_KEY"))
     ark_base_url: str = Field("https://ark.cn-beijing.volces.com/api/v3", validation_alias=_env("ARK_BASE_URL"))
-    visual_base_url: str = Field("https://visual.volcengineapi.com", validation_alias=_env("VOLCENGINE_VISUAL_BASE_URL"))
+    visual_base_url: str = Field("https://visual.volcengineapi.com",
+                                 validation_alias=_env("VOLCENGINE_VISUAL_BASE_URL"))
     openai_base_url: str = Field("https://api.openai.com/v1", validation_alias=_env("OPENAI_BASE_URL"))
     providers: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["volcengine", "openai", "fake"],
                                  validation_alias=_env("GENTASK_PROVIDERS"),
@@ -76,7 +77,8 @@ class Settings(BaseSettings):
     watch_namespaces: Annotated[list[str], NoDecode] = Field(
         default_factory=list, validation_alias=_env("GENTASK_WATCH_NAMESPACES"),
         description="namespaces the operator watches, comma-separated; empty: all")
-    worker_image: str = Field("ghcr.io/gentask/gentask:0.1.0", min_length=1, validation_alias=_env("GENTASK_WORKER_IMAGE"))
+    worker_image: str = Field("ghcr.io/gentask/gentask:0.1.0", min_length=1,
+                              validation_alias=_env("GENTASK_WORKER_IMAGE"))
     worker_image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field(
         "IfNotPresent", validation_alias=_env("GENTASK_WORKER_IMAGE_PULL_POLICY"))
     credentials_secret: str = Field("gentask-credentials", pattern=r"^[a-z0-9]([-.a-z0-9]*[a-z0-9])?$",
@@ -145,6 +147,7 @@ class Settings(BaseSettings):
 
     @property
     def mongo_database(self) -> str:
+        """The database named in MONGO_URL's path; "gentask" when the URL names none."""
         path = self.mongo_url.split("://", 1)[1].split("/", 1)
         name = path[1].split("?", 1)[0] if len(path) > 1 else ""
         return name or "gentask"
@@ -171,15 +174,18 @@ def _variable(field_name: str) -> str:
     return field_name.upper()
 
 
-def _accepts(err: dict) -> str:
+def _accepts(err: ErrorDetails) -> str:
     ctx = err.get("ctx") or {}
     if "expected" in ctx:
         return f"expected {ctx['expected']}"
     return err.get("msg", "invalid value")
 
 
-def load_settings(**overrides: object) -> Settings:
-    """Read the settings, turning a validation error into one message per bad variable."""
+def load_settings(**overrides: Any) -> Settings:
+    """Read the settings, turning a validation error into one message per bad variable.
+
+    `overrides` are raw field values, validated like the environment's (hence Any).
+    """
     try:
         return Settings(**overrides)
     except ValidationError as exc:
@@ -190,8 +196,3 @@ def load_settings(**overrides: object) -> Settings:
             shown = "<hidden>" if "KEY" in name else repr(value)
             lines.append(f"invalid setting {name}={shown}: {_accepts(err)}")
         raise SettingsError("; ".join(lines)) from None
-
-
-@lru_cache(maxsize=1)
-def get_settings() -> Settings:
-    return load_settings()

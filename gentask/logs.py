@@ -10,8 +10,9 @@ import json
 import logging
 import logging.handlers
 import sys
-from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Iterable
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import IO, TYPE_CHECKING
 
 if TYPE_CHECKING:
     from gentask.config import Settings
@@ -27,8 +28,9 @@ class JsonFormatter(logging.Formatter):
     """One JSON object a line: time, level, logger, message, the record's extra fields, error."""
 
     def format(self, record: logging.LogRecord) -> str:
+        """The record as one JSON line; extras that are not plain data are left out."""
         doc: dict[str, object] = {
-            "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
@@ -54,6 +56,7 @@ class RedactingFilter(logging.Filter):
         return text
 
     def filter(self, record: logging.LogRecord) -> bool:
+        """Scrub every known secret from the record in place (message rendered, args dropped); keeps every record."""
         if not self.secrets:
             return True
         record.msg = self._scrub(record.getMessage())
@@ -77,7 +80,7 @@ class _ExcTextFormatter(JsonFormatter):
         return line
 
 
-def setup_logging(settings: "Settings", stream=None) -> logging.Logger:
+def setup_logging(settings: Settings, stream: IO[str] | None = None) -> logging.Logger:
     """Configure the root logger once for a process; returns it."""
     root = logging.getLogger()
     for handler in list(root.handlers):

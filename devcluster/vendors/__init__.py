@@ -40,7 +40,7 @@ class LocalVendors:
         self.openai = OpenAIServer(openai_api_key, job_steps=job_steps)
         self.servers: list[VendorServer] = [self.ark, self.visual, self.openai]
 
-    def start(self) -> "LocalVendors":
+    def start(self) -> LocalVendors:
         for server in self.servers:
             server.start()
         return self
@@ -53,14 +53,14 @@ class LocalVendors:
         for server in self.servers:
             server.reset()
 
-    def __enter__(self) -> "LocalVendors":
+    def __enter__(self) -> LocalVendors:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
     def settings(self, **overrides: Any):
-        """gentask Settings with the servers' URLs and keys (overrides win)."""
+        """The gentask Settings with the servers' URLs and keys (overrides win)."""
         from gentask.config import Settings
         values: dict[str, Any] = {"ark_base_url": self.ark.url, "visual_base_url": self.visual.url,
                                   "openai_base_url": self.openai.url, **self.keys}

@@ -102,7 +102,7 @@ class VendorServer:
         self._thread: threading.Thread | None = None
 
     # --- lifecycle --------------------------------------------------------------------------
-    def start(self) -> "VendorServer":
+    def start(self) -> VendorServer:
         handler = type("Handler", (_Handler,), {"vendor_server": self})
         self._httpd = _HTTPServer(("127.0.0.1", 0), handler)
         self._httpd.daemon_threads = True
@@ -117,7 +117,7 @@ class VendorServer:
             self._httpd.server_close()
             self._httpd = None
 
-    def __enter__(self) -> "VendorServer":
+    def __enter__(self) -> VendorServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

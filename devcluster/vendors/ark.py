@@ -12,10 +12,10 @@ import base64
 import time
 from typing import Any
 
+from devcluster.vendors._server import Fault, Req, Resp, VendorServer, mp4_for, png_for
 from gentask.domain.catalog import MODELS
 from gentask.domain.task import TaskType
 from gentask.providers.fake import fake_text
-from devcluster.vendors._server import Fault, Req, Resp, VendorServer, mp4_for, png_for
 
 ARK_MODELS = {m.model: m for m in MODELS if m.api == "ark"}
 RATIOS = ("16:9", "4:3", "1:1", "3:4", "9:16", "21:9", "adaptive")

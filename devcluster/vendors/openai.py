@@ -16,10 +16,10 @@ import email.policy
 import time
 from typing import Any
 
+from devcluster.vendors._server import Fault, Req, Resp, VendorServer, mp4_for, png_for
 from gentask.domain.catalog import MODELS
 from gentask.domain.task import TaskType
 from gentask.providers.fake import fake_text
-from devcluster.vendors._server import Fault, Req, Resp, VendorServer, mp4_for, png_for
 
 OPENAI_MODELS = {m.model: m for m in MODELS if m.api == "openai"}
 VIDEO_SIZES = {"sora-2": ("720x1280", "1280x720"), "sora-2-pro": ("720x1280", "1280x720", "1024x1792", "1792x1024")}

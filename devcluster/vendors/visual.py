@@ -22,9 +22,9 @@ import time
 from typing import Any
 from urllib.parse import quote
 
+from devcluster.vendors._server import Fault, Req, Resp, VendorServer, mp4_for, png_for
 from gentask.domain.catalog import MODELS
 from gentask.domain.task import TaskType
-from devcluster.vendors._server import Fault, Req, Resp, VendorServer, mp4_for, png_for
 
 VERSION = "2022-08-31"
 SERVICE, REGION = "cv", "cn-north-1"

@@ -1,10 +1,24 @@
 """The GenerationTask resource and its vocabulary; no I/O here."""
 
+from gentask.domain.catalog import CATALOG, InvalidSpecError, ModelRetiredError, ModelSpec, Target, validate_spec
 from gentask.domain.reasons import REASONS, RETRYABLE_REASONS, ConditionType, Phase
 from gentask.domain.task import (
-    API_VERSION, GROUP, KIND, PLURAL, VERSION, Artifact, Condition, GenerationTask,
-    GenerationTaskSpec, GenerationTaskStatus, ModelRef, Params, Priority, ProviderFailure,
-    TaskResult, TaskType,
+    API_VERSION,
+    GROUP,
+    KIND,
+    PLURAL,
+    VERSION,
+    Artifact,
+    Condition,
+    GenerationTask,
+    GenerationTaskSpec,
+    GenerationTaskStatus,
+    ModelRef,
+    Params,
+    Priority,
+    ProviderFailure,
+    TaskResult,
+    TaskType,
 )
 
 __all__ = [
@@ -12,11 +26,6 @@ __all__ = [
     "Artifact", "Condition", "ConditionType", "GenerationTask", "GenerationTaskSpec",
     "GenerationTaskStatus", "ModelRef", "Params", "Phase", "Priority", "ProviderFailure",
     "TaskResult", "TaskType",
+    # the model catalog (gentask.domain.catalog)
+    "CATALOG", "InvalidSpecError", "ModelRetiredError", "ModelSpec", "Target", "validate_spec",
 ]
-
-# the model catalog (gentask.domain.catalog)
-from gentask.domain.catalog import (  # noqa: E402
-    CATALOG, InvalidSpecError, ModelRetiredError, ModelSpec, Target, validate_spec,
-)
-
-__all__ += ["CATALOG", "InvalidSpecError", "ModelRetiredError", "ModelSpec", "Target", "validate_spec"]

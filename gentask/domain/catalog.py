@@ -17,8 +17,9 @@ states them; docs/providers.md lists the catalog for users.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, NamedTuple
+from typing import Any, NamedTuple
 
 from gentask.domain.names import to_camel
 from gentask.domain.task import GenerationTaskSpec, Params, TaskType
@@ -36,14 +37,17 @@ class Rule:
 
 
 def choice(*values: Any) -> Rule:
+    """Exactly one of `values` (compared with ==); the message lists them all."""
     return Rule(", ".join(str(v) for v in values), lambda v: v in values, tuple(values))
 
 
 def between(lo: float, hi: float) -> Rule:
+    """A number from lo to hi, both included."""
     return Rule(f"{lo}..{hi}", lambda v: lo <= v <= hi)
 
 
 def any_text() -> Rule:
+    """Any string, for free-text parameters such as a system prompt."""
     return Rule("any text", lambda v: isinstance(v, str))
 
 
@@ -57,11 +61,12 @@ def pixel_area(min_pixels: int, max_pixels: int, max_aspect: float) -> Rule:
     def check(value: str) -> bool:
         w, h = _wh(value)
         return min_pixels <= w * h <= max_pixels and 1 / max_aspect <= w / h <= max_aspect
-    return Rule(f"WxH with {min_pixels}..{max_pixels} pixels and aspect ratio within 1:{max_aspect:g}..{max_aspect:g}:1",
-                check)
+    return Rule(f"WxH with {min_pixels}..{max_pixels} pixels and aspect ratio within "
+                f"1:{max_aspect:g}..{max_aspect:g}:1", check)
 
 
 def multiple_of(step: int, max_long: int, max_short: int) -> Rule:
+    """WxH with both sides multiples of `step`, the long side at most max_long, the short at most max_short."""
     def check(value: str) -> bool:
         w, h = _wh(value)
         return w % step == 0 and h % step == 0 and max(w, h) <= max_long and min(w, h) <= max_short
@@ -69,6 +74,7 @@ def multiple_of(step: int, max_long: int, max_short: int) -> Rule:
 
 
 def side_range(lo: int, hi: int) -> Rule:
+    """WxH with each side between lo and hi pixels, whatever the aspect ratio."""
     def check(value: str) -> bool:
         w, h = _wh(value)
         return lo <= w <= hi and lo <= h <= hi
@@ -104,6 +110,7 @@ class ModelSpec:
 
     @property
     def key(self) -> tuple[str, str]:
+        """(provider, model): the entry's key in CATALOG."""
         return self.provider, self.model
 
 
@@ -203,15 +210,18 @@ CATALOG: dict[tuple[str, str], ModelSpec] = {m.key: m for m in MODELS}
 
 
 def providers() -> list[str]:
+    """Every provider name the catalog knows, sorted, enabled or not."""
     return sorted({m.provider for m in MODELS})
 
 
 def models_of(provider: str, type_: TaskType | None = None, *, include_retired: bool = False) -> list[str]:
+    """A provider's model names (of one type when given), in catalog order; retired ones only on request."""
     return [m.model for m in MODELS if m.provider == provider and (type_ is None or m.type is type_)
             and (include_retired or not m.retired)]
 
 
 def lookup(provider: str, model: str) -> ModelSpec | None:
+    """The catalog entry of (provider, model), retired ones included; None when it has none."""
     return CATALOG.get((provider, model))
 
 
@@ -220,6 +230,8 @@ def lookup(provider: str, model: str) -> ModelSpec | None:
 
 @dataclass(frozen=True)
 class Problem:
+    """One refused field of a spec: what was given, what is accepted, and the reason word."""
+
     field: str
     value: Any
     accepted: str
@@ -253,6 +265,7 @@ class Target(NamedTuple):
 
     @property
     def provider(self) -> str:
+        """The provider name to look up in the registry."""
         return self.model.provider
 
 
@@ -269,7 +282,8 @@ def _check_model(provider: str, model: str, type_: TaskType, where: str, enabled
     spec = lookup(provider, model)
     if spec is None or spec.type is not type_:
         names = models_of(provider, type_)
-        what = "unknown model" if spec is None else f"it is {'an' if spec.type is TaskType.IMAGE else 'a'} {spec.type.value} model"
+        article = "an" if spec is not None and spec.type is TaskType.IMAGE else "a"
+        what = "unknown model" if spec is None else f"it is {article} {spec.type.value} model"
         problems.append(Problem(f"{where}model", model,
                                 f"{what}; {type_.value} models of {provider}: {', '.join(names)}"))
         return None

@@ -6,13 +6,27 @@ vendors' SDKs are imported here and nowhere else in gentask.
 """
 
 from gentask.providers.base import (
-    GenerationRequest, GenerationResult, JobState, JobStatus, Media, Provider,
+    GenerationRequest,
+    GenerationResult,
+    JobState,
+    JobStatus,
+    Media,
+    Provider,
 )
 from gentask.providers.errors import (
-    AuthenticationError, BadRequestError, ContentRejectedError, DeadlineExceededError, ModelUnavailableError,
-    OverloadedError, ProviderError, ProviderTimeoutError, QuotaExceededError, RateLimitedError, UnreachableError,
+    AuthenticationError,
+    BadRequestError,
+    ContentRejectedError,
+    DeadlineExceededError,
+    ModelUnavailableError,
+    OverloadedError,
+    ProviderError,
+    ProviderTimeoutError,
+    QuotaExceededError,
+    RateLimitedError,
+    UnreachableError,
 )
-from gentask.providers.registry import ProviderNotEnabledError, Registry, known_providers, registry_from_settings
+from gentask.providers.registry import ProviderNotEnabledError, Registry, registry_from_settings
 from gentask.providers.retry import RetryPolicy, call_with_retries
 from gentask.providers.runner import GenerationFailed, Progress, Submitted, cancel_job, generate
 
@@ -21,5 +35,5 @@ __all__ = [
     "GenerationRequest", "GenerationResult", "JobState", "JobStatus", "Media", "ModelUnavailableError",
     "OverloadedError", "Progress", "Provider", "ProviderError", "ProviderNotEnabledError", "ProviderTimeoutError",
     "QuotaExceededError", "RateLimitedError", "Registry", "RetryPolicy", "Submitted", "UnreachableError",
-    "call_with_retries", "cancel_job", "generate", "known_providers", "registry_from_settings",
+    "call_with_retries", "cancel_job", "generate", "registry_from_settings",
 ]

@@ -11,7 +11,16 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from gentask.providers.base import GenerationRequest, GenerationResult, JobState, JobStatus, Media, expires_in, int_usage, sniff_mime
+from gentask.providers.base import (
+    GenerationRequest,
+    GenerationResult,
+    JobState,
+    JobStatus,
+    Media,
+    expires_in,
+    int_usage,
+    sniff_mime,
+)
 from gentask.providers.errors import AuthenticationError, OverloadedError, ProviderError, ark_error
 from gentask.providers.http import VendorHTTP, parse_json
 
@@ -21,6 +30,8 @@ RUNNING = {"queued": JobState.QUEUED, "running": JobState.RUNNING, "pending": Jo
 
 
 class Ark:
+    """The Ark API client of the volcengine provider: doubao-* images, texts and video jobs."""
+
     def __init__(self, *, provider: str, api_key: SecretStr | None, base_url: str, timeout: float) -> None:
         self.provider = provider
         self._key = api_key
@@ -41,6 +52,7 @@ class Ark:
         return GenerationResult(provider=self.provider, model=request.model.model, request_id=request_id, **kw)
 
     async def image(self, request: GenerationRequest) -> GenerationResult:
+        """One images/generations call; seedream-4 models get `n` images as a sequential generation."""
         model = request.model.model
         n = request.param("n") or 1
         body: dict[str, Any] = {"model": model, "prompt": request.prompt, "size": request.param("size"),
@@ -65,6 +77,7 @@ class Ark:
         return self._result(request, request_id, images=images, usage=int_usage(data.get("usage")))
 
     async def text(self, request: GenerationRequest) -> GenerationResult:
+        """One chat/completions call; the answer's first choice becomes the text."""
         model = request.model.model
         messages = request.chat_messages()
         body = {"model": model, "messages": messages, "max_tokens": request.param("max_tokens"),
@@ -75,6 +88,7 @@ class Ark:
                             finish_reason=choice.get("finish_reason"), usage=int_usage(data.get("usage")))
 
     async def submit_video(self, request: GenerationRequest) -> str:
+        """Create a contents/generations task; returns Ark's task id for poll_video."""
         model = request.model.model
         body = {"model": model, "content": [{"type": "text", "text": request.prompt}],
                 "ratio": request.param("aspect_ratio"), "duration": request.param("duration"),
@@ -86,16 +100,17 @@ class Ark:
         return str(data["id"])
 
     async def poll_video(self, request: GenerationRequest, task_id: str) -> JobStatus:
+        """The task's state; a task Ark no longer knows (404) is a failed job, not a failed poll."""
         model = request.model.model
         try:
             response = await self.http.send("GET", f"contents/generations/tasks/{task_id}", model=model,
                                             headers=self._auth(model))
-        except ProviderError as error:
-            if error.status_code != 404:
+        except ProviderError as exc:
+            if exc.status_code != 404:
                 raise
             return JobStatus(JobState.FAILED, error=ProviderError(
                 f"Ark does not know task {task_id} (deleted or expired)", provider=self.provider, model=model,
-                code=error.code, status_code=404, request_id=error.request_id))
+                code=exc.code, status_code=404, request_id=exc.request_id))
         data, request_id = parse_json(response), response.headers.get("x-request-id")
         status = str(data.get("status") or "")
         if status in RUNNING:
@@ -116,8 +131,10 @@ class Ark:
         return JobStatus(JobState.FAILED, error=error)
 
     async def cancel_video(self, request: GenerationRequest, task_id: str) -> None:
+        """Stop the video task: DELETE contents/generations/tasks/{id}; errors go to the caller."""
         model = request.model.model
         await self.http.send("DELETE", f"contents/generations/tasks/{task_id}", model=model, headers=self._auth(model))
 
     async def aclose(self) -> None:
+        """Close the HTTP connections to Ark."""
         await self.http.aclose()

@@ -13,10 +13,11 @@ vendor's (expiring) URL, with usage and the vendor's request id.
 from __future__ import annotations
 
 import abc
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
-from enum import Enum
-from typing import Any, ClassVar, Mapping
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Any, ClassVar
 
 from gentask.domain.catalog import ModelSpec
 from gentask.domain.task import ModelRef, ProviderFailure, TaskType
@@ -34,9 +35,11 @@ class GenerationRequest:
 
     @property
     def type(self) -> TaskType:
+        """The task type of the model, so that providers can branch on it without the catalog."""
         return self.model.type
 
     def param(self, name: str) -> Any:
+        """A parameter as sent, else the model's catalog default (None when it has neither)."""
         return self.params.get(name, self.model.defaults.get(name))
 
     def chat_messages(self) -> list[dict[str, str]]:
@@ -63,10 +66,12 @@ class Media:
 
 
 def expires_in(seconds: float) -> datetime:
-    return datetime.now(timezone.utc) + timedelta(seconds=seconds)
+    """When a vendor URL issued now stops working, for Media.url_expires_at."""
+    return datetime.now(UTC) + timedelta(seconds=seconds)
 
 
 def sniff_mime(data: bytes, default: str = "application/octet-stream") -> str:
+    """The MIME type of PNG, JPEG, WebP or MP4 bytes by their magic number; `default` for anything else."""
     if data.startswith(b"\x89PNG"):
         return "image/png"
     if data.startswith(b"\xff\xd8"):
@@ -96,10 +101,13 @@ class GenerationResult:
 
     @property
     def served_by(self) -> ModelRef:
+        """The (provider, model) that produced the result, as the task's status.servedBy records it."""
         return ModelRef(provider=self.provider, model=self.model)
 
 
-class JobState(str, Enum):
+class JobState(StrEnum):
+    """Where a vendor job is; the runner polls until it is `done`."""
+
     QUEUED = "queued"
     RUNNING = "running"
     SUCCEEDED = "succeeded"
@@ -107,6 +115,7 @@ class JobState(str, Enum):
 
     @property
     def done(self) -> bool:
+        """True once the job has ended, either way: no more polls are needed."""
         return self in (JobState.SUCCEEDED, JobState.FAILED)
 
 
@@ -148,10 +157,11 @@ class Provider(abc.ABC):
         """Stop a job; a job that is already finished or gone is not an error."""
         raise self.unsupported(request, "cancel")
 
-    async def aclose(self) -> None:
-        """Release connections."""
+    async def aclose(self) -> None:  # noqa: B027 - optional hook: a provider without connections keeps it
+        """Release connections; a no-op for providers that hold none."""
 
     def unsupported(self, request: GenerationRequest, call: str) -> ProviderError:
+        """The BadRequestError for a call this provider cannot make for the request's model."""
         return BadRequestError(f"{self.name} cannot {call} a {request.type.value} with {request.model.model}",
                                provider=self.name, model=request.model.model)
 

@@ -174,6 +174,7 @@ def _models(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`gentask provider try|models`; the exit code: 0 done, 1 the generation failed, 2 bad usage or settings."""
     args = _parser().parse_args(argv)
     try:
         if args.command == "models":

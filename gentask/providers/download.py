@@ -10,7 +10,11 @@ import httpx
 
 from gentask.providers.base import Media
 from gentask.providers.errors import (
-    BadRequestError, ProviderError, ProviderTimeoutError, UnreachableError, error_class_for_status,
+    BadRequestError,
+    ProviderError,
+    ProviderTimeoutError,
+    UnreachableError,
+    error_class_for_status,
 )
 from gentask.providers.retry import RetryPolicy, call_with_retries
 
@@ -43,8 +47,9 @@ async def fetch(media: Media, *, policy: RetryPolicy, provider: str, model: str,
     """The media's bytes: as returned inline, or downloaded from its URL with retries."""
     if media.data is not None:
         return media.data
-    if not media.url:
+    url = media.url
+    if not url:
         raise ProviderError("the vendor returned neither data nor a URL", provider=provider, model=model)
-    data, _ = await call_with_retries(lambda: _get(media.url, policy.timeout, max_bytes), policy,
+    data, _ = await call_with_retries(lambda: _get(url, policy.timeout, max_bytes), policy,
                                       provider=provider, model=model)
     return data

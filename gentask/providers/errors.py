@@ -26,7 +26,8 @@ from __future__ import annotations
 import email.utils
 import re
 import time
-from typing import Any, ClassVar, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any, ClassVar
 
 from gentask.domain.task import ProviderFailure
 
@@ -64,46 +65,66 @@ class ProviderError(Exception):
 
 
 class RateLimitedError(ProviderError):
+    """The vendor throttled the call (QPS, RPM, TPM, concurrency); retried after Retry-After or a backoff."""
+
     reason = "ProviderRateLimited"
     default_retryable = True
 
 
 class OverloadedError(ProviderError):
+    """The vendor is busy or failed internally (5xx, overloaded, expired job); worth another try."""
+
     reason = "ProviderOverloaded"
     default_retryable = True
 
 
 class ProviderTimeoutError(ProviderError):
+    """No answer within AI_TIMEOUT; the same call may succeed later."""
+
     reason = "ProviderTimeout"
     default_retryable = True
 
 
 class UnreachableError(ProviderError):
+    """The vendor could not be reached (connection refused or reset, DNS); retried."""
+
     reason = "ProviderUnreachable"
     default_retryable = True
 
 
 class BadRequestError(ProviderError):
+    """The vendor refused the request's parameters; sending it again cannot help."""
+
     reason = "ProviderBadRequest"
 
 
 class ContentRejectedError(ProviderError):
+    """The vendor's content review refused the prompt or the output; permanent unless the code says otherwise."""
+
     reason = "ContentRejected"
 
 
 class AuthenticationError(ProviderError):
+    """The credentials are missing, wrong or not allowed this call; fix the key, not the task."""
+
     reason = "AuthenticationFailed"
 
 
 class QuotaExceededError(ProviderError):
+    """The account's quota, spending limit or balance is used up; retries would fail the same way."""
+
     reason = "QuotaExceeded"
 
 
 class ModelUnavailableError(ProviderError):
+    """The model does not exist, is closed, or is not enabled for the account."""
+
     reason = "ModelUnavailable"
 
 
 class DeadlineExceededError(ProviderError):
+    """The task's own timeoutSeconds ran out (not the vendor's fault, hence not retried)."""
+
     reason = "DeadlineExceeded"
 
 
@@ -294,6 +315,7 @@ def parse_retry_after(headers: Mapping[str, str] | None) -> float | None:
 
 
 def redact(text: str, secrets: Iterable[str]) -> str:
+    """The text with every secret replaced by ***, so that a vendor echoing a key cannot leak it."""
     for secret in secrets:
         if secret:
             text = text.replace(secret, "***")

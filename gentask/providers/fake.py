@@ -37,12 +37,20 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from gentask.config import parse_duration
+from gentask.config import Settings, parse_duration
 from gentask.providers import media
 from gentask.providers.base import GenerationRequest, GenerationResult, JobState, JobStatus, Media, Provider
 from gentask.providers.errors import (
-    AuthenticationError, BadRequestError, ContentRejectedError, ModelUnavailableError, OverloadedError,
-    ProviderError, ProviderTimeoutError, QuotaExceededError, RateLimitedError, UnreachableError,
+    AuthenticationError,
+    BadRequestError,
+    ContentRejectedError,
+    ModelUnavailableError,
+    OverloadedError,
+    ProviderError,
+    ProviderTimeoutError,
+    QuotaExceededError,
+    RateLimitedError,
+    UnreachableError,
 )
 
 FAULTS: dict[str, tuple[type[ProviderError], int | None, str]] = {
@@ -65,6 +73,8 @@ WORDS = ("the", "quiet", "river", "light", "carries", "a", "small", "story", "of
 
 @dataclass(frozen=True)
 class Directives:
+    """The fault-drill directives of one prompt (see the module docstring), parsed."""
+
     prompt: str                              # the prompt without directives
     latency: float = 0.0
     fail: str | None = None
@@ -107,6 +117,8 @@ def parse_directives(prompt: str) -> Directives:
 
 
 class FakeProvider(Provider):
+    """The "fake" provider: generates media locally and obeys the prompt's directives."""
+
     name = "fake"
 
     def __init__(self, *, timeout: float = 120.0, rng: random.Random | None = None) -> None:
@@ -117,7 +129,8 @@ class FakeProvider(Provider):
         self._rng = rng or random.Random()
 
     @classmethod
-    def from_settings(cls, settings: Any) -> "FakeProvider":
+    def from_settings(cls, settings: Settings) -> FakeProvider:
+        """A simulator whose `timeout` directive outlasts AI_TIMEOUT, as a hung vendor would."""
         return cls(timeout=settings.ai_timeout)
 
     def _error(self, kind: str, request: GenerationRequest) -> ProviderError:
@@ -149,6 +162,7 @@ class FakeProvider(Provider):
         return GenerationResult(provider=self.name, model=request.model.model, request_id=f"fake-{self.calls}", **kw)
 
     async def generate(self, request: GenerationRequest) -> GenerationResult:
+        """A PNG (n of them) or a deterministic text, after the prompt's latency and failures."""
         d = await self._enter(request)
         if request.type.value == "image":
             width, height = (int(x) for x in request.param("size").split("x"))
@@ -170,6 +184,7 @@ class FakeProvider(Provider):
         return hashlib.sha256(f"{request.model.model}|{request.prompt}|{params}".encode()).hexdigest()[:12]
 
     async def submit(self, request: GenerationRequest) -> str:
+        """Start a video job; the id encodes its start and request, so any process can poll it."""
         if request.type.value != "video":
             raise self.unsupported(request, "submit")
         await self._enter(request, wait=False)
@@ -177,6 +192,7 @@ class FakeProvider(Provider):
         return f"fake-{int(time.time() * 1000)}-{self._digest(request)}"
 
     async def poll(self, request: GenerationRequest, task_id: str) -> JobStatus:
+        """Running until the prompt's latency has passed since submit, then the MP4 (or the job-fail error)."""
         match = re.fullmatch(r"fake-(\d+)-([0-9a-f]{12})", task_id)
         if not match or match.group(2) != self._digest(request):
             return JobStatus(JobState.FAILED, error=ProviderError(
@@ -196,6 +212,7 @@ class FakeProvider(Provider):
             usage={"duration_seconds": seconds}))
 
     async def cancel(self, request: GenerationRequest, task_id: str) -> None:
+        """Nothing to stop: a fake job is computed when it is polled."""
         return None
 
 

@@ -10,8 +10,9 @@ import json
 import logging
 import ssl
 import time
+from collections.abc import Callable, Iterable, Mapping
 from functools import lru_cache
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 import httpx
 
@@ -30,6 +31,7 @@ def _tls() -> ssl.SSLContext:
 
 
 def parse_json(response: httpx.Response) -> Any:
+    """The response's JSON body (untyped vendor data), or {} when it is not JSON: errors still map."""
     try:
         return response.json()
     except (json.JSONDecodeError, UnicodeDecodeError):
@@ -52,9 +54,11 @@ class VendorHTTP:
 
     @property
     def base_url(self) -> httpx.URL:
+        """The vendor's base URL, which Visual's signer needs (host and path)."""
         return self._client.base_url
 
     def error(self, status: int | None, body: Any, headers: Mapping[str, str], model: str | None) -> ProviderError:
+        """The vendor's error body as a ProviderError of the taxonomy, secrets redacted, provider and model set."""
         err = self._parse_error(status, body, headers)
         err.message = redact(err.message, self._secrets)
         err.args = (err.message,)
@@ -62,6 +66,7 @@ class VendorHTTP:
         return err
 
     async def send(self, method: str, path: str, *, model: str | None = None, **kwargs: Any) -> httpx.Response:
+        """One request; a timeout, a transport failure or a 4xx/5xx becomes a ProviderError."""
         started = time.monotonic()
         try:
             response = await self._client.request(method, path, **kwargs)
@@ -79,4 +84,5 @@ class VendorHTTP:
         return response
 
     async def aclose(self) -> None:
+        """Close the client's pooled connections."""
         await self._client.aclose()

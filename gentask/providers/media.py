@@ -20,6 +20,7 @@ import math
 import re
 import struct
 import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 RGB = tuple[int, int, int]
@@ -41,7 +42,8 @@ class Scene:
     disc: RGB
 
     @classmethod
-    def from_prompt(cls, prompt: str, seed: int | None = None) -> "Scene":
+    def from_prompt(cls, prompt: str, seed: int | None = None) -> Scene:
+        """Colours from a digest of prompt and seed (one task, one picture); a colour word sets the disc."""
         digest = hashlib.sha256(f"{prompt}\x00{seed or 0}".encode()).digest()
         top = (digest[0] // 2 + 64, digest[1] // 2 + 64, digest[2] // 2 + 96)
         bottom = (digest[3] // 3, digest[4] // 3, digest[5] // 3)
@@ -54,7 +56,8 @@ class Scene:
 
 
 def _mix(a: RGB, b: RGB, t: float) -> RGB:
-    return tuple(round(x + (y - x) * t) for x, y in zip(a, b))  # type: ignore[return-value]
+    red, green, blue = (round(x + (y - x) * t) for x, y in zip(a, b, strict=True))
+    return red, green, blue
 
 
 def _disc_span(y: float, cx: float, cy: float, r: float, width: int) -> tuple[int, int] | None:
@@ -65,7 +68,8 @@ def _disc_span(y: float, cx: float, cy: float, r: float, width: int) -> tuple[in
     return max(0, round(cx - dx)), min(width, round(cx + dx))
 
 
-def _rows(width: int, height: int, colour_at_row, disc: bytes, cx: float, cy: float, r: float):
+def _rows(width: int, height: int, colour_at_row: Callable[[int], bytes], disc: bytes, cx: float, cy: float,
+          r: float) -> Iterator[bytes]:
     """Rows of pixels as bytes; a pixel is len(disc) bytes. O(height) Python work."""
     for y in range(height):
         bg = colour_at_row(y)
@@ -238,11 +242,11 @@ def _frame_macroblocks(scene: Scene, mb_w: int, mb_h: int, width: int, height: i
     cy = height * 0.5
     gradient = [_yuv(_mix(scene.top, scene.bottom, y / max(1, ph - 1))) for y in range(ph)]
     luma = list(_rows(pw, ph, lambda y: bytes([gradient[y][0]]), bytes([disc[0]]), cx, cy, r))
-    planes = []
-    for k in (1, 2):
-        planes.append(list(_rows(pw // 2, ph // 2, lambda y, k=k: bytes([gradient[2 * y][k]]),
-                                 bytes([disc[k]]), cx / 2, cy / 2, r / 2)))
-    cb, cr = planes
+
+    def chroma_row(k: int) -> Callable[[int], bytes]:
+        return lambda y: bytes([gradient[2 * y][k]])
+
+    cb, cr = (list(_rows(pw // 2, ph // 2, chroma_row(k), bytes([disc[k]]), cx / 2, cy / 2, r / 2)) for k in (1, 2))
     mbs = []
     for my in range(mb_h):
         for mx in range(mb_w):

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 from gentask.providers.base import Provider
 
@@ -10,16 +11,12 @@ if TYPE_CHECKING:
     from gentask.config import Settings
 
 
-def _factories() -> dict[str, Callable[["Settings"], Provider]]:
+def _factories() -> dict[str, Callable[[Settings], Provider]]:
     from gentask.providers.fake import FakeProvider
     from gentask.providers.openai import OpenAIProvider
     from gentask.providers.volcengine import VolcengineProvider
     return {"volcengine": VolcengineProvider.from_settings, "openai": OpenAIProvider.from_settings,
             "fake": FakeProvider.from_settings}
-
-
-def known_providers() -> list[str]:
-    return sorted(_factories())
 
 
 class ProviderNotEnabledError(LookupError):
@@ -49,6 +46,7 @@ class Registry:
         return self._providers.pop(name, None)
 
     def get(self, name: str) -> Provider:
+        """The provider of that name; ProviderNotEnabledError (an InvalidSpec) when it is not enabled."""
         try:
             return self._providers[name]
         except KeyError:
@@ -56,23 +54,25 @@ class Registry:
                 f"provider {name!r} is not enabled; enabled: {', '.join(self.names()) or 'none'}") from None
 
     def names(self) -> list[str]:
+        """The enabled provider names, sorted: what the catalog may route a task to."""
         return sorted(self._providers)
 
     def __contains__(self, name: object) -> bool:
         return name in self._providers
 
     async def aclose(self) -> None:
+        """Close every registered provider's connections (the registry itself stays usable)."""
         for provider in list(self._providers.values()):
             await provider.aclose()
 
-    async def __aenter__(self) -> "Registry":
+    async def __aenter__(self) -> Registry:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
 
-def registry_from_settings(settings: "Settings") -> Registry:
+def registry_from_settings(settings: Settings) -> Registry:
     """A registry with every provider GENTASK_PROVIDERS enables, configured from the settings."""
     factories = _factories()
     unknown = [name for name in settings.providers if name not in factories]

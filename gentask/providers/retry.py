@@ -8,12 +8,17 @@ underneath this loop.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Awaitable, Callable, TypeVar
+from typing import TYPE_CHECKING, TypedDict, TypeVar, Unpack
 
 from gentask.providers.errors import ProviderError, ProviderTimeoutError
+
+if TYPE_CHECKING:
+    from gentask.config import Settings
 
 log = logging.getLogger("gentask.providers")
 
@@ -26,6 +31,18 @@ DEFAULT_MAX_DELAY = 8.0
 DEFAULT_MAX_RETRY_AFTER = 60.0
 DEFAULT_JITTER = 0.25
 DEFAULT_POLL_INTERVAL = 5.0
+
+
+class PolicyFields(TypedDict, total=False):
+    """RetryPolicy's fields, as keyword overrides of RetryPolicy.from_settings."""
+
+    retries: int
+    timeout: float
+    base_delay: float
+    max_delay: float
+    max_retry_after: float
+    jitter: float
+    poll_interval: float
 
 
 @dataclass(frozen=True)
@@ -41,14 +58,15 @@ class RetryPolicy:
     poll_interval: float = DEFAULT_POLL_INTERVAL    # between polls of a vendor job
 
     @classmethod
-    def from_settings(cls, settings, **overrides) -> "RetryPolicy":
-        return cls(timeout=settings.ai_timeout, **overrides)
+    def from_settings(cls, settings: Settings, **overrides: Unpack[PolicyFields]) -> RetryPolicy:
+        """The default policy with AI_TIMEOUT as the per-call timeout; `overrides` set other fields."""
+        return dataclasses.replace(cls(timeout=settings.ai_timeout), **overrides)
 
     def delay(self, retry: int, error: ProviderError | None = None) -> float:
         """Seconds to wait before retry number `retry` (1-based)."""
         if error is not None and error.retry_after is not None:
             return min(error.retry_after, self.max_retry_after)
-        backoff = min(self.max_delay, self.base_delay * 2 ** (retry - 1))
+        backoff = min(self.max_delay, self.base_delay * 2.0 ** (retry - 1))
         return backoff * (1 - self.jitter * random.random())
 
 

@@ -28,8 +28,9 @@ import dataclasses
 import inspect
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, TypeVar
+from typing import Any, TypeVar
 
 from gentask.domain.catalog import ModelSpec, Target, lookup, validate_spec
 from gentask.domain.task import GenerationTaskSpec, ProviderFailure
@@ -53,7 +54,7 @@ class Submitted:
     task_id: str
 
     @classmethod
-    def from_status(cls, status: Any) -> "Submitted | None":
+    def from_status(cls, status: Any) -> Submitted | None:
         """From a GenerationTaskStatus with servedBy and providerTaskID set; None otherwise."""
         served_by = getattr(status, "served_by", None)
         task_id = getattr(status, "provider_task_id", None)
@@ -85,10 +86,12 @@ class GenerationFailed(Exception):
 
     @property
     def reason(self) -> str:
+        """The last error's reason, which the task's status reports."""
         return self.error.reason
 
     @property
     def retryable(self) -> bool:
+        """Whether the last error was transient: the worker may run the task again later."""
         return self.error.retryable
 
 
@@ -124,7 +127,8 @@ class _Run:
         result.attempts = attempts
         return result
 
-    async def call(self, provider: Provider, request: GenerationRequest, call: Callable[[], Awaitable[T]]) -> tuple[T, int]:
+    async def call(self, provider: Provider, request: GenerationRequest,
+                   call: Callable[[], Awaitable[T]]) -> tuple[T, int]:
         def retrying(error: ProviderError, retry: int, wait: float) -> None:
             self.notify(request, "retrying", message=f"{error.reason}, retry {retry} in {wait:.2f}s")
         return await call_with_retries(call, self.policy, provider=provider.name, model=request.model.model,
@@ -135,19 +139,21 @@ class _Run:
         calls = failed_jobs = 0
         while True:
             submitted = task_id is None
-            if submitted:
-                task_id, n = await self.call(provider, request, lambda: provider.submit(request))
+            if task_id is None:
+                job_id, n = await self.call(provider, request, lambda: provider.submit(request))
                 calls += n
-            self.in_flight = (provider, request, task_id)
+            else:
+                job_id = task_id
+            self.in_flight = (provider, request, job_id)
             if submitted:
-                hook = self.on_submitted(Submitted(provider.name, model, task_id)) if self.on_submitted else None
+                hook = self.on_submitted(Submitted(provider.name, model, job_id)) if self.on_submitted else None
                 if inspect.isawaitable(hook):
                     await hook
-                self.notify(request, "submitted", task_id=task_id)
-            status = await self.wait(provider, request, task_id)
+                self.notify(request, "submitted", task_id=job_id)
+            status = await self.wait(provider, request, job_id)
             self.in_flight = None
             if status.state is JobState.SUCCEEDED and status.result is not None:
-                status.result.provider_task_id = task_id
+                status.result.provider_task_id = job_id
                 status.result.attempts = max(1, calls)
                 return status.result
             error = status.error or ProviderError("the vendor job failed without an error")
@@ -155,7 +161,7 @@ class _Run:
             failed_jobs += 1
             if not error.retryable or failed_jobs > self.policy.retries:
                 raise error
-            self.notify(request, "resubmitting", task_id=task_id, message=f"job failed: {error.reason}")
+            self.notify(request, "resubmitting", task_id=job_id, message=f"job failed: {error.reason}")
             await asyncio.sleep(self.policy.delay(failed_jobs, error))
             task_id = None
 
@@ -217,11 +223,11 @@ async def generate(spec: GenerationTaskSpec, *, registry: Registry, policy: Retr
                 return result
     except TimeoutError:
         await run.cancel_in_flight()
-        error = DeadlineExceededError(f"the task ran longer than timeoutSeconds={spec.timeout_seconds}",
-                                      provider=run.current.provider if run.current else None,
-                                      model=run.current.model if run.current else None)
-        run.failures.append(error.failure())
-        raise GenerationFailed(error, run.failures) from None
+        deadline_error = DeadlineExceededError(
+            f"the task ran longer than timeoutSeconds={spec.timeout_seconds}",
+            provider=run.current.provider if run.current else None, model=run.current.model if run.current else None)
+        run.failures.append(deadline_error.failure())
+        raise GenerationFailed(deadline_error, run.failures) from None
     raise AssertionError("unreachable: validate_spec returns at least one target")
 
 

@@ -18,10 +18,24 @@ from volcengine.auth.SignerV4 import SignerV4
 from volcengine.base.Request import Request
 from volcengine.Credentials import Credentials
 
-from gentask.providers.base import GenerationRequest, GenerationResult, JobState, JobStatus, Media, expires_in, sniff_mime
+from gentask.providers.base import (
+    GenerationRequest,
+    GenerationResult,
+    JobState,
+    JobStatus,
+    Media,
+    expires_in,
+    sniff_mime,
+)
 from gentask.providers.errors import (
-    VISUAL_OK, AuthenticationError, OverloadedError, ProviderError, ProviderTimeoutError, RateLimitedError,
-    UnreachableError, visual_error,
+    VISUAL_OK,
+    AuthenticationError,
+    OverloadedError,
+    ProviderError,
+    ProviderTimeoutError,
+    RateLimitedError,
+    UnreachableError,
+    visual_error,
 )
 from gentask.providers.http import VendorHTTP, parse_json
 
@@ -48,6 +62,8 @@ def sign(*, host: str, path: str, action: str, body: bytes, access_key: str, sec
 
 
 class Visual:
+    """The Visual (Jimeng) API client of the volcengine provider: jimeng_* images and video jobs."""
+
     def __init__(self, *, provider: str, access_key: SecretStr | None, secret_key: SecretStr | None,
                  base_url: str, timeout: float) -> None:
         self.provider = provider
@@ -63,7 +79,8 @@ class Visual:
                                       provider=self.provider, model=model)
         raw = json.dumps(body).encode()
         url = self.http.base_url
-        headers = sign(host=url.netloc.decode(), path=url.path, action=action, body=raw, access_key=self._ak, secret_key=self._sk)
+        headers = sign(host=url.netloc.decode(), path=url.path, action=action, body=raw,
+                       access_key=self._ak, secret_key=self._sk)
         response = await self.http.send("POST", "", model=model, params={"Action": action, "Version": VERSION},
                                         content=raw, headers=headers)
         envelope = parse_json(response)
@@ -75,6 +92,7 @@ class Visual:
         return GenerationResult(provider=self.provider, model=request.model.model, request_id=request_id, **kw)
 
     async def image(self, request: GenerationRequest) -> GenerationResult:
+        """One CVProcess call; images come back as base64, plus URLs when response_format is url."""
         width, height = (int(x) for x in request.param("size").split("x"))
         want_url = request.param("response_format") == "url"
         body = {"req_key": request.model.model, "prompt": request.prompt, "seed": request.param("seed"),
@@ -94,6 +112,7 @@ class Visual:
         return self._result(request, request_id, images=images)
 
     async def submit_video(self, request: GenerationRequest) -> str:
+        """CVSync2AsyncSubmitTask (v30 models take frames, not seconds); returns Jimeng's task_id."""
         body: dict[str, Any] = {"req_key": request.model.model, "prompt": request.prompt,
                                 "seed": request.param("seed"), "aspect_ratio": request.param("aspect_ratio")}
         if request.param("duration") in FRAMES:
@@ -105,6 +124,7 @@ class Visual:
         return str(data["task_id"])
 
     async def poll_video(self, request: GenerationRequest, task_id: str) -> JobStatus:
+        """CVSync2AsyncGetResult: transient errors are raised (poll again), others end the job as failed."""
         model = request.model.model
         body = {"req_key": model, "task_id": task_id, "req_json": json.dumps({"return_url": True})}
         try:
@@ -127,4 +147,5 @@ class Visual:
             model=model, code=status or None, request_id=request_id))
 
     async def aclose(self) -> None:
+        """Close the HTTP connections to Visual."""
         await self.http.aclose()

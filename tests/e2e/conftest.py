@@ -20,15 +20,16 @@ import time
 import urllib.request
 import uuid
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
 import yaml
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from tests.support.helm import CHART, CRD_NAME, KUBE_VERSION, helm, helm_bin, render  # noqa: F401
-from tests.integration.conftest import ROOT, Cluster, cluster, namespace, wait_for  # noqa: F401
+from devcluster import tools_dir
+from tests.integration import conftest as integration
+from tests.integration.conftest import ROOT, Cluster, wait_for
+from tests.support.helm import CHART, CRD_NAME, helm
 
 PRIORITY_CLASSES = ("gentask-critical", "gentask-default", "gentask-low")
 BOOTSTRAP_PRIORITIES = {"gentask-critical": 1000, "gentask-default": 100, "gentask-low": 10}
@@ -36,6 +37,12 @@ KIND = os.environ.get("GENTASK_E2E_KIND") == "1"
 # What the chart runs: any image whose name contains "gentask" maps to this virtualenv on the
 # process node; on kind, the image hack/kind-e2e.sh built and loaded.
 IMAGE = os.environ.get("GENTASK_E2E_IMAGE", "ghcr.io/gentask/gentask:0.1.0")
+
+# The integration suite's session fixtures, bound here so that pytest offers them to this suite
+# (its conftest applies to tests/integration only); an import of the names would be shadowed by
+# every fixture parameter of the same name (F811).
+cluster = integration.cluster
+namespace = integration.namespace
 
 
 def free_port() -> int:
@@ -262,8 +269,9 @@ def release(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory):
         # once its process runs (it runs no probes), so poll /readyz the way the readinessProbe
         # would; on kind the probes made --wait cover this already.
         for service, port_name in ((rel.api_service, "http"), (f"{name}-gentask-operator-metrics", "metrics")):
-            wait_for(lambda: _ready(rel.service_url(service, port_name) + "/readyz"), 60, interval=0.3,
-                     what=f"{service} /readyz to answer 200")
+            def readyz(service: str = service, port_name: str = port_name) -> bool:
+                return _ready(rel.service_url(service, port_name) + "/readyz")
+            wait_for(readyz, 60, interval=0.3, what=f"{service} /readyz to answer 200")
         rel.ready_seconds = time.monotonic() - started
         # The worker pods read the same Secret in the task namespace, which the chart created.
         create_secret(cluster, task_ns, "gentask-credentials", {"MONGO_URL": mongo_url})

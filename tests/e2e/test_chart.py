@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import yaml
 
-from tests.e2e.conftest import create_namespace, render
+from tests.e2e.conftest import create_namespace
 from tests.integration.conftest import Cluster
+from tests.support.helm import render
 from tests.unit.chart.test_render import by_kind
 
 
@@ -25,8 +26,10 @@ def test_server_side_dry_run_accepts_every_rendered_manifest(cluster: Cluster, n
         # Pod Security only warns about a Deployment; it enforces on pods. So each pod template goes
         # through admission as a Pod in the restricted namespace, and a non-compliant one is refused.
         for dep in by_kind(docs, "Deployment"):
-            pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": dep["metadata"]["name"], "namespace": namespace},
-                   "spec": {**dep["spec"]["template"]["spec"], "serviceAccountName": "default"}}  # (a dry run made no SA)
+            pod = {"apiVersion": "v1", "kind": "Pod",
+                   "metadata": {"name": dep["metadata"]["name"], "namespace": namespace},
+                   # (the dry run made no service account)
+                   "spec": {**dep["spec"]["template"]["spec"], "serviceAccountName": "default"}}
             admitted = cluster.kubectl("create", "--dry-run=server", "-f", "-", input=yaml.safe_dump(pod))
             assert admitted.returncode == 0, admitted.stderr
             pod["spec"]["containers"][0]["securityContext"]["allowPrivilegeEscalation"] = True

@@ -5,7 +5,6 @@ Security in the task namespace, and `helm uninstall` (the last test of this modu
 from __future__ import annotations
 
 import json
-import time
 import urllib.error
 import urllib.request
 
@@ -14,9 +13,9 @@ import yaml
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from tests.e2e.conftest import (
-    CHART, CRD_NAME, IMAGE, PRIORITY_CLASSES, ROOT, Release, _ready, dump, helm, helm_manifest, wait_for,
-)
+from tests.e2e.conftest import IMAGE, PRIORITY_CLASSES, Release, _ready, dump, helm_manifest
+from tests.integration.conftest import ROOT, wait_for
+from tests.support.helm import CHART, CRD_NAME, helm
 
 TASKS = {   # type -> (request body, what the downloaded artifact starts with)
     "image": ({"prompt": "a red fox in the snow", "provider": "fake", "model": "fake-image", "size": "64x48"},
@@ -121,7 +120,7 @@ def test_task_namespace_enforces_restricted_and_admits_the_task_pods(release: Re
     labels = core.read_namespace(release.task_namespace).metadata.labels
     assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
     for task in finished.values():        # each task's Job pod was admitted and succeeded there
-        def job_succeeded():
+        def job_succeeded(task: dict = task):
             job = batch.read_namespaced_job(task["task_id"], release.task_namespace)
             return job if job.status.succeeded == 1 else None
         job = wait_for(job_succeeded, 60, what=f"Job {task['task_id']} to succeed (the pod exits after its report)")
@@ -193,7 +192,7 @@ def test_uninstall_removes_everything_but_the_crd(release: Release, finished: di
         if kind == "CustomResourceDefinition":
             continue
         if kind == "Namespace":     # deleted with everything in it: tasks, Jobs, the Secret
-            wait_for(lambda: gone("namespace", meta["name"], None), 120, interval=1,
+            wait_for(lambda name=meta["name"]: gone("namespace", name, None), 120, interval=1,
                      what=f"task namespace {meta['name']} to be deleted")
         elif not gone(kind, meta["name"], meta.get("namespace")):
             left.append(f"{kind}/{meta['name']}")

@@ -7,14 +7,13 @@ import subprocess
 import sys
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from gentask.domain import GROUP, PLURAL, VERSION
 from devcluster.cluster import with_checkout
+from gentask.domain import GROUP, PLURAL, VERSION
 from tests.integration.conftest import wait_for
 
 

@@ -60,10 +60,12 @@ INVALID = [
     ("unknown priority", _variant("spec.priority", "urgent"), 'spec.priority: Unsupported value: "urgent"'),
     ("timeout too short", _variant("spec.timeoutSeconds", 1), "spec.timeoutSeconds: Invalid value: 1"),
     ("bad size", _variant("spec.params.size", "huge"), "spec.params.size: Invalid value"),
-    ("bad response format", _variant("spec.params.responseFormat", "png"), "spec.params.responseFormat: Unsupported value"),
+    ("bad response format", _variant("spec.params.responseFormat", "png"),
+     "spec.params.responseFormat: Unsupported value"),
     ("temperature out of range", _variant("spec.params.temperature", 3), "spec.params.temperature: Invalid value"),
     ("bad provider name", _variant("spec.provider", "Open AI"), "spec.provider: Invalid value"),
-    ("name too long for its Job", _variant("metadata.name", "x" * 64, name="x" * 64), "metadata.name must be at most 63"),
+    ("name too long for its Job", _variant("metadata.name", "x" * 64, name="x" * 64),
+     "metadata.name must be at most 63"),
 ]
 
 

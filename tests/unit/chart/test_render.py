@@ -55,7 +55,8 @@ def test_priority_classes_default_to_never_preempt_and_are_configurable():
     assert {p["preemptionPolicy"] for p in classes.values()} == {"Never"}
     assert classes["gentask-critical"]["value"] > classes["gentask-default"]["value"] > classes["gentask-low"]["value"]
     custom = {p["metadata"]["name"]: p for p in by_kind(render(
-        "--set", "priorityClasses.critical.value=5000", "--set", "priorityClasses.critical.preemptionPolicy=PreemptLowerPriority"),
+        "--set", "priorityClasses.critical.value=5000",
+        "--set", "priorityClasses.critical.preemptionPolicy=PreemptLowerPriority"),
         "PriorityClass")}
     assert custom["gentask-critical"]["value"] == 5000
     assert custom["gentask-critical"]["preemptionPolicy"] == "PreemptLowerPriority"

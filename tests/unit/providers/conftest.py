@@ -7,9 +7,9 @@ import zlib
 
 import pytest
 
+from devcluster.vendors import LocalVendors
 from gentask.domain.task import GenerationTaskSpec
 from gentask.providers import RetryPolicy, registry_from_settings
-from devcluster.vendors import LocalVendors
 
 
 @pytest.fixture(scope="session")

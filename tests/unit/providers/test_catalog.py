@@ -19,7 +19,8 @@ def spec(type_, provider, model, **kw) -> GenerationTaskSpec:
 # (spec, error class, field, value shown, text of the accepted values)
 REFUSED = [
     (spec("image", "volcengine", SEEDREAM3, params={"size": "1000x1000"}), InvalidSpecError,
-     "spec.params.size", "'1000x1000'", "1024x1024, 864x1152, 1152x864, 1280x720, 720x1280, 832x1248, 1248x832, 1512x648"),
+     "spec.params.size", "'1000x1000'",
+     "1024x1024, 864x1152, 1152x864, 1280x720, 720x1280, 832x1248, 1248x832, 1512x648"),
     (spec("image", "volcengine", SEEDREAM3, params={"aspectRatio": "16:9"}), InvalidSpecError,
      "spec.params.aspectRatio", "'16:9'", "accepts parameters size, responseFormat, n, seed"),
     (spec("image", "volcengine", SEEDREAM3, params={"n": 2}), InvalidSpecError, "spec.params.n", "2", "accepts 1"),
@@ -41,7 +42,8 @@ REFUSED = [
      "spec.params.size", "'1000x1000'", "multiples of 16"),
     (spec("image", "volcengine", "doubao-seedream-4-0-250828", params={"size": "512x512"}), InvalidSpecError,
      "spec.params.size", "'512x512'", "921600..16777216 pixels"),
-    (spec("image", "nope", "x"), InvalidSpecError, "spec.provider", "'nope'", "known providers: fake, openai, volcengine"),
+    (spec("image", "nope", "x"), InvalidSpecError, "spec.provider", "'nope'",
+     "known providers: fake, openai, volcengine"),
     (spec("image", "volcengine", "doubao-seedream-9"), InvalidSpecError, "spec.model", "'doubao-seedream-9'",
      "image models of volcengine: doubao-seedream-3-0-t2i-250415"),
     (spec("video", "volcengine", SEEDREAM3), InvalidSpecError, "spec.model", f"'{SEEDREAM3}'",
@@ -52,8 +54,10 @@ REFUSED = [
      "use openai/gpt-image-1.5 instead"),
     (spec("video", "openai", "sora-2"), ModelRetiredError, "spec.model", "'sora-2'",
      "use volcengine/doubao-seedance-1-0-pro-250528 instead"),
-    (spec("image", "volcengine", SEEDREAM3, params={"size": "1280x720"}, fallbacks=[{"provider": "openai", "model": "gpt-image-1.5"}]),
-     InvalidSpecError, "spec.params.size", "'1280x720'", "fallbacks[0] openai/gpt-image-1.5 accepts 1024x1024, 1536x1024, 1024x1536"),
+    (spec("image", "volcengine", SEEDREAM3, params={"size": "1280x720"},
+          fallbacks=[{"provider": "openai", "model": "gpt-image-1.5"}]),
+     InvalidSpecError, "spec.params.size", "'1280x720'",
+     "fallbacks[0] openai/gpt-image-1.5 accepts 1024x1024, 1536x1024, 1024x1536"),
     (spec("image", "volcengine", SEEDREAM3, fallbacks=[{"provider": "openai", "model": "dall-e-3"}]),
      ModelRetiredError, "spec.fallbacks[0].model", "'dall-e-3'", "use openai/gpt-image-1.5 instead"),
     (spec("image", "volcengine", SEEDREAM3, fallbacks=[{"provider": "volcengine", "model": SEEDREAM3}]),
@@ -132,8 +136,10 @@ def test_every_retired_model_names_an_available_successor_of_the_same_type(entry
 
 
 def test_the_old_servers_models_are_all_listed():
-    for provider, model, type_ in [("volcengine", SEEDREAM3, TaskType.IMAGE), ("volcengine", JIMENG_IMAGE, TaskType.IMAGE),
-                                   ("volcengine", JIMENG_VIDEO, TaskType.VIDEO), ("volcengine", "doubao-pro-4k", TaskType.TEXT),
+    for provider, model, type_ in [("volcengine", SEEDREAM3, TaskType.IMAGE),
+                                   ("volcengine", JIMENG_IMAGE, TaskType.IMAGE),
+                                   ("volcengine", JIMENG_VIDEO, TaskType.VIDEO),
+                                   ("volcengine", "doubao-pro-4k", TaskType.TEXT),
                                    ("openai", "dall-e-3", TaskType.IMAGE), ("openai", "gpt-4", TaskType.TEXT),
                                    ("openai", "sora-2", TaskType.VIDEO)]:
         assert lookup(provider, model).type is type_

@@ -9,7 +9,6 @@ import sys
 
 import pytest
 
-from gentask.config import get_settings
 from gentask.providers.cli import main
 from tests.support.media import mp4_boxes
 
@@ -25,7 +24,6 @@ def clean_environment(monkeypatch):
     monkeypatch.chdir("/tmp")                    # no .env of the repository
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
-    get_settings.cache_clear()
     yield
     for handler in root.handlers[:]:
         if handler not in handlers:
@@ -88,7 +86,8 @@ def test_a_refused_key_exits_1_with_the_reason(vendors, monkeypatch, tmp_path, c
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--model", "fake-image", "--param", "size=10x10"], "spec.params.size: '10x10' is not accepted; fake/fake-image accepts"),
+    (["--model", "fake-image", "--param", "size=10x10"],
+     "spec.params.size: '10x10' is not accepted; fake/fake-image accepts"),
     (["--model", "fake-image", "--param", "colour=red"], "expected NAME=VALUE with NAME one of"),
     (["--model", "fake-pony"], "its models: fake-image, fake-video, fake-text"),
 ])

@@ -14,7 +14,8 @@ PAGE = Path(__file__).resolve().parents[3] / "docs" / "providers.md"
 
 @pytest.mark.parametrize("entry", MODELS, ids=lambda m: f"{m.provider}/{m.model}")
 def test_every_catalog_model_is_documented_with_its_status(entry):
-    rows = [line for line in PAGE.read_text().splitlines() if line.startswith(f"| {entry.provider} | `{entry.model}` |")]
+    row_start = f"| {entry.provider} | `{entry.model}` |"
+    rows = [line for line in PAGE.read_text().splitlines() if line.startswith(row_start)]
     assert len(rows) == 1, f"{entry.provider}/{entry.model} is missing from docs/providers.md"
     assert (f"retired {entry.retired}" in rows[0]) == bool(entry.retired)
 

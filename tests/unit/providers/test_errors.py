@@ -9,7 +9,14 @@ import pytest
 
 from gentask.domain.catalog import lookup
 from gentask.domain.reasons import REASONS, RETRYABLE_REASONS
-from gentask.providers import GenerationFailed, GenerationRequest, JobState, ProviderError, generate, registry_from_settings
+from gentask.providers import (
+    GenerationFailed,
+    GenerationRequest,
+    JobState,
+    ProviderError,
+    generate,
+    registry_from_settings,
+)
 from gentask.providers.errors import parse_retry_after
 
 from .conftest import task
@@ -20,7 +27,8 @@ ARK = [
     ("InvalidParameter", 400, "ProviderBadRequest"), ("InvalidParameter.OversizedImage", 400, "ProviderBadRequest"),
     ("InvalidParameter.UnsupportedImageFormat", 400, "ProviderBadRequest"),
     ("InvalidEndpoint.ClosedEndpoint", 400, "ModelUnavailable"),
-    ("SensitiveContentDetected", 400, "ContentRejected"), ("SensitiveContentDetected.SevereViolation", 400, "ContentRejected"),
+    ("SensitiveContentDetected", 400, "ContentRejected"),
+    ("SensitiveContentDetected.SevereViolation", 400, "ContentRejected"),
     ("SensitiveContentDetected.Violence", 400, "ContentRejected"),
     ("InputTextSensitiveContentDetected", 400, "ContentRejected"),
     ("InputImageSensitiveContentDetected", 400, "ContentRejected"),
@@ -33,7 +41,8 @@ ARK = [
     ("AuthenticationError", 401, "AuthenticationFailed"),
     ("AccountOverdueError", 403, "QuotaExceeded"), ("AccessDenied", 403, "AuthenticationFailed"),
     ("InvalidEndpointOrModel.NotFound", 404, "ModelUnavailable"),
-    ("InvalidEndpointOrModel.ModelIDAccessDisabled", 404, "ModelUnavailable"), ("ModelNotOpen", 404, "ModelUnavailable"),
+    ("InvalidEndpointOrModel.ModelIDAccessDisabled", 404, "ModelUnavailable"),
+    ("ModelNotOpen", 404, "ModelUnavailable"),
     ("RateLimitExceeded.EndpointRPMExceeded", 429, "ProviderRateLimited"),
     ("RateLimitExceeded.EndpointTPMExceeded", 429, "ProviderRateLimited"),
     ("ModelAccountRpmRateLimitExceeded", 429, "ProviderRateLimited"),
@@ -49,14 +58,17 @@ ARK = [
 
 # Visual/Jimeng (reference §3.4): code, HTTP status, reason, retryable
 VISUAL = [
-    (50411, 400, "ContentRejected", False), (50412, 400, "ContentRejected", False), (50413, 400, "ContentRejected", False),
-    (50511, 400, "ContentRejected", True), (50512, 400, "ContentRejected", False), (50518, 400, "ContentRejected", False),
+    (50411, 400, "ContentRejected", False), (50412, 400, "ContentRejected", False),
+    (50413, 400, "ContentRejected", False), (50511, 400, "ContentRejected", True),
+    (50512, 400, "ContentRejected", False), (50518, 400, "ContentRejected", False),
     (50519, 400, "ContentRejected", True), (50520, 400, "ProviderError", False), (50521, 400, "ProviderError", False),
     (50522, 400, "ProviderError", False), (50429, 429, "ProviderRateLimited", True),
-    (50430, 429, "ProviderRateLimited", True), (50500, 500, "ProviderError", False), (50501, 500, "ProviderError", False),
+    (50430, 429, "ProviderRateLimited", True), (50500, 500, "ProviderError", False),
+    (50501, 500, "ProviderError", False),
     (30403, 200, "ModelUnavailable", False), (50400, 400, "AuthenticationFailed", False),
     (50200, 400, "ProviderBadRequest", False),
-    ("SignatureDoesNotMatch", 401, "AuthenticationFailed", False), ("FlowLimitExceeded", 429, "ProviderRateLimited", True),
+    ("SignatureDoesNotMatch", 401, "AuthenticationFailed", False),
+    ("FlowLimitExceeded", 429, "ProviderRateLimited", True),
     ("InternalError", 500, "ProviderOverloaded", True),
 ]
 
@@ -127,7 +139,8 @@ async def test_wrong_keys_are_refused_as_each_vendor_refuses_them(vendors, polic
         visual = await failure_of(task("image", "volcengine", "jimeng_high_aes_general_v21_L"), registry, policy)
         openai = await failure_of(task("text", "openai", "gpt-4"), registry, policy)
     assert (ark.reason, ark.code, ark.status_code) == ("AuthenticationFailed", "AuthenticationError", 401)
-    assert (visual.reason, visual.code) == ("AuthenticationFailed", "SignatureDoesNotMatch")   # recomputed from the secret
+    # recomputed from the secret
+    assert (visual.reason, visual.code) == ("AuthenticationFailed", "SignatureDoesNotMatch")
     assert (openai.reason, openai.code) == ("AuthenticationFailed", "invalid_api_key")
 
 

@@ -8,9 +8,8 @@ import asyncio
 import pytest
 
 from gentask.domain.task import GenerationTaskStatus, ModelRef
-from gentask.providers import GenerationFailed, Submitted, cancel_job, generate, registry_from_settings
+from gentask.providers import GenerationFailed, Registry, Submitted, cancel_job, generate, registry_from_settings
 from gentask.providers.fake import FakeProvider
-from gentask.providers import Registry
 
 from .conftest import task
 

@@ -61,7 +61,9 @@ def rendered(value: object) -> list[str]:
     if isinstance(value, BaseException):
         texts = [str(value), repr(value), "".join(traceback.format_exception(value))]
         texts += [repr(v) for v in vars(value).values()]
-        return texts + (rendered(value.error) + [repr(f) for f in value.failures] if isinstance(value, GenerationFailed) else [])
+        if isinstance(value, GenerationFailed):
+            texts += rendered(value.error) + [repr(f) for f in value.failures]
+        return texts
     if dataclasses.is_dataclass(value):
         return [repr(value)] + [repr(dataclasses.asdict(value))]
     return [repr(value)]

@@ -19,7 +19,8 @@ async def download(url: str) -> httpx.Response:
 
 async def test_ark_image_as_url_downloads_a_png_of_the_asked_size(vendors, registry, policy):
     result = await generate(task("image", "volcengine", "doubao-seedream-3-0-t2i-250415",
-                                 params={"size": "1280x720", "responseFormat": "url"}), registry=registry, policy=policy)
+                                 params={"size": "1280x720", "responseFormat": "url"}),
+                            registry=registry, policy=policy)
     [image] = result.images
     assert image.data is None and image.url_expires_at is not None
     response = await download(image.url)
@@ -32,7 +33,8 @@ async def test_ark_image_as_url_downloads_a_png_of_the_asked_size(vendors, regis
 
 async def test_ark_image_as_base64_comes_back_as_png_bytes(vendors, registry, policy):
     result = await generate(task("image", "volcengine", "doubao-seedream-3-0-t2i-250415",
-                                 params={"size": "864x1152", "responseFormat": "b64_json"}), registry=registry, policy=policy)
+                                 params={"size": "864x1152", "responseFormat": "b64_json"}),
+                            registry=registry, policy=policy)
     [image] = result.images
     assert image.url is None and image.mime_type == "image/png"
     assert png_pixels(image.data)[:2] == (864, 1152)
@@ -65,7 +67,8 @@ async def test_ark_video_task_is_created_polled_and_returns_an_mp4_url(vendors, 
 async def test_jimeng_image_as_url_and_as_base64(vendors, registry, policy):
     for fmt in ("url", "b64_json"):
         result = await generate(task("image", "volcengine", "jimeng_high_aes_general_v21_L",
-                                     params={"size": "512x384", "responseFormat": fmt}), registry=registry, policy=policy)
+                                     params={"size": "512x384", "responseFormat": fmt}),
+                                registry=registry, policy=policy)
         [image] = result.images
         assert png_pixels(image.data)[:2] == (512, 384)            # Jimeng always sends the bytes
         if fmt == "url":
@@ -139,5 +142,6 @@ async def test_fake_image_text_and_video(registry, policy):
     assert [png_pixels(i.data)[:2] for i in image.images] == [(320, 200)] * 2
     text = await generate(task("text", "fake", "fake-text", params={"maxTokens": 12}), registry=registry, policy=policy)
     assert len(text.text.split()) == 12
-    video = await generate(task("video", "fake", "fake-video", params={"duration": 1}), registry=registry, policy=policy)
+    video = await generate(task("video", "fake", "fake-video", params={"duration": 1}),
+                           registry=registry, policy=policy)
     assert mp4_boxes(video.video.data) == ["ftyp", "moov", "mdat"] and video.provider_task_id.startswith("fake-")
