@@ -1,0 +1,1 @@
+"""The REST facade (FastAPI): the old Volcengine AI Server's endpoints over GenerationTasks."""

@@ -12,6 +12,7 @@ from gentask.logs import setup_logging
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Serve the API until stopped; 2 for invalid settings."""
     parser = argparse.ArgumentParser(prog="gentask api", description=__doc__)
     parser.add_argument("--host", help="listen address (default GENTASK_API_HOST, 0.0.0.0)")
     parser.add_argument("--port", type=int, help="port (default PORT, 8080)")

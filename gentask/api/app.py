@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
@@ -20,11 +21,13 @@ from gentask.api.metrics import Metrics, MetricsMiddleware
 from gentask.api.middleware import BodyLimitMiddleware
 from gentask.api.routers import health, models, tasks
 from gentask.api.service import TaskService
-from gentask.api.store import Store
 from gentask.config import Settings, SettingsError, load_settings
 from gentask.kube.tasks import TaskClient, load_connection
+from gentask.storage import MirrorWriter
 
 log = logging.getLogger("gentask.api")
+
+MIRROR_PENDING_MAX = 10_000      # tasks whose create-time mirror write may wait; more are dropped (counted)
 
 DESCRIPTION = """
 Kubernetes-native AI generation tasks behind the old Volcengine AI Server's REST interface.
@@ -40,9 +43,9 @@ SECURITY_SCHEMES = {
 }
 
 
-def _openapi(app: FastAPI):
+def _openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
     """The generated document, plus the API-key schemes on every /api operation."""
-    def build() -> dict:
+    def build() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = get_openapi(title=app.title, version=app.version, description=app.description,
                                  routes=app.routes)
@@ -77,13 +80,15 @@ def create_app(settings: Settings | None = None, *, kubeconfig: str | None = Non
             log.warning("authentication is OFF (GENTASK_AUTH_DISABLED): every caller acts as admin")
         client = TaskClient(load_connection(kubeconfig), timeout=settings.api_kube_timeout)
         index = TaskIndex(client, settings.namespace)
-        store = Store(settings, metrics)
-        store.start()
+        storage = MirrorWriter(settings, max_pending=MIRROR_PENDING_MAX)
+        storage.start()
         metrics.gauges["gentask_api_watched_tasks"] = lambda: len(index)
         metrics.gauges["gentask_api_watch_healthy"] = lambda: int(index.healthy)
+        metrics.gauges["gentask_api_mirror_pending"] = lambda: storage.pending
+        metrics.gauges["gentask_api_mirror_lag_seconds"] = lambda: round(storage.lag, 3)
         app.state.services = Services(settings=settings, keys=keys, limiter=RateLimiter(
-            settings.api_rate_per_user, settings.api_rate_burst), metrics=metrics, store=store, index=index,
-            tasks=TaskService(settings, client, index, store, metrics))
+            settings.api_rate_per_user, settings.api_rate_burst), metrics=metrics, storage=storage, index=index,
+            tasks=TaskService(settings, client, index, storage, metrics))
         watch = asyncio.create_task(index.run(), name="gentask-api-watch")
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(index.synced.wait(), 5)   # serve even if the cluster is not there yet
@@ -96,12 +101,12 @@ def create_app(settings: Settings | None = None, *, kubeconfig: str | None = Non
             with contextlib.suppress(asyncio.CancelledError):
                 await watch
             await client.close()
-            await asyncio.to_thread(store.stop)
+            await storage.stop()
 
     app = FastAPI(title="gentask REST API", version="1", description=DESCRIPTION, lifespan=lifespan,
                   docs_url="/docs", openapi_url="/openapi.json", redoc_url=None)
     app.state.settings = settings
-    app.openapi = _openapi(app)  # type: ignore[method-assign]
+    app.openapi = _openapi(app)  # type: ignore[method-assign]  # FastAPI's documented way to customize the schema
     install_handlers(app)
     app.include_router(tasks.router)
     app.include_router(models.router)

@@ -22,10 +22,12 @@ class Caller:
 
     @property
     def admin(self) -> bool:
+        """The caller may act for every user."""
         return self.role == "admin"
 
     @property
     def anonymous(self) -> bool:
+        """Authentication is off: nobody in particular asks."""
         return self.user_id is None
 
     @property
@@ -51,10 +53,11 @@ class KeyRing:
         return len(self._by_digest)
 
     def lookup(self, key: str) -> Caller | None:
+        """The caller whose key this is, or None."""
         return self._by_digest.get(_digest(key)) if key else None
 
     @classmethod
-    def parse(cls, text: str | None) -> "KeyRing":
+    def parse(cls, text: str | None) -> KeyRing:
         """Parse `key:user[:role],...`; a bad entry raises ValueError naming its position, never the key."""
         entries: dict[str, Caller] = {}
         for position, item in enumerate((text or "").split(","), start=1):

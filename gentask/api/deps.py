@@ -16,8 +16,8 @@ from gentask.api.index import TaskIndex
 from gentask.api.limits import RateLimiter
 from gentask.api.metrics import Metrics
 from gentask.api.service import TaskService
-from gentask.api.store import Store
 from gentask.config import Settings
+from gentask.storage import MirrorWriter
 
 
 @dataclass
@@ -28,21 +28,27 @@ class Services:
     keys: KeyRing
     limiter: RateLimiter
     metrics: Metrics
-    store: Store
+    storage: MirrorWriter
     index: TaskIndex
     tasks: TaskService
 
 
 async def get_services(request: Request) -> Services:
-    return request.app.state.services
+    """The app's services."""
+    services: Services = request.app.state.services
+    return services
 
 
 async def get_tasks(request: Request) -> TaskService:
-    return request.app.state.services.tasks
+    """The task service."""
+    tasks: TaskService = request.app.state.services.tasks
+    return tasks
 
 
 async def get_settings(request: Request) -> Settings:
-    return request.app.state.settings
+    """The app's settings."""
+    settings: Settings = request.app.state.settings
+    return settings
 
 
 async def get_caller(request: Request) -> Caller:

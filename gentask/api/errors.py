@@ -16,16 +16,20 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from gentask.api.schemas import ErrorEnvelope, FieldError
+
 log = logging.getLogger("gentask.api")
 
 VALUE_ECHO_MAX = 200
 
 
 class APIError(Exception):
+    """A failure the API answers with its HTTP status and the error envelope."""
+
     status = 500
     default_message = "internal error"
 
-    def __init__(self, message: str | None = None, *, errors: list[dict] | None = None,
+    def __init__(self, message: str | None = None, *, errors: list[dict[str, Any]] | None = None,
                  retry_after: float | None = None, headers: dict[str, str] | None = None) -> None:
         self.message = message or self.default_message
         super().__init__(self.message)
@@ -36,11 +40,15 @@ class APIError(Exception):
 
 
 class BadRequest(APIError):
+    """400: malformed JSON, an unknown provider or model."""
+
     status = 400
     default_message = "bad request"
 
 
 class Unauthorized(APIError):
+    """401: no API key, or an unknown one."""
+
     status = 401
     default_message = "missing or unknown API key: send Authorization: Bearer <key> or X-API-Key: <key>"
 
@@ -49,46 +57,67 @@ class Unauthorized(APIError):
 
 
 class Forbidden(APIError):
+    """403: acting for another user without being admin."""
+
     status = 403
     default_message = "forbidden"
 
 
 class NotFound(APIError):
+    """404: no such task, not the caller's, no such artifact."""
+
     status = 404
     default_message = "not found"
 
 
 class Conflict(APIError):
+    """409: an Idempotency-Key reused with another body; cancelling a finished task."""
+
     status = 409
     default_message = "conflict"
 
 
 class PayloadTooLarge(APIError):
+    """413: a body over GENTASK_API_MAX_BODY_BYTES."""
+
     status = 413
     default_message = "request body too large"
 
 
 class Unprocessable(APIError):
+    """422: a field out of bounds or a parameter the model does not accept."""
+
     status = 422
     default_message = "invalid request"
 
 
 class TooManyRequests(APIError):
+    """429: a limit; Retry-After says when to come back."""
+
     status = 429
     default_message = "too many requests"
 
 
 class Unavailable(APIError):
+    """503: the cluster or MongoDB unreachable; Retry-After says when to come back."""
+
     status = 503
     default_message = "service unavailable"
 
 
-def error_response(status: int, message: str, errors: list[dict] | None = None,
+def error_body(message: str, errors: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The error envelope as JSON: {success: false, data: null, message, errors?}."""
+    fields = None if errors is None else [FieldError.model_validate(e) for e in errors]
+    body = ErrorEnvelope(message=message, errors=fields).model_dump(mode="json")
+    if errors is None:
+        del body["errors"]
+    return body
+
+
+def error_response(status: int, message: str, errors: list[dict[str, Any]] | None = None,
                    headers: dict[str, str] | None = None) -> JSONResponse:
-    body: dict[str, Any] = {"success": False, "data": None, "message": message}
-    if errors is not None:
-        body["errors"] = errors
-    return JSONResponse(body, status_code=status, headers=headers)
+    """Every error answer of the API: the envelope, its status and headers (Retry-After, ...)."""
+    return JSONResponse(error_body(message, errors), status_code=status, headers=headers)
 
 
 def echo(value: Any) -> Any:
@@ -108,7 +137,7 @@ def echo(value: Any) -> Any:
     return echo(str(value))
 
 
-def _accepted(err: dict) -> str:
+def _accepted(err: dict[str, Any]) -> str:
     """What would have been accepted, in words, from one pydantic error."""
     kind, ctx = err.get("type", ""), err.get("ctx") or {}
     if kind == "missing":
@@ -144,7 +173,7 @@ def _accepted(err: dict) -> str:
     return str(err.get("msg", "a valid value"))
 
 
-def field_name(loc: tuple | list) -> str:
+def field_name(loc: tuple[Any, ...] | list[Any]) -> str:
     """('body', 'fallbacks', 0, 'model') -> 'fallbacks[0].model'; ('body',) -> 'body'."""
     parts = list(loc)
     if len(parts) > 1 and parts[0] in ("body", "query", "path", "header"):
@@ -158,18 +187,21 @@ def field_name(loc: tuple | list) -> str:
     return out or "body"
 
 
-def validation_errors(errors: list[dict]) -> list[dict]:
-    return [{"field": field_name(e.get("loc", ())), "value": echo(e.get("input")) if e.get("type") != "missing" else None,
+def validation_errors(errors: list[Any]) -> list[dict[str, Any]]:
+    """Pydantic's errors as the envelope's entries: field, value given, what is accepted, message."""
+    return [{"field": field_name(e.get("loc", ())),
+             "value": echo(e.get("input")) if e.get("type") != "missing" else None,
              "accepted": _accepted(e), "message": str(e.get("msg", ""))} for e in errors]
 
 
-def _summary(items: list[dict]) -> str:
+def _summary(items: list[dict[str, Any]]) -> str:
     first = items[0]
     more = f" (and {len(items) - 1} more)" if len(items) > 1 else ""
     return f"invalid {first['field']}: {first['message'] or 'not accepted'}; accepted: {first['accepted']}{more}"
 
 
 def install_handlers(app: FastAPI) -> None:
+    """Answer APIErrors, validation errors, HTTP errors and anything unexpected with the envelope."""
     @app.exception_handler(APIError)
     async def _api_error(_request: Request, exc: APIError) -> JSONResponse:
         return error_response(exc.status, exc.message, exc.errors, exc.headers)

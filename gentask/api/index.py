@@ -1,10 +1,14 @@
-"""The live tasks of the API's namespace, kept by one list-and-watch.
+"""The live tasks of the API's namespace, kept by one list-and-watch, typed once as they arrive.
 
 Two things read it on every request: result reads (a task polled every second costs the API
 server nothing) and the cap on a user's unfinished tasks (a count per user label, without a
 list call per create). A name the index does not know is looked up on the API server, so a
 task created by another replica a millisecond ago is still found; a task this replica writes
 is put in at once, so a client reads its own writes.
+
+Objects from the API server are parsed into GenerationTask here (`parse_task`), once per
+version, and each version's TaskView is built on its first read and kept (`view`): a result
+read of a known task then only serializes.
 """
 
 from __future__ import annotations
@@ -14,34 +18,76 @@ import logging
 import random
 import time
 from collections import Counter
+from collections.abc import Mapping
+from typing import Any
 
-from gentask.kube.tasks import LABEL_USER, ClusterUnavailable, KubeError, TaskClient, WatchExpired, is_terminal, resource_version
+from pydantic import ValidationError
+
+from gentask.api.schemas import TaskView
+from gentask.api.views import record_of, task_view
+from gentask.domain.reasons import Phase
+from gentask.domain.task import GenerationTask
+from gentask.kube.tasks import LABEL_USER, ClusterUnavailable, KubeError, TaskClient, WatchExpired
 
 log = logging.getLogger("gentask.api")
 
 BACKOFF_MAX = 10.0
 
-
 _LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
 
 
-def _slim(obj: dict) -> dict:
+class UnreadableTask(ValueError):
+    """The API server returned a GenerationTask that does not fit gentask.domain's model."""
+
+
+def _slim(obj: Mapping[str, Any]) -> dict[str, Any]:
     """Without managedFields and kubectl's last-applied copy: most of an object's bytes, none of use here."""
-    meta = {k: v for k, v in obj["metadata"].items() if k != "managedFields"}
+    meta = {k: v for k, v in (obj.get("metadata") or {}).items() if k != "managedFields"}
     if _LAST_APPLIED in (meta.get("annotations") or {}):
         meta["annotations"] = {k: v for k, v in meta["annotations"].items() if k != _LAST_APPLIED}
     return {**obj, "metadata": meta}
 
 
-def _user_key(obj: dict) -> str:
-    return ((obj.get("metadata") or {}).get("labels") or {}).get(LABEL_USER, "")
+def parse_task(obj: Mapping[str, Any]) -> GenerationTask:
+    """A GenerationTask as the API server returns it -> the typed task; UnreadableTask if it does not fit."""
+    try:
+        return GenerationTask.model_validate(_slim(obj))
+    except ValidationError as exc:
+        meta = obj.get("metadata") or {}
+        raise UnreadableTask(f"GenerationTask {meta.get('namespace')}/{meta.get('name')} does not fit the "
+                             f"resource's schema: {exc.errors()[0].get('msg')}") from exc
+
+
+def task_annotations(task: GenerationTask) -> dict[str, str]:
+    """The task's annotations (a field of ObjectMeta, or kept as an extra one by older models)."""
+    found = getattr(task.metadata, "annotations", None) or (task.metadata.model_extra or {}).get("annotations")
+    return found if isinstance(found, dict) else {}
+
+
+def is_terminal(task: GenerationTask) -> bool:
+    """The task has finished (Succeeded, Failed or Cancelled)."""
+    return task.status.phase is not None and Phase(task.status.phase).terminal
+
+
+def _version(task: GenerationTask) -> int:
+    try:
+        return int(task.metadata.resource_version or 0)
+    except ValueError:
+        return 0
+
+
+def _user_key(task: GenerationTask) -> str:
+    return task.metadata.labels.get(LABEL_USER, "")
 
 
 class TaskIndex:
+    """Every live task of one namespace by name, and each user's count of unfinished ones."""
+
     def __init__(self, client: TaskClient, namespace: str) -> None:
         self.client = client
         self.namespace = namespace
-        self._objects: dict[str, dict] = {}
+        self._tasks: dict[str, GenerationTask] = {}
+        self._views: dict[str, tuple[GenerationTask, TaskView]] = {}
         self._unfinished: Counter[str] = Counter()
         self._reserved: Counter[str] = Counter()
         self.synced = asyncio.Event()
@@ -52,61 +98,88 @@ class TaskIndex:
     # --- reads --------------------------------------------------------------------------
 
     def __len__(self) -> int:
-        return len(self._objects)
+        return len(self._tasks)
 
-    def get(self, name: str) -> dict | None:
-        return self._objects.get(name)
+    def get(self, name: str) -> GenerationTask | None:
+        """The live task of this name, if the index knows it."""
+        return self._tasks.get(name)
+
+    def view(self, task: GenerationTask) -> TaskView:
+        """The TaskView of a task, built once per version (the index keeps it while the task is live)."""
+        name = task.metadata.name or ""
+        cached = self._views.get(name)
+        if cached is not None and cached[0] is task:
+            return cached[1]
+        view = task_view(record_of(task))
+        if self._tasks.get(name) is task:
+            self._views[name] = (task, view)
+        return view
 
     def unfinished(self, user_key: str) -> int:
         """The user's unfinished tasks, counting creates under way on this replica."""
         return self._unfinished[user_key] + self._reserved[user_key]
 
     def reserve(self, user_key: str) -> None:
+        """Count a create under way (released by `release`)."""
         self._reserved[user_key] += 1
 
     def release(self, user_key: str) -> None:
+        """A create under way has ended."""
         self._reserved[user_key] -= 1
         if self._reserved[user_key] <= 0:
             del self._reserved[user_key]
 
     # --- writes -------------------------------------------------------------------------
 
-    def put(self, obj: dict) -> None:
-        """Keep the newer of the known and the given version of an object."""
-        meta = obj.get("metadata") or {}
-        name = meta.get("name")
+    def put(self, task: GenerationTask) -> None:
+        """Keep the newer of the known and the given version of a task."""
+        name = task.metadata.name
         if not name:
             return
-        if "managedFields" in meta or _LAST_APPLIED in (meta.get("annotations") or {}):
-            obj = _slim(obj)
-        old = self._objects.get(name)
+        old = self._tasks.get(name)
         if old is not None:
-            same = (old.get("metadata") or {}).get("uid") == (obj.get("metadata") or {}).get("uid")
-            if same and resource_version(old) > resource_version(obj):
+            if old.metadata.uid == task.metadata.uid and _version(old) > _version(task):
                 return
             self._forget(old)
-        self._objects[name] = obj
-        if not is_terminal(obj):
-            self._unfinished[_user_key(obj)] += 1
+            self._views.pop(name, None)
+        self._tasks[name] = task
+        if not is_terminal(task):
+            self._unfinished[_user_key(task)] += 1
+
+    def put_object(self, obj: Mapping[str, Any]) -> GenerationTask | None:
+        """Parse an object from the API server and keep it; None (logged) when it does not fit."""
+        try:
+            task = parse_task(obj)
+        except UnreadableTask as exc:
+            log.warning("ignoring a task the API cannot read", extra={"error": str(exc)})
+            meta = obj.get("metadata") or {}
+            if meta.get("name"):
+                self.remove(meta["name"], meta.get("uid"))
+            return None
+        self.put(task)
+        return task
 
     def remove(self, name: str, uid: str | None = None) -> None:
-        old = self._objects.get(name)
-        if old is not None and (uid is None or (old.get("metadata") or {}).get("uid") == uid):
+        """Forget the task of this name (only if it still has this uid, when one is given)."""
+        old = self._tasks.get(name)
+        if old is not None and (uid is None or old.metadata.uid == uid):
             self._forget(old)
-            del self._objects[name]
+            del self._tasks[name]
+            self._views.pop(name, None)
 
-    def _forget(self, obj: dict) -> None:
-        if not is_terminal(obj):
-            key = _user_key(obj)
+    def _forget(self, task: GenerationTask) -> None:
+        if not is_terminal(task):
+            key = _user_key(task)
             self._unfinished[key] -= 1
             if self._unfinished[key] <= 0:
                 del self._unfinished[key]
 
-    def _replace(self, items: list[dict]) -> None:
-        self._objects.clear()
+    def _replace(self, items: list[dict[str, Any]]) -> None:
+        self._tasks.clear()
+        self._views.clear()
         self._unfinished.clear()
         for obj in items:
-            self.put(obj)
+            self.put_object(obj)
 
     # --- the watch ----------------------------------------------------------------------
 
@@ -125,7 +198,7 @@ class TaskIndex:
                         self.last_event = time.monotonic()
                         version = (obj.get("metadata") or {}).get("resourceVersion") or version
                         if kind in ("ADDED", "MODIFIED"):
-                            self.put(obj)
+                            self.put_object(obj)
                         elif kind == "DELETED":
                             self.remove(obj["metadata"]["name"], obj["metadata"].get("uid"))
                     # the server ended the watch (timeoutSeconds): go on from where it stopped
@@ -134,12 +207,17 @@ class TaskIndex:
             except WatchExpired:
                 log.info("task watch expired; listing again", extra={"namespace": self.namespace})
                 continue
-            except (ClusterUnavailable, KubeError) as exc:
-                self.healthy, self.last_error = False, str(exc)
-                log.warning("task watch failed; retrying", extra={"namespace": self.namespace, "error": str(exc),
-                                                                  "retry_in": round(backoff, 1)})
+            except ClusterUnavailable as exc:       # first: it may be a KubeError too
+                self._down(str(exc), backoff)
+            except KubeError as exc:
+                self._down(str(exc), backoff)
             except Exception as exc:  # noqa: BLE001 - the watch must outlive anything a response can hold
                 self.healthy, self.last_error = False, f"{type(exc).__name__}: {exc}"
                 log.exception("task watch crashed; retrying", extra={"namespace": self.namespace})
             await asyncio.sleep(backoff * (0.5 + random.random()))
             backoff = min(BACKOFF_MAX, backoff * 2)
+
+    def _down(self, error: str, backoff: float) -> None:
+        self.healthy, self.last_error = False, error
+        log.warning("task watch failed; retrying", extra={"namespace": self.namespace, "error": error,
+                                                          "retry_in": round(backoff, 1)})

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from typing import Callable
+from collections.abc import Callable
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
@@ -19,6 +21,8 @@ def _labels(**labels: object) -> str:
 
 
 class Metrics:
+    """The API's counters, latency histograms and gauges, rendered for Prometheus."""
+
     def __init__(self) -> None:
         self.requests: dict[tuple[str, str, int], int] = defaultdict(int)
         self.latency: dict[str, list[int]] = {}
@@ -30,6 +34,7 @@ class Metrics:
         self.gauges: dict[str, Callable[[], float]] = {}
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
+        """Count one answered request and its time."""
         self.requests[(method, route, status)] += 1
         buckets = self.latency.setdefault(route, [0] * len(BUCKETS))
         for i, bound in enumerate(BUCKETS):
@@ -40,6 +45,7 @@ class Metrics:
         self.latency_count[route] += 1
 
     def render(self) -> str:
+        """Everything in the Prometheus text exposition format."""
         out = ["# HELP gentask_api_requests_total HTTP requests answered, by route template and status.",
                "# TYPE gentask_api_requests_total counter"]
         for (method, route, status), n in sorted(self.requests.items()):
@@ -48,7 +54,7 @@ class Metrics:
                 "# TYPE gentask_api_request_duration_seconds histogram"]
         for route, buckets in sorted(self.latency.items()):
             running = 0
-            for bound, n in zip(BUCKETS, buckets):
+            for bound, n in zip(BUCKETS, buckets, strict=False):
                 running += n
                 out.append(f"gentask_api_request_duration_seconds_bucket{_labels(route=route, le=bound)} {running}")
             count = self.latency_count[route]
@@ -61,8 +67,10 @@ class Metrics:
         out += ["# HELP gentask_api_rejected_total Requests refused by a limit (rate, unfinished).",
                 "# TYPE gentask_api_rejected_total counter"]
         out += [f"gentask_api_rejected_total{_labels(limit=k)} {n}" for k, n in sorted(self.rejected.items())]
-        out += ["# HELP gentask_api_mirror_dropped_total Create-time mirror writes skipped (queue full or MongoDB down).",
-                "# TYPE gentask_api_mirror_dropped_total counter", f"gentask_api_mirror_dropped_total {self.mirror_dropped}"]
+        out += ["# HELP gentask_api_mirror_dropped_total Create-time mirror writes skipped "
+                "(too many tasks waiting for MongoDB).",
+                "# TYPE gentask_api_mirror_dropped_total counter",
+                f"gentask_api_mirror_dropped_total {self.mirror_dropped}"]
         for name, read in sorted(self.gauges.items()):
             out += [f"# TYPE {name} gauge", f"{name} {read()}"]
         return "\n".join(out) + "\n"
@@ -71,18 +79,19 @@ class Metrics:
 class MetricsMiddleware:
     """Pure ASGI: counts and times every HTTP request by its route template."""
 
-    def __init__(self, app, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
         self.metrics = metrics
 
-    async def __call__(self, scope, receive, send) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Pass the request on; note its route template, status and time."""
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
         status = 500
 
-        async def send_wrapper(message) -> None:
+        async def send_wrapper(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
 from gentask.api.errors import error_response
 
 
@@ -10,11 +12,12 @@ class BodyLimitMiddleware:
 
     A body under the limit is read whole here and handed on, so what the app reads is bounded."""
 
-    def __init__(self, app, limit: int) -> None:
+    def __init__(self, app: ASGIApp, limit: int) -> None:
         self.app = app
         self.limit = limit
 
-    async def __call__(self, scope, receive, send) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Pass the request on with its body read whole, or answer 413."""
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS", "DELETE"):
             await self.app(scope, receive, send)
             return
@@ -42,7 +45,7 @@ class BodyLimitMiddleware:
         body = b"".join(chunks)
         replayed = False
 
-        async def replay():
+        async def replay() -> Message:
             nonlocal replayed
             if not replayed:
                 replayed = True
@@ -51,7 +54,7 @@ class BodyLimitMiddleware:
 
         await self.app(scope, replay, send)
 
-    async def _refuse(self, scope, receive, send) -> None:
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         response = error_response(413, f"request body too large: at most {self.limit} bytes "
                                        "(GENTASK_API_MAX_BODY_BYTES)", headers={"Connection": "close"})
         await response(scope, receive, send)

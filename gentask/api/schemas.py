@@ -14,7 +14,7 @@ from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from gentask.domain.task import PROMPT_MAX, RETRIES_MAX, TIMEOUT_MAX, TIMEOUT_MIN, TTL_MAX, Priority, TaskType
+from gentask.domain.task import PROMPT_MAX, RETRIES_MAX, TIMEOUT_MAX, TIMEOUT_MIN, TTL_MAX, Priority
 
 T = TypeVar("T")
 
@@ -26,6 +26,8 @@ PhaseName = Literal["Pending", "Queued", "Running", "Succeeded", "Failed", "Canc
 
 
 class ModelChoice(BaseModel):
+    """A provider and model, as in a fallback."""
+
     model_config = ConfigDict(extra="ignore")
     provider: str = Field(min_length=1, max_length=63, description="provider name, e.g. volcengine, openai, fake")
     model: str = Field(min_length=1, max_length=128, description="model name from GET /api/v1/ai/models")
@@ -59,44 +61,48 @@ class TaskRequest(BaseModel):
 
 
 class ImageTaskRequest(TaskRequest):
+    """POST /api/v1/ai/image/task: the common fields and the image parameters."""
+
     size: str | None = Field(None, max_length=16, description="WIDTHxHEIGHT, e.g. 1024x1024")
     response_format: Literal["url", "b64_json"] | None = Field(None, description="how the vendor returns the image")
     n: int | None = Field(None, ge=1, le=10, description="how many images")
     seed: int | None = Field(None, ge=-1, le=2147483647, description="-1 for random")
 
     def params(self) -> dict[str, Any]:
+        """The per-type parameters that were given, by their API names."""
         return self.model_dump(include={"size", "response_format", "n", "seed"}, exclude_none=True)
 
 
 class VideoTaskRequest(TaskRequest):
+    """POST /api/v1/ai/video/task: the common fields and the video parameters."""
+
     aspect_ratio: str | None = Field(None, max_length=8, description="e.g. 16:9")
     duration: int | None = Field(None, ge=1, le=60, description="seconds")
     resolution: str | None = Field(None, max_length=8, description="e.g. 720p, 1080p")
     seed: int | None = Field(None, ge=-1, le=2147483647, description="-1 for random")
 
     def params(self) -> dict[str, Any]:
+        """The per-type parameters that were given, by their API names."""
         return self.model_dump(include={"aspect_ratio", "duration", "resolution", "seed"}, exclude_none=True)
 
 
 class TextTaskRequest(TaskRequest):
+    """POST /api/v1/ai/text/task: the common fields and the text parameters."""
+
     max_tokens: int | None = Field(None, ge=1, le=131072, description="token limit of the answer")
     temperature: float | None = Field(None, ge=0, le=2, description="sampling temperature")
     system_prompt: str | None = Field(None, max_length=PROMPT_MAX, description="system message")
 
     def params(self) -> dict[str, Any]:
+        """The per-type parameters that were given, by their API names."""
         return self.model_dump(include={"max_tokens", "temperature", "system_prompt"}, exclude_none=True)
-
-
-REQUEST_MODELS: dict[TaskType, type[TaskRequest]] = {
-    TaskType.IMAGE: ImageTaskRequest, TaskType.VIDEO: VideoTaskRequest, TaskType.TEXT: TextTaskRequest,
-}
 
 
 # --- responses ------------------------------------------------------------------------------
 
 
 class Envelope(BaseModel, Generic[T]):
-    """The old server's envelope."""
+    """The old server's envelope of every answer: {success, data, message}."""
 
     success: bool = True
     data: T | None = None
@@ -104,6 +110,8 @@ class Envelope(BaseModel, Generic[T]):
 
 
 class FieldError(BaseModel):
+    """One invalid field of a request: its name, the value given and what would be accepted."""
+
     field: str = Field(description="the request field, e.g. size or fallbacks[0].model")
     value: Any = Field(None, description="the value given")
     accepted: str = Field(description="what would be accepted")
@@ -111,6 +119,8 @@ class FieldError(BaseModel):
 
 
 class ErrorEnvelope(BaseModel):
+    """The envelope of every failure: success false, no data, a message, maybe field errors."""
+
     success: Literal[False] = False
     data: None = None
     message: str
@@ -118,6 +128,8 @@ class ErrorEnvelope(BaseModel):
 
 
 class ArtifactLink(BaseModel):
+    """A stored file of a task, with its download link on this API."""
+
     name: str = Field(description="file name of the artifact, e.g. image-0.png")
     url: str = Field(description="download link on this API (needs the API key)")
     kind: Literal["image", "video", "text"]
@@ -128,6 +140,8 @@ class ArtifactLink(BaseModel):
 
 
 class TaskResultView(BaseModel):
+    """What a task produced, as the old server gave it, plus the stored files."""
+
     image_url: str | None = Field(None, description="the first image: the vendor's URL, else the artifact link")
     image_urls: list[str] = Field(default_factory=list)
     video_url: str | None = None
@@ -137,11 +151,15 @@ class TaskResultView(BaseModel):
 
 
 class ModelRefView(BaseModel):
+    """A provider and model in a view (served_by, fallbacks)."""
+
     provider: str
     model: str
 
 
 class TaskView(BaseModel):
+    """A task as clients see it: what was asked, the phase and its old status word, the result."""
+
     task_id: str = Field(description="the GenerationTask's name")
     user_id: str
     type: str
@@ -166,6 +184,8 @@ class TaskView(BaseModel):
 
 
 class TaskPage(BaseModel):
+    """One page of a user's tasks, newest first, and how many there are in all."""
+
     tasks: list[TaskView]
     total: int
     limit: int
@@ -173,11 +193,15 @@ class TaskPage(BaseModel):
 
 
 class DeletedTask(BaseModel):
+    """The answer to a delete."""
+
     task_id: str
     deleted: bool = True
 
 
 class ModelView(BaseModel):
+    """One catalog entry: a provider's model, its task type and parameters."""
+
     provider: str
     model: str
     type: str
@@ -190,10 +214,14 @@ class ModelView(BaseModel):
 
 
 class ModelList(BaseModel):
+    """The model catalog, filtered as asked."""
+
     models: list[ModelView]
 
 
 class Readiness(BaseModel):
+    """What /readyz found: the cluster watch, MongoDB, the tasks watched."""
+
     cluster: str
     mongodb: str
     tasks_watched: int

@@ -3,94 +3,113 @@
 Tasks are GenerationTasks in one namespace (GENTASK_NAMESPACE); task_id is the resource's name.
 Reads go to the watch-fed index, then the API server, then the MongoDB mirror (where a task
 stays after its TTL removed the resource). Ownership is checked on every verb: a task that is
-not the caller's is reported as not found.
+not the caller's is reported as not found. Requests become specs in gentask.api.translate;
+failures of the cluster and of MongoDB become API errors in gentask.api.faults.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import logging
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from functools import cached_property
 from typing import Any
 
-from pydantic import ValidationError
-
 from gentask.api.auth import Caller
-from gentask.api.errors import (BadRequest, Conflict, Forbidden, NotFound, TooManyRequests, Unavailable, Unprocessable,
-                                echo, validation_errors)
-from gentask.api.index import TaskIndex
+from gentask.api.errors import Conflict, Forbidden, NotFound, TooManyRequests, Unavailable, Unprocessable, echo
+from gentask.api.faults import RETRY_AFTER, cluster_errors, cluster_unavailable, storage_errors
+from gentask.api.index import TaskIndex, UnreadableTask, is_terminal, parse_task, task_annotations
 from gentask.api.metrics import Metrics
-from gentask.api.schemas import TaskRequest
-from gentask.api.store import Store
-from gentask.api.views import (OLD_STATUS, PHASES_OF, api_words, find_artifact, is_finished, owner_of,
-                               param_problem_field, record_of, task_view)
+from gentask.api.schemas import DeletedTask, TaskPage, TaskRequest, TaskView
+from gentask.api.translate import build_spec, canonical_hash, manifest
+from gentask.api.views import OLD_STATUS, PHASES_OF, find_artifact, is_finished, owner_of, record_of, task_view
 from gentask.config import Settings
-from gentask.domain import catalog
-from gentask.domain.task import API_VERSION, DNS_LABEL, KIND, GenerationTaskSpec, Params, TaskType
-from gentask.kube.tasks import (ANNOTATION_REQUEST_HASH, LABEL_CREATED_BY, LABEL_PRIORITY, LABEL_TYPE, LABEL_USER,
-                                ClusterUnavailable, KubeError, TaskClient, TaskExists, idempotent_name, random_name,
-                                user_label)
+from gentask.domain.task import DNS_LABEL, GenerationTask, TaskType
+from gentask.kube.tasks import (
+    ANNOTATION_REQUEST_HASH,
+    ClusterUnavailable,
+    TaskClient,
+    TaskExists,
+    idempotent_name,
+    random_name,
+    user_label,
+)
+from gentask.storage import ArtifactStream, MirrorWriter
 
 log = logging.getLogger("gentask.api")
 
 NAME = re.compile(DNS_LABEL)
 CREATE_ATTEMPTS = 3
-RETRY_AFTER = 5
 FULL_TEXT_MAX = 1 << 20
 FORGET_WAIT = 3.0
-MERGED_WINDOW = 1000
-# API field names of the resource's spec fields, for messages
-_SPEC_FIELDS = {"userID": "user_id", "timeoutSeconds": "timeout", "ttlSecondsAfterFinished": "ttl_seconds_after_finished"}
-_PARAM_ALIASES = {name: (f.alias or name) for name, f in Params.model_fields.items()}
 
 
-def _cluster_error(exc: ClusterUnavailable) -> Unavailable:
-    return Unavailable(f"{exc}; try again shortly", retry_after=exc.retry_after or RETRY_AFTER)
+def _typed(obj: Mapping[str, Any]) -> GenerationTask:
+    """An object the API server returned, typed where it enters the API."""
+    try:
+        return parse_task(obj)
+    except UnreadableTask as exc:
+        raise Unavailable(f"the cluster returned a task the API cannot read: {exc}", retry_after=RETRY_AFTER) from exc
 
 
-def _kube_refusal(exc: KubeError) -> Exception:
-    """The API server refused a request the API built: its schema (422) or the server's setup."""
-    if exc.status in (400, 422):
-        causes = (exc.details or {}).get("causes") or []
-        errors = [{"field": _SPEC_FIELDS.get(str(c.get("field", "")).removeprefix("spec."), str(c.get("field", ""))),
-                   "value": None, "accepted": str(c.get("message", "")), "message": str(c.get("message", ""))}
-                  for c in causes] or None
-        return Unprocessable(f"the cluster refused the task: {exc.message}", errors=errors)
-    log.error("the API server refused a request", extra={"status": exc.status, "reason": exc.reason,
-                                                          "detail": exc.message})
-    return Unavailable(f"the cluster refused the request ({exc.status} {exc.reason}); "
-                       "check the API's namespace and permissions", retry_after=RETRY_AFTER)
+class _ClusterDown(Exception):
+    """The cluster was unreachable for a read that the history may still answer."""
 
-
-def canonical_hash(type_: TaskType, owner: str, request: TaskRequest) -> str:
-    """The same request, whatever its spacing, key order or omitted defaults, hashes the same."""
-    doc = {"type": type_.value, "user": owner, "request": request.model_dump(mode="json", exclude={"user_id"})}
-    return hashlib.sha256(json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    def __init__(self, cause: ClusterUnavailable) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
 
 
 @dataclass
 class Found:
-    """A task the caller may see: its record shape, and the live object when the resource exists."""
+    """A task the caller may see: the live task when the resource exists, else its history record."""
 
-    record: dict
-    obj: dict | None
+    task: GenerationTask | None
+    archived: dict[str, Any] | None = None
+
+    @cached_property
+    def record(self) -> dict[str, Any]:
+        """The task in the shape of a mirror record."""
+        return record_of(self.task) if self.task is not None else dict(self.archived or {})
 
     @property
-    def name(self) -> str:
-        return self.record.get("name") or ""
+    def uid(self) -> str:
+        """The task's uid (the mirror's key)."""
+        return (self.task.metadata.uid if self.task is not None else None) or str(self.record.get("_id") or "")
+
+    @property
+    def owner(self) -> str:
+        """The user the task belongs to."""
+        return self.task.spec.user_id if self.task is not None else owner_of(self.record)
+
+    @property
+    def finished(self) -> bool:
+        """The task is in a terminal phase."""
+        return is_terminal(self.task) if self.task is not None else is_finished(self.record)
+
+    def text_artifact(self) -> tuple[str, int] | None:
+        """(name, size) of the stored long text of the result, if it has one."""
+        if self.task is not None:
+            result = self.task.status.result
+            entry = result.text_artifact if result is not None else None
+            return (entry.artifact, entry.size_bytes or 0) if entry is not None and entry.artifact else None
+        stored = (self.record.get("result") or {}).get("textArtifact")
+        if isinstance(stored, Mapping) and stored.get("artifact"):
+            return str(stored["artifact"]), int(stored.get("sizeBytes") or 0)
+        return None
 
 
 class TaskService:
-    def __init__(self, settings: Settings, client: TaskClient, index: TaskIndex, store: Store,
+    """The REST API's verbs over the cluster (TaskClient, TaskIndex) and MongoDB (MirrorWriter)."""
+
+    def __init__(self, settings: Settings, client: TaskClient, index: TaskIndex, storage: MirrorWriter,
                  metrics: Metrics) -> None:
         self.settings = settings
         self.namespace = settings.namespace
         self.enabled = set(settings.providers)
-        self.client, self.index, self.store, self.metrics = client, index, store, metrics
+        self.client, self.index, self.storage, self.metrics = client, index, storage, metrics
         self.max_unfinished = settings.api_max_unfinished_per_user
 
     # --- ownership ----------------------------------------------------------------------
@@ -111,85 +130,17 @@ class TaskService:
         raise Forbidden(f"user_id {echo(requested)!r} is not yours; only an admin may act for another user")
 
     @staticmethod
-    def visible(caller: Caller, record: dict) -> bool:
-        return caller.admin or owner_of(record) == caller.user_id
+    def visible(caller: Caller, found: Found) -> bool:
+        """The caller may see this task: theirs, or the caller is admin."""
+        return caller.admin or found.owner == caller.user_id
 
     # --- create -------------------------------------------------------------------------
 
-    def _spec(self, type_: TaskType, owner: str, req: TaskRequest) -> dict:
-        """The GenerationTask spec; BadRequest for an unknown provider or model, Unprocessable for the rest."""
-        candidates = [("", req.provider, req.model)] + [(f"fallbacks[{i}].", f.provider, f.model)
-                                                         for i, f in enumerate(req.fallbacks)]
-        known = catalog.providers()
-        unknown = [{"field": f"{where}provider", "value": echo(provider), "message": "unknown provider",
-                    "accepted": f"supported providers: {', '.join(known)}"}
-                   for where, provider, _ in candidates if provider not in known]
-        if unknown:
-            raise BadRequest(f"unknown provider {unknown[0]['value']!r}; supported providers: {', '.join(known)}",
-                             errors=unknown)
-        body: dict[str, Any] = {
-            "type": type_.value, "provider": req.provider, "model": req.model, "prompt": req.prompt,
-            "userID": owner, "priority": req.priority.value,
-            "params": {_PARAM_ALIASES[k]: v for k, v in req.params().items()},
-            "fallbacks": [f.model_dump() for f in req.fallbacks],
-        }
-        for key, value in (("timeoutSeconds", req.timeout), ("retries", req.retries),
-                           ("ttlSecondsAfterFinished", req.ttl_seconds_after_finished)):
-            if value is not None:
-                body[key] = value
-        try:
-            spec = GenerationTaskSpec.model_validate(body)
-        except ValidationError as exc:
-            items = validation_errors(exc.errors())
-            entry = catalog.lookup(req.provider, req.model)
-            for item in items:
-                head, _, rest = item["field"].partition(".")
-                if head != "params":
-                    item["field"] = _SPEC_FIELDS.get(item["field"], item["field"])
-                    continue
-                item["field"] = param_problem_field("params." + rest)
-                rule = entry.params.get(item["field"]) if entry is not None else None
-                if rule is not None:     # the catalog says it better than a regular expression
-                    item["accepted"] = api_words(f"{entry.provider}/{entry.model} accepts {rule.accepted}")
-            raise Unprocessable(f"invalid {items[0]['field']}: {items[0]['message']}", errors=items) from None
-        try:
-            catalog.validate_spec(spec, enabled=self.enabled)
-        except catalog.InvalidSpecError as exc:
-            self._catalog_problems(exc)
-        return spec.model_dump(by_alias=True, exclude_none=True, mode="json")
-
-    @staticmethod
-    def _catalog_problems(exc: catalog.InvalidSpecError) -> None:
-        items, model_problem = [], False
-        for p in exc.problems:
-            field = param_problem_field(p.field)
-            if field.endswith(("provider", "model")) and not p.accepted.startswith("each "):
-                model_problem = True
-            items.append({"field": field, "value": echo(p.value), "accepted": api_words(p.accepted),
-                          "message": "retired model" if p.reason == "ModelRetired" else "not accepted"})
-        first = next((i for i in items if i["field"].endswith(("provider", "model"))), items[0])
-        message = f"{first['field']} {first['value']!r} is not accepted: {first['accepted']}"
-        if model_problem:
-            raise BadRequest(message, errors=items)
-        raise Unprocessable(message, errors=items)
-
-    def _manifest(self, name: str, type_: TaskType, owner: str, spec: dict, request_hash: str) -> dict:
-        return {
-            "apiVersion": API_VERSION, "kind": KIND,
-            "metadata": {
-                "name": name, "namespace": self.namespace,
-                "labels": {LABEL_TYPE: type_.value, LABEL_PRIORITY: spec.get("priority", "default"),
-                           LABEL_USER: user_label(owner), LABEL_CREATED_BY: "api"},
-                "annotations": {ANNOTATION_REQUEST_HASH: request_hash},
-            },
-            "spec": spec,
-        }
-
     async def create(self, caller: Caller, type_: TaskType, req: TaskRequest,
-                     idempotency_key: str | None) -> tuple[dict, bool]:
+                     idempotency_key: str | None) -> tuple[TaskView, bool]:
         """(task view, replayed): replayed is True when an Idempotency-Key found its earlier task."""
         owner = self.owner_for(caller, req.user_id)
-        spec = self._spec(type_, owner, req)
+        spec = build_spec(type_, owner, req, self.enabled)
         request_hash = canonical_hash(type_, owner, req)
         user_key = user_label(owner)
         if idempotency_key:
@@ -203,47 +154,40 @@ class TaskService:
                                   retry_after=RETRY_AFTER)
         self.index.reserve(user_key)
         try:
-            obj, replayed = await self._create(type_, owner, spec, request_hash, idempotency_key)
-            self.index.put(obj)
+            with cluster_errors():
+                obj, replayed = await self._create(type_, owner, spec, request_hash, idempotency_key)
+            task = _typed(obj)
+            self.index.put(task)
         finally:
             self.index.release(user_key)
         if not replayed:
             self.metrics.created[type_.value] += 1
-            if self.settings.api_mirror_creates:
-                self.store.submit("upsert", obj)
-        return task_view(record_of(obj)), replayed
+            if self.settings.api_mirror_creates and not self.storage.put(obj):
+                self.metrics.mirror_dropped += 1
+        return self.index.view(task), replayed
 
-    def _replay(self, key: str, type_: TaskType, owner: str, request_hash: str) -> dict | None:
+    def _replay(self, key: str, type_: TaskType, owner: str, request_hash: str) -> TaskView | None:
         """The task an Idempotency-Key made before, if the index knows it (409 if the body differs)."""
-        obj = self.index.get(idempotent_name(type_.value, owner, key))
-        if obj is None:
+        task = self.index.get(idempotent_name(type_.value, owner, key))
+        if task is None:
             return None
-        self._same_request(obj, request_hash)
-        return task_view(record_of(obj))
+        self._same_request(task_annotations(task).get(ANNOTATION_REQUEST_HASH), request_hash)
+        return self.index.view(task)
 
     @staticmethod
-    def _same_request(obj: dict, request_hash: str) -> None:
-        known = ((obj.get("metadata") or {}).get("annotations") or {}).get(ANNOTATION_REQUEST_HASH)
+    def _same_request(known: str | None, request_hash: str) -> None:
         if known != request_hash:
             raise Conflict("this Idempotency-Key was used before with a different request body; "
                            "use a new key for a new task")
 
-    async def _create(self, type_: TaskType, owner: str, spec: dict, request_hash: str,
-                      key: str | None) -> tuple[dict, bool]:
-        try:
-            return await self._create_named(type_, owner, spec, request_hash, key)
-        except ClusterUnavailable as exc:
-            raise _cluster_error(exc) from exc
-        except KubeError as exc:
-            raise _kube_refusal(exc) from exc
-
-    async def _create_named(self, type_: TaskType, owner: str, spec: dict, request_hash: str,
-                            key: str | None) -> tuple[dict, bool]:
+    async def _create(self, type_: TaskType, owner: str, spec: dict[str, Any], request_hash: str,
+                      key: str | None) -> tuple[dict[str, Any], bool]:
+        """Create the resource under a fresh name, or find the one this Idempotency-Key made."""
         name = idempotent_name(type_.value, owner, key) if key else random_name(type_.value)
         for _attempt in range(CREATE_ATTEMPTS):
             try:
-                return await self.client.create(self.namespace, self._manifest(name, type_, owner, spec,
-                                                                               request_hash)), False
+                body = manifest(name, self.namespace, type_, owner, spec, request_hash)
+                return await self.client.create(self.namespace, body), False
             except TaskExists:
                 pass
             if not key:
@@ -252,7 +196,8 @@ class TaskService:
             existing = await self.client.get(self.namespace, name)
             if existing is None:
                 continue                                  # deleted in between: create it again
-            self._same_request(existing, request_hash)
+            known = ((existing.get("metadata") or {}).get("annotations") or {}).get(ANNOTATION_REQUEST_HASH)
+            self._same_request(known, request_hash)
             return existing, True
         raise Unavailable("could not create the task: its name kept colliding; try again", retry_after=1)
 
@@ -262,58 +207,66 @@ class TaskService:
         """The task if the caller may see it; NotFound otherwise (also for other users' tasks)."""
         if len(task_id) > 63 or not NAME.match(task_id):
             raise NotFound(f"task {echo(task_id)!r} not found")
-        obj = self.index.get(task_id)
+        task = self.index.get(task_id)
         cluster_down: ClusterUnavailable | None = None
-        if obj is None:
+        if task is None:
             try:
-                obj = await self.client.get(self.namespace, task_id)
-            except ClusterUnavailable as exc:
-                cluster_down = exc
-            except KubeError as exc:
-                raise _kube_refusal(exc) from exc
-        if obj is not None:
-            found = Found(record_of(obj), obj)
+                with cluster_errors():
+                    obj = await self._get_or_down(task_id)
+            except _ClusterDown as down:            # not an error yet: the history may still know it
+                obj, cluster_down = None, down.cause
+            task = _typed(obj) if obj is not None else None
+        if task is not None:
+            found = Found(task)
         else:
             record = await self._archived(task_id, cluster_down)
             if record is None:
                 if cluster_down is not None:
-                    raise _cluster_error(cluster_down)
+                    raise cluster_unavailable(cluster_down)
                 raise NotFound(f"task {task_id!r} not found")
-            found = Found(record, None)
-        if not self.visible(caller, found.record):
+            found = Found(None, record)
+        if not self.visible(caller, found):
             raise NotFound(f"task {task_id!r} not found")
         return found
 
-    async def _archived(self, task_id: str, cluster_down: ClusterUnavailable | None) -> dict | None:
+    async def _get_or_down(self, task_id: str) -> dict[str, Any] | None:
+        """The API server's object; _ClusterDown (not an API error) when the cluster is unreachable."""
+        try:
+            return await self.client.get(self.namespace, task_id)
+        except ClusterUnavailable as exc:
+            raise _ClusterDown(exc) from exc
+
+    async def _archived(self, task_id: str, cluster_down: ClusterUnavailable | None) -> dict[str, Any] | None:
         """The mirror's record of a task the API server no longer has."""
         try:
-            record = await asyncio.to_thread(self._mirror_get, task_id)
+            with storage_errors():
+                record = await asyncio.to_thread(lambda: self.storage.open_mirror().get_by_name(self.namespace,
+                                                                                              task_id))
         except Unavailable:
             if cluster_down is not None:
-                raise _cluster_error(cluster_down) from None
+                raise cluster_unavailable(cluster_down) from None
             raise
         if record is None or record.get("forgotten"):
             return None
         return record
 
-    def _mirror_get(self, task_id: str) -> dict | None:
-        try:
-            return self.store.mirror().get_by_name(self.namespace, task_id)
-        except self.store.errors() as exc:
-            raise self.store.unavailable(exc) from exc
-
-    async def result(self, caller: Caller, task_id: str) -> dict:
+    async def result(self, caller: Caller, task_id: str) -> TaskView:
+        """The task's view, with a long text read whole from the artifact store."""
         found = await self.find(caller, task_id)
-        return task_view(found.record, await self._full_text(found.record))
+        full_text = await self._full_text(found)
+        if found.task is not None and full_text is None:
+            return self.index.view(found.task)           # built once per version of the task
+        return task_view(found.record, full_text)
 
-    async def _full_text(self, record: dict) -> str | None:
+    async def _full_text(self, found: Found) -> str | None:
         """A long text lives in the artifact store; old clients expect it whole in text_result."""
-        entry = (record.get("result") or {}).get("textArtifact")
-        if not isinstance(entry, dict) or not entry.get("artifact") or (entry.get("sizeBytes") or 0) > FULL_TEXT_MAX:
+        stored = found.text_artifact()
+        if stored is None or stored[1] > FULL_TEXT_MAX:
             return None
+        name = stored[0]
 
         def read() -> str | None:
-            stream = self.store.artifacts().open(entry["artifact"])
+            stream = self.storage.open_artifacts().open(name)
             return None if stream is None else b"".join(stream).decode("utf-8", errors="replace")
         try:
             return await asyncio.to_thread(read)
@@ -322,57 +275,51 @@ class TaskService:
 
     # --- delete, cancel -----------------------------------------------------------------
 
-    async def delete(self, caller: Caller, task_id: str) -> dict:
+    async def delete(self, caller: Caller, task_id: str) -> DeletedTask:
+        """Delete the resource (stopping its Job), then the task's history record and its artifacts."""
         found = await self.find(caller, task_id)
-        uid = found.record.get("_id")
-        if found.obj is not None:
-            try:
+        uid = found.uid
+        if found.task is not None:
+            with cluster_errors():
                 await self.client.delete(self.namespace, task_id, uid)
-            except ClusterUnavailable as exc:
-                raise _cluster_error(exc) from exc
-            except KubeError as exc:
-                raise _kube_refusal(exc) from exc
             self.index.remove(task_id, uid)
-        forgotten = self.store.submit("forget", uid)
         try:
-            await asyncio.wait_for(asyncio.wrap_future(forgotten), FORGET_WAIT)
-        except Exception as exc:  # noqa: BLE001
-            if found.obj is None:      # only the history had it: without MongoDB nothing was deleted
-                raise exc if isinstance(exc, Unavailable) else self.store.unavailable(exc) from None
+            with storage_errors():
+                await asyncio.wait_for(self.storage.forget(uid), FORGET_WAIT)
+        except (Unavailable, TimeoutError) as exc:
+            if found.task is None:      # only the history had it: without MongoDB nothing was deleted
+                if isinstance(exc, Unavailable):
+                    raise
+                raise Unavailable(f"MongoDB is unavailable: {self.storage.last_error or 'no answer'}",
+                                  retry_after=RETRY_AFTER) from None
             log.warning("deleted task stays in the history for now", extra={"task": task_id, "error": str(exc)})
-        return {"task_id": task_id, "deleted": True}
+        return DeletedTask(task_id=task_id, deleted=True)
 
-    async def cancel(self, caller: Caller, task_id: str) -> dict:
+    async def cancel(self, caller: Caller, task_id: str) -> TaskView:
+        """Set spec.cancel of a task that has not finished (409 for a finished one)."""
         found = await self.find(caller, task_id)
-        if found.obj is None or is_finished(found.record):
+        if found.task is None or found.finished:
             word = OLD_STATUS.get(found.record.get("phase") or "", "finished")
             raise Conflict(f"task {task_id!r} has already finished ({word}); there is nothing to cancel")
-        try:
+        with cluster_errors():
             obj = await self.client.cancel(self.namespace, task_id)
-        except ClusterUnavailable as exc:
-            raise _cluster_error(exc) from exc
-        except KubeError as exc:
-            raise _kube_refusal(exc) from exc
         if obj is None:
             raise NotFound(f"task {task_id!r} not found")
-        self.index.put(obj)
-        return task_view(record_of(obj))
+        task = _typed(obj)
+        self.index.put(task)
+        return self.index.view(task)
 
     # --- artifacts ----------------------------------------------------------------------
 
-    async def artifact(self, caller: Caller, task_id: str, name: str) -> tuple[Any, dict]:
+    async def artifact(self, caller: Caller, task_id: str, name: str) -> tuple[ArtifactStream, Mapping[str, Any]]:
         """(an open ArtifactStream, the result's entry for it)."""
         found = await self.find(caller, task_id)
         entry = find_artifact(found.record.get("result"), name)
         if entry is None:
             raise NotFound(f"task {task_id!r} has no artifact {echo(name)!r}")
-
-        def open_stream() -> Any:
-            try:
-                return self.store.artifacts().open(entry["artifact"])
-            except self.store.errors() as exc:
-                raise self.store.unavailable(exc) from exc
-        stream = await asyncio.to_thread(open_stream)
+        stored = str(entry["artifact"])
+        with storage_errors():
+            stream = await asyncio.to_thread(lambda: self.storage.open_artifacts().open(stored))
         if stream is None:
             raise NotFound(f"artifact {echo(name)!r} of task {task_id!r} is no longer stored")
         return stream, entry
@@ -380,52 +327,17 @@ class TaskService:
     # --- list ---------------------------------------------------------------------------
 
     async def list(self, caller: Caller, *, user_id: str | None, type_: str | None, status: str | None,
-                   limit: int, offset: int) -> dict:
+                   limit: int, offset: int) -> TaskPage:
+        """A page of the caller's history (or any user's, for an admin), newest first: one mirror query."""
         if user_id is not None and not caller.admin and user_id != caller.user_id:
             raise Forbidden(f"user_id {echo(user_id)!r} is not yours; only an admin may list another user's tasks")
         owner = user_id if caller.admin else caller.user_id
-        phases = PHASES_OF.get(status) if status else [None]
-        query = {"user_id": owner, "type": type_, "namespace": self.namespace, "include_deleted": True}
+        phases = PHASES_OF[status] if status else None
 
-        def page() -> tuple[list[dict], int]:
-            try:
-                return self._page(self.store.mirror(), query, phases, limit, offset)
-            except self.store.errors() as exc:
-                raise self.store.unavailable(exc) from exc
-        records, total = await asyncio.to_thread(page)
-        return {"tasks": [task_view(r) for r in records], "total": total, "limit": limit, "offset": offset}
+        def page() -> tuple[list[dict[str, Any]], int]:
+            return self.storage.open_mirror().list(user_id=owner, type=type_, phases=phases, namespace=self.namespace,
+                                                 include_deleted=True, limit=limit, offset=offset)
+        with storage_errors():
+            records, total = await asyncio.to_thread(page)
+        return TaskPage(tasks=[task_view(r) for r in records], total=total, limit=limit, offset=offset)
 
-    @staticmethod
-    def _page(mirror: Any, query: dict, phases: list, limit: int, offset: int) -> tuple[list[dict], int]:
-        """One page over one phase, or merged over several (status=pending is Pending or Queued).
-
-        The mirror filters one phase a query, so several are merged here in the mirror's order
-        (newest first, then uid), reading each phase's first offset+limit records."""
-        if len(phases) == 1:
-            return mirror.list(**query, phase=phases[0], limit=limit, offset=offset)
-        if offset + limit > MERGED_WINDOW:
-            raise Unprocessable(f"offset {offset} is too deep for a status that covers several phases", errors=[
-                {"field": "offset", "value": offset, "message": "too deep",
-                 "accepted": f"offset + limit <= {MERGED_WINDOW} with this status"}])
-        merged, total = [], 0
-        for phase in phases:
-            got, taken = [], 0
-            while taken < offset + limit:
-                chunk, count = mirror.list(**query, phase=phase, limit=min(100, offset + limit - taken), offset=taken)
-                got += chunk
-                taken += len(chunk)
-                if not chunk or taken >= count:
-                    break
-            merged += got
-            total += count
-        merged.sort(key=lambda r: (-_epoch(r.get("createdAt")), str(r.get("_id"))))
-        return merged[offset:offset + limit], total
-
-
-def _epoch(value: Any) -> float:
-    if isinstance(value, datetime):
-        return value.timestamp()
-    try:
-        return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return 0.0

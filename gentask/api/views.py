@@ -1,63 +1,69 @@
-"""What a client sees of a task: one shape for a live GenerationTask and for its MongoDB record."""
+"""What a client sees of a task: one TaskView for a live GenerationTask and for its MongoDB record.
+
+A live task is typed (parsed once where it enters the API: gentask.api.index.parse_task); its
+`record_of` is the shape of a mirror record, so `task_view` builds the one view from either.
+"""
 
 from __future__ import annotations
 
 import posixpath
+from collections.abc import Mapping
 from typing import Any
 
-from gentask.domain.task import Params
+from gentask.api.schemas import TaskView
+from gentask.domain.names import to_snake
+from gentask.domain.reasons import Phase
+from gentask.domain.task import GenerationTask
 
 API_PREFIX = "/api/v1/ai"
 
 # phase -> the old server's status word
-OLD_STATUS = {"Pending": "pending", "Queued": "pending", "Running": "processing", "Succeeded": "completed",
-              "Failed": "failed", "Cancelled": "cancelled"}
+OLD_STATUS = {Phase.PENDING.value: "pending", Phase.QUEUED.value: "pending", Phase.RUNNING.value: "processing",
+              Phase.SUCCEEDED.value: "completed", Phase.FAILED.value: "failed", Phase.CANCELLED.value: "cancelled"}
 # old status word -> the phases it covers (list filters)
-PHASES_OF = {"pending": ["Pending", "Queued"], "processing": ["Running"], "completed": ["Succeeded"],
-             "failed": ["Failed"], "cancelled": ["Cancelled"]}
-TERMINAL = ("Succeeded", "Failed", "Cancelled")
-
-# the resource's camelCase parameter names -> the API's snake_case ones
-_PARAM_NAMES = {(f.alias or name): name for name, f in Params.model_fields.items()}
+PHASES_OF = {"pending": [Phase.PENDING.value, Phase.QUEUED.value], "processing": [Phase.RUNNING.value],
+             "completed": [Phase.SUCCEEDED.value], "failed": [Phase.FAILED.value],
+             "cancelled": [Phase.CANCELLED.value]}
 
 
-def api_param(name: str) -> str:
-    return _PARAM_NAMES.get(name, name)
-
-
-def record_of(obj: dict) -> dict:
-    """A GenerationTask as the API server returns it -> the fields of a mirror record."""
-    meta, spec, status = obj.get("metadata") or {}, obj.get("spec") or {}, obj.get("status") or {}
+def record_of(task: GenerationTask) -> dict[str, Any]:
+    """A typed GenerationTask -> the fields of a mirror record (what task_view reads)."""
+    meta, spec, status = task.metadata, task.spec, task.status
     return {
-        "_id": meta.get("uid"), "name": meta.get("name"), "namespace": meta.get("namespace"),
-        "userID": spec.get("userID", ""), "type": spec.get("type"), "provider": spec.get("provider"),
-        "model": spec.get("model"), "priority": spec.get("priority", "default"), "prompt": spec.get("prompt", ""),
-        "params": spec.get("params") or {}, "fallbacks": spec.get("fallbacks") or [],
-        "cancel": bool(spec.get("cancel")), "phase": status.get("phase") or "Pending",
-        "reason": status.get("reason"), "message": status.get("message"), "attempts": status.get("attempts") or 0,
-        "servedBy": status.get("servedBy"), "result": status.get("result"),
-        "createdAt": meta.get("creationTimestamp"), "startTime": status.get("startTime"),
-        "completionTime": status.get("completionTime"),
+        "_id": meta.uid, "name": meta.name, "namespace": meta.namespace,
+        "userID": spec.user_id, "type": spec.type.value, "provider": spec.provider, "model": spec.model,
+        "priority": spec.priority.value, "prompt": spec.prompt,
+        "params": spec.params.model_dump(by_alias=True, exclude_none=True, mode="json"),
+        "fallbacks": [f.model_dump() for f in spec.fallbacks], "cancel": spec.cancel,
+        "phase": (status.phase or Phase.PENDING).value, "reason": status.reason, "message": status.message,
+        "attempts": status.attempts or 0,
+        "servedBy": status.served_by.model_dump() if status.served_by is not None else None,
+        "result": status.result.model_dump(by_alias=True, exclude_none=True, mode="json")
+        if status.result is not None else None,
+        "createdAt": meta.creation_timestamp, "startTime": status.start_time,
+        "completionTime": status.completion_time,
     }
 
 
-def artifact_name(entry: dict) -> str | None:
+def artifact_name(entry: Mapping[str, Any]) -> str | None:
+    """The file name of a result entry's stored artifact ('image-0.png'), if it has one."""
     name = entry.get("artifact")
     return posixpath.basename(name) if name else None
 
 
-def artifact_entries(result: dict | None) -> list[tuple[str, dict]]:
+def artifact_entries(result: Mapping[str, Any] | None) -> list[tuple[str, Mapping[str, Any]]]:
     """(kind, entry) for every stored file a result references."""
     result = result or {}
-    out = [("image", e) for e in result.get("images") or [] if isinstance(e, dict)]
-    if isinstance(result.get("video"), dict):
+    out: list[tuple[str, Mapping[str, Any]]] = [("image", e) for e in result.get("images") or []
+                                                if isinstance(e, Mapping)]
+    if isinstance(result.get("video"), Mapping):
         out.append(("video", result["video"]))
-    if isinstance(result.get("textArtifact"), dict):
+    if isinstance(result.get("textArtifact"), Mapping):
         out.append(("text", result["textArtifact"]))
     return out
 
 
-def find_artifact(result: dict | None, name: str) -> dict | None:
+def find_artifact(result: Mapping[str, Any] | None, name: str) -> Mapping[str, Any] | None:
     """The entry whose stored file is `name` (its file name, or its full artifact name)."""
     for _kind, entry in artifact_entries(result):
         if entry.get("artifact") and name in (entry["artifact"], artifact_name(entry)):
@@ -65,12 +71,13 @@ def find_artifact(result: dict | None, name: str) -> dict | None:
     return None
 
 
-def _link(task_id: str, entry: dict) -> str | None:
+def _link(task_id: str, entry: Mapping[str, Any]) -> str | None:
     name = artifact_name(entry)
     return f"{API_PREFIX}/task/{task_id}/artifacts/{name}" if name else None
 
 
-def result_view(task_id: str, result: dict | None, full_text: str | None = None) -> dict | None:
+def result_view(task_id: str, result: Mapping[str, Any] | None, full_text: str | None = None) -> dict[str, Any] | None:
+    """A status.result (camelCase, as stored) -> the view's result: old-style URLs and artifact links."""
     if not result:
         return None
     artifacts = []
@@ -81,8 +88,8 @@ def result_view(task_id: str, result: dict | None, full_text: str | None = None)
                               "mime_type": entry.get("mimeType"), "size_bytes": entry.get("sizeBytes"),
                               "sha256": entry.get("sha256"), "source_url": entry.get("url")})
     image_urls = [u for u in ((e.get("url") or _link(task_id, e)) for e in result.get("images") or []
-                              if isinstance(e, dict)) if u]
-    video = result.get("video") if isinstance(result.get("video"), dict) else None
+                              if isinstance(e, Mapping)) if u]
+    video = result.get("video") if isinstance(result.get("video"), Mapping) else None
     usage = {k: v for k, v in (result.get("usage") or {}).items() if isinstance(v, int) and not isinstance(v, bool)}
     return {
         "image_url": image_urls[0] if image_urls else None, "image_urls": image_urls,
@@ -92,52 +99,36 @@ def result_view(task_id: str, result: dict | None, full_text: str | None = None)
     }
 
 
-def task_view(rec: dict, full_text: str | None = None) -> dict:
-    """A mirror record (or record_of(obj)) -> the API's TaskView."""
-    phase = rec.get("phase") or "Pending"
+def task_view(rec: Mapping[str, Any], full_text: str | None = None) -> TaskView:
+    """A mirror record (or record_of(task)) -> the API's TaskView."""
+    phase = rec.get("phase") or Phase.PENDING.value
     if phase not in OLD_STATUS:
-        phase = "Pending"
+        phase = Phase.PENDING.value
     task_id = rec.get("name") or ""
     served = rec.get("servedBy")
-    return {
+    return TaskView.model_validate({
         "task_id": task_id, "user_id": rec.get("userID") or "", "type": rec.get("type") or "",
         "provider": rec.get("provider") or "", "model": rec.get("model") or "", "prompt": rec.get("prompt") or "",
         "priority": rec.get("priority") or "default", "status": OLD_STATUS[phase], "phase": phase,
         "reason": rec.get("reason"), "message": rec.get("message") or None,
-        "error": (rec.get("message") or rec.get("reason")) if phase == "Failed" else None,
+        "error": (rec.get("message") or rec.get("reason")) if phase == Phase.FAILED.value else None,
         "attempts": rec.get("attempts") or 0,
-        "served_by": served if isinstance(served, dict) and served.get("provider") else None,
-        "params": {api_param(k): v for k, v in (rec.get("params") or {}).items()},
-        "fallbacks": [f for f in rec.get("fallbacks") or [] if isinstance(f, dict)],
+        "served_by": served if isinstance(served, Mapping) and served.get("provider") else None,
+        "params": {to_snake(k): v for k, v in (rec.get("params") or {}).items()},
+        "fallbacks": [f for f in rec.get("fallbacks") or [] if isinstance(f, Mapping)],
         "cancel_requested": bool(rec.get("cancel")),
         "result": result_view(task_id, rec.get("result"), full_text),
         "created_at": rec.get("createdAt"), "started_at": rec.get("startTime"),
         "completed_at": rec.get("completionTime"),
-    }
+    })
 
 
-def owner_of(rec: dict) -> str:
-    return rec.get("userID") or ""
+def owner_of(rec: Mapping[str, Any]) -> str:
+    """The user a record belongs to."""
+    return str(rec.get("userID") or "")
 
 
-def is_finished(rec: dict) -> bool:
-    return (rec.get("phase") or "") in TERMINAL
-
-
-def param_problem_field(field: str) -> str:
-    """A catalog problem's field ('spec.params.maxTokens', 'spec.fallbacks[0].model') -> the API's name."""
-    name = field.removeprefix("spec.")
-    if name.startswith("params."):
-        return api_param(name.removeprefix("params."))
-    return name
-
-
-def api_words(text: str) -> str:
-    """Catalog messages name parameters the resource's way; say them the API's way."""
-    for alias, name in _PARAM_NAMES.items():
-        if alias != name:
-            text = text.replace(alias, name)
-    return text
-
-
-__all__: list[Any] = ["OLD_STATUS", "PHASES_OF", "api_param", "find_artifact", "record_of", "task_view"]
+def is_finished(rec: Mapping[str, Any]) -> bool:
+    """The record's phase is terminal (Succeeded, Failed, Cancelled)."""
+    phase = rec.get("phase") or Phase.PENDING.value
+    return phase in OLD_STATUS and Phase(phase).terminal

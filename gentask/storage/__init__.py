@@ -1,4 +1,4 @@
-"""MongoDB: the mirror of every GenerationTask and the artifact store (GridFS).
+"""MongoDB: the mirror of every GenerationTask, the artifact store (GridFS) and the mirror's one writer.
 
 The only package that imports pymongo.
 """
@@ -6,6 +6,7 @@ The only package that imports pymongo.
 from gentask.storage.artifacts import ArtifactRef, ArtifactStore, ArtifactStream
 from gentask.storage.mirror import TaskMirror, record_from_task
 from gentask.storage.mongo import StorageUnavailable, connect, disconnect
+from gentask.storage.writer import MirrorWriter, WriterStats
 
-__all__ = ["ArtifactRef", "ArtifactStore", "ArtifactStream", "StorageUnavailable", "TaskMirror", "connect",
-           "disconnect", "record_from_task"]
+__all__ = ["ArtifactRef", "ArtifactStore", "ArtifactStream", "MirrorWriter", "StorageUnavailable", "TaskMirror",
+           "WriterStats", "connect", "disconnect", "record_from_task"]

@@ -13,7 +13,7 @@ import logging
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from gridfs import GridFSBucket, GridOut
@@ -48,7 +48,7 @@ def _ref(entry: Mapping[str, Any]) -> ArtifactRef:
 class ArtifactStream:
     """One stored file, read chunk by chunk (iterate it for a streaming response) or at once."""
 
-    def __init__(self, ref: ArtifactRef, grid_out: GridOut, db: Database) -> None:
+    def __init__(self, ref: ArtifactRef, grid_out: GridOut, db: Database[Any]) -> None:
         self.ref = ref
         self._out = grid_out
         self._db = db
@@ -67,9 +67,11 @@ class ArtifactStream:
             yield chunk
 
     def read(self) -> bytes:
+        """The whole file at once."""
         return b"".join(self)
 
     def close(self) -> None:
+        """Release the GridFS cursor."""
         self._out.close()
 
     def __enter__(self) -> ArtifactStream:
@@ -82,13 +84,14 @@ class ArtifactStream:
 class ArtifactStore:
     """Files produced by tasks, by name; idempotent puts; listed and deleted per task."""
 
-    def __init__(self, db: Database, bucket: str = "artifacts") -> None:
+    def __init__(self, db: Database[Any], bucket: str = "artifacts") -> None:
         self._db = db
         self._bucket = GridFSBucket(db, bucket_name=bucket)
         self._catalog = db[f"{bucket}.catalog"]
         self._files = db[f"{bucket}.files"]
 
     def ensure_indexes(self) -> list[str]:
+        """Create the catalog's per-task index (lists and deletes by task); returns its name."""
         with translate_errors(self._db.client, "creating the artifact indexes"):
             return self._catalog.create_indexes([IndexModel([("taskUID", ASCENDING), ("_id", ASCENDING)],
                                                             name="task_name")])
@@ -107,12 +110,15 @@ class ArtifactStore:
                 name, data, metadata={"taskUID": task_uid, "mimeType": mime_type, "sha256": digest})
             entry = {"_id": name, "fileId": file_id, "taskUID": task_uid, "mimeType": mime_type,
                      "sha256": digest, "sizeBytes": len(data), "metadata": dict(metadata or {}),
-                     "createdAt": datetime.now(timezone.utc)}
+                     "createdAt": datetime.now(UTC)}
             try:
                 self._catalog.insert_one(entry)
             except DuplicateKeyError:
                 self._bucket.delete(file_id)  # another writer stored this name first: keep theirs
-                return self._same(self._catalog.find_one({"_id": name}), data)
+                winner = self._catalog.find_one({"_id": name})
+                if winner is None:            # and its task deleted it again since: store ours afresh
+                    return self.put(name, data, mime_type=mime_type, task_uid=task_uid, metadata=metadata)
+                return self._same(winner, data)
             return _ref(entry)
 
     def open(self, name: str) -> ArtifactStream | None:
@@ -128,6 +134,7 @@ class ArtifactStore:
         return ArtifactStream(_ref(entry), grid_out, self._db)
 
     def list_for_task(self, task_uid: str) -> list[ArtifactRef]:
+        """Every stored file of a task, by name."""
         with translate_errors(self._db.client, f"listing the artifacts of task {task_uid}"):
             return [_ref(e) for e in self._catalog.find({"taskUID": task_uid}).sort([("_id", ASCENDING)])]
 

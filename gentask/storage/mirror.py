@@ -17,8 +17,8 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Iterator, Mapping
-from datetime import datetime, timedelta, timezone
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pymongo import ASCENDING, DESCENDING, IndexModel
@@ -38,7 +38,10 @@ LIST_ORDER = [("createdAt", DESCENDING), ("_id", ASCENDING)]
 INDEXES = (
     IndexModel([("userID", ASCENDING), ("createdAt", DESCENDING)], name="user_created"),
     IndexModel([("userID", ASCENDING), ("type", ASCENDING), ("createdAt", DESCENDING)], name="user_type_created"),
-    IndexModel([("userID", ASCENDING), ("phase", ASCENDING), ("createdAt", DESCENDING)], name="user_phase_created"),
+    # the list's whole sort order after (userID, phase): one phase or several ($in, merged by
+    # MongoDB from one index scan a phase) are served without an in-memory sort
+    IndexModel([("userID", ASCENDING), ("phase", ASCENDING), ("createdAt", DESCENDING), ("_id", ASCENDING)],
+               name="user_phase_created_id"),
     IndexModel([("type", ASCENDING), ("createdAt", ASCENDING)], name="type_created"),
     IndexModel([("phase", ASCENDING)], name="phase"),
     # tombstone is "" while the resource exists and the uid once it is gone: one live record a name
@@ -51,14 +54,14 @@ _DELETION_FIELDS = ("deleted", "deletedAt", "tombstone")
 
 
 def _now() -> datetime:
-    return _ms(datetime.now(timezone.utc))
+    return _ms(datetime.now(UTC))
 
 
 def _ms(value: datetime) -> datetime:
     """UTC, truncated to the millisecond BSON keeps, so a record reads back equal to what was written."""
     if value.tzinfo is None:
-        value = value.replace(tzinfo=timezone.utc)
-    value = value.astimezone(timezone.utc)
+        value = value.replace(tzinfo=UTC)
+    value = value.astimezone(UTC)
     return value.replace(microsecond=value.microsecond // 1000 * 1000)
 
 
@@ -89,6 +92,7 @@ def record_from_task(obj: Mapping[str, Any]) -> dict[str, Any]:
                if not meta.get(k)]
     if not isinstance(spec, Mapping):
         missing.append("spec")
+        spec = {}
     if missing:
         raise ValueError(f"GenerationTask {meta.get('namespace')}/{meta.get('name')} lacks {', '.join(missing)}; "
                          "pass the object as the API server returns it")
@@ -143,7 +147,7 @@ class TaskMirror:
 
     record_from_task = staticmethod(record_from_task)
 
-    def __init__(self, db: Database, collection: str = "tasks", *, serialize_writes: bool | None = None,
+    def __init__(self, db: Database[Any], collection: str = "tasks", *, serialize_writes: bool | None = None,
                  lease_seconds: float = 60.0) -> None:
         """serialize_writes: take a per-record lease around writes; None = only on FerretDB."""
         self.collection = db[collection]
@@ -250,19 +254,22 @@ class TaskMirror:
                 .sort([("resourceVersion", DESCENDING)]).limit(1)
             return _shaped(next(iter(found), None))
 
-    def list(self, *, user_id: str | None = None, type: str | None = None, phase: str | None = None,  # noqa: A002
-             namespace: str | None = None, limit: int = 20, offset: int = 0,
-             include_deleted: bool = False) -> tuple[list[dict[str, Any]], int]:
-        """One page of records, newest first (createdAt, then _id), and how many match in all."""
-        query = _list_query(user_id=user_id, type=type, phase=phase, namespace=namespace,
+    def list(self, *, user_id: str | None = None, type: str | None = None,  # noqa: A002 - the field's name
+             phase: str | None = None, phases: Sequence[str] | None = None, namespace: str | None = None,
+             limit: int = 20, offset: int = 0, include_deleted: bool = False) -> tuple[list[dict[str, Any]], int]:
+        """One page of records, newest first (createdAt, then _id), and how many match in all.
+
+        `phases` keeps records in any of several phases (one `$in` query, served on MongoDB by
+        the index user_phase_created_id); `phase` is the one-phase shorthand."""
+        query = _list_query(user_id=user_id, type=type, phases=_phases(phase, phases), namespace=namespace,
                             include_deleted=include_deleted)
         _check_page(limit, offset)
         with self._errors("listing tasks"):
-            page = [_shaped(doc) for doc in self.collection.find(query).sort(LIST_ORDER).skip(offset).limit(limit)]
+            page = [_shaped_doc(doc) for doc in self.collection.find(query).sort(LIST_ORDER).skip(offset).limit(limit)]
             return page, self.collection.count_documents(query)
 
     def uids(self, namespace: str | None = None) -> dict[str, int]:
-        """uid -> resourceVersion of every live record, for a resync to find what it missed."""
+        """Map uid -> resourceVersion of every live record, for a resync to find what it missed."""
         query: dict[str, Any] = {"deleted": False}
         if namespace is not None:
             query["namespace"] = namespace
@@ -329,12 +336,29 @@ class TaskMirror:
 
 
 def _shaped(doc: dict[str, Any] | None) -> dict[str, Any] | None:
-    if doc is not None:
-        doc.setdefault("deletedAt", None)
+    """A record as reads return it: deletedAt present (None while live), whatever the server dropped."""
+    return None if doc is None else _shaped_doc(doc)
+
+
+def _shaped_doc(doc: dict[str, Any]) -> dict[str, Any]:
+    doc.setdefault("deletedAt", None)
     return doc
 
 
-def _list_query(*, user_id: str | None, type: str | None, phase: str | None,  # noqa: A002
+def _phases(phase: str | None, phases: Sequence[str] | None) -> list[str] | None:
+    """The phases a list keeps: `phase`, `phases`, both (their union) or None for any."""
+    if phase is None and phases is None:
+        return None
+    if isinstance(phases, str):
+        raise ValueError(f"phases must be a list of phases, got the string {phases!r}")
+    chosen = ([phase] if phase is not None else []) + list(phases or [])
+    for value in chosen:
+        if value not in PHASES:
+            raise ValueError(f"phase must be one of {', '.join(PHASES)}, got {value!r}")
+    return sorted(set(chosen), key=PHASES.index)
+
+
+def _list_query(*, user_id: str | None, type: str | None, phases: list[str] | None,  # noqa: A002 - the field's name
                 namespace: str | None, include_deleted: bool) -> dict[str, Any]:
     query: dict[str, Any] = {}
     for field, value in (("userID", user_id), ("namespace", namespace)):
@@ -346,10 +370,9 @@ def _list_query(*, user_id: str | None, type: str | None, phase: str | None,  # 
         if type not in TYPES:
             raise ValueError(f"type must be one of {', '.join(TYPES)}, got {type!r}")
         query["type"] = type
-    if phase is not None:
-        if phase not in PHASES:
-            raise ValueError(f"phase must be one of {', '.join(PHASES)}, got {phase!r}")
-        query["phase"] = phase
+    if phases is not None:
+        # one phase is an equality, several an $in: both are index bounds on (userID, phase, ...)
+        query["phase"] = phases[0] if len(phases) == 1 else {"$in": phases}
     if not include_deleted:
         query["deleted"] = False
     query["forgotten"] = {"$ne": True}

@@ -11,7 +11,7 @@ import contextlib
 import os
 import threading
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import pymongo
@@ -26,7 +26,7 @@ DEFAULT_TIMEOUT_MS = 2000
 _AUTH_FAILED = 18
 _DETAIL_MAX = 400
 
-_clients: dict[tuple[int, str, int], pymongo.MongoClient] = {}
+_clients: dict[tuple[int, str, int], pymongo.MongoClient[Any]] = {}
 _secrets: set[str] = set()
 _lock = threading.Lock()
 
@@ -55,7 +55,7 @@ def _timeout_in_url(url: str) -> bool:
     return any(key.lower() == "serverselectiontimeoutms" for key, _ in parse_qsl(query))
 
 
-def _hosts(client: pymongo.MongoClient | None) -> str:
+def _hosts(client: pymongo.MongoClient[Any] | None) -> str:
     if client is None:
         return "MongoDB"
     try:
@@ -66,7 +66,7 @@ def _hosts(client: pymongo.MongoClient | None) -> str:
 
 
 @contextlib.contextmanager
-def translate_errors(client: pymongo.MongoClient | None, doing: str) -> Iterator[None]:
+def translate_errors(client: pymongo.MongoClient[Any] | None, doing: str) -> Iterator[None]:
     """Turn pymongo's connection, timeout and authentication errors into StorageUnavailable."""
     try:
         yield
@@ -83,7 +83,7 @@ def translate_errors(client: pymongo.MongoClient | None, doing: str) -> Iterator
         ) from None
 
 
-def connect(settings: Settings, *, timeout_ms: int | None = None, check: bool = False) -> Database:
+def connect(settings: Settings, *, timeout_ms: int | None = None, check: bool = False) -> Database[Any]:
     """The database named by settings.mongo_url, on this process's one client for that URL.
 
     Server selection waits `timeout_ms` (default 2000 ms, or the URL's own
@@ -94,11 +94,13 @@ def connect(settings: Settings, *, timeout_ms: int | None = None, check: bool = 
     url = settings.mongo_url
     if timeout_ms is not None and not (isinstance(timeout_ms, int) and 1 <= timeout_ms <= 600_000):
         raise ValueError(f"timeout_ms must be an integer between 1 and 600000 milliseconds, got {timeout_ms!r}")
-    options: dict[str, object] = {"appname": APPNAME, "tz_aware": True}
+    options: dict[str, Any] = {"appname": APPNAME, "tz_aware": True}
+    selection_ms = 0
     if timeout_ms is not None or not _timeout_in_url(url):
-        options["serverSelectionTimeoutMS"] = timeout_ms or DEFAULT_TIMEOUT_MS
-        options["connectTimeoutMS"] = timeout_ms or DEFAULT_TIMEOUT_MS
-    key = (os.getpid(), url, int(options.get("serverSelectionTimeoutMS", 0)))
+        selection_ms = timeout_ms or DEFAULT_TIMEOUT_MS
+        options["serverSelectionTimeoutMS"] = selection_ms
+        options["connectTimeoutMS"] = selection_ms
+    key = (os.getpid(), url, selection_ms)
     with _lock:
         client = _clients.get(key)
         if client is None:
@@ -126,7 +128,7 @@ def disconnect() -> None:
         client.close()
 
 
-def is_ferretdb(db: Database) -> bool:
+def is_ferretdb(db: Database[Any]) -> bool:
     """True when the server is FerretDB (its buildInfo says so)."""
     with translate_errors(db.client, "reading buildInfo"):
         return "ferretdbVersion" in db.client.admin.command("buildInfo")

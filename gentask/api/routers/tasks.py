@@ -2,20 +2,33 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Response
 from fastapi.responses import StreamingResponse
 
+from gentask.api.auth import Caller
 from gentask.api.deps import CallerDep, IdempotencyKeyDep, TasksDep
-from gentask.api.schemas import (DeletedTask, Envelope, ErrorEnvelope, ImageTaskRequest, OldStatus, TaskPage,
-                                 TaskView, TextTaskRequest, VideoTaskRequest)
+from gentask.api.schemas import (
+    DeletedTask,
+    Envelope,
+    ErrorEnvelope,
+    ImageTaskRequest,
+    OldStatus,
+    TaskPage,
+    TaskRequest,
+    TaskView,
+    TextTaskRequest,
+    VideoTaskRequest,
+)
+from gentask.api.service import TaskService
 from gentask.domain.task import TaskType
 
 router = APIRouter(prefix="/api/v1/ai", tags=["tasks"])
 
 
-def _errors(*codes: int) -> dict:
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI entries of the error answers an operation may give."""
     words = {400: "malformed JSON, or an unknown provider or model (the supported ones are listed)",
              401: "missing or unknown API key", 403: "user_id is not the caller's",
              404: "no such task, or not the caller's", 409: "conflict (see message)",
@@ -25,55 +38,62 @@ def _errors(*codes: int) -> dict:
     return {code: {"model": ErrorEnvelope, "description": words[code]} for code in codes}
 
 
-CREATE_ERRORS = _errors(400, 401, 403, 409, 413, 422, 429, 503)
-TASK_ERRORS = _errors(401, 404, 422, 429, 503)
+CREATE_ERRORS = error_responses(400, 401, 403, 409, 413, 422, 429, 503)
+TASK_ERRORS = error_responses(401, 404, 422, 429, 503)
 
 
-async def _create(type_: TaskType, body, caller, tasks, idempotency_key, response: Response) -> dict:
+async def _create(type_: TaskType, body: TaskRequest, caller: Caller, tasks: TaskService,
+                  idempotency_key: str | None, response: Response) -> Envelope[TaskView]:
     view, replayed = await tasks.create(caller, type_, body, idempotency_key)
     if replayed:
         response.headers["Idempotent-Replayed"] = "true"
-    return {"success": True, "data": view,
-            "message": "task already created with this Idempotency-Key" if replayed else "task created"}
+    return Envelope[TaskView](success=True, data=view, message="task already created with this Idempotency-Key"
+                              if replayed else "task created")
 
 
 @router.post("/image/task", response_model=Envelope[TaskView], responses=CREATE_ERRORS,
              summary="Create an image task")
 async def create_image_task(body: ImageTaskRequest, caller: CallerDep, tasks: TasksDep, response: Response,
-                            idempotency_key: IdempotencyKeyDep = None) -> dict:
+                            idempotency_key: IdempotencyKeyDep = None) -> Envelope[TaskView]:
+    """Create an image task (a GenerationTask of type image)."""
     return await _create(TaskType.IMAGE, body, caller, tasks, idempotency_key, response)
 
 
 @router.post("/video/task", response_model=Envelope[TaskView], responses=CREATE_ERRORS,
              summary="Create a video task")
 async def create_video_task(body: VideoTaskRequest, caller: CallerDep, tasks: TasksDep, response: Response,
-                            idempotency_key: IdempotencyKeyDep = None) -> dict:
+                            idempotency_key: IdempotencyKeyDep = None) -> Envelope[TaskView]:
+    """Create a video task (a GenerationTask of type video)."""
     return await _create(TaskType.VIDEO, body, caller, tasks, idempotency_key, response)
 
 
 @router.post("/text/task", response_model=Envelope[TaskView], responses=CREATE_ERRORS,
              summary="Create a text task")
 async def create_text_task(body: TextTaskRequest, caller: CallerDep, tasks: TasksDep, response: Response,
-                           idempotency_key: IdempotencyKeyDep = None) -> dict:
+                           idempotency_key: IdempotencyKeyDep = None) -> Envelope[TaskView]:
+    """Create a text task (a GenerationTask of type text)."""
     return await _create(TaskType.TEXT, body, caller, tasks, idempotency_key, response)
 
 
 @router.get("/task/result/{task_id}", response_model=Envelope[TaskView], responses=TASK_ERRORS,
             summary="A task's status and result")
-async def get_task_result(task_id: str, caller: CallerDep, tasks: TasksDep) -> dict:
-    return {"success": True, "data": await tasks.result(caller, task_id), "message": "ok"}
+async def get_task_result(task_id: str, caller: CallerDep, tasks: TasksDep) -> Envelope[TaskView]:
+    """A task's status and result, live or from the history."""
+    return Envelope[TaskView](success=True, data=await tasks.result(caller, task_id), message="ok")
 
 
 @router.delete("/task/{task_id}", response_model=Envelope[DeletedTask], responses=TASK_ERRORS,
                summary="Delete a task (a running one is stopped)")
-async def delete_task(task_id: str, caller: CallerDep, tasks: TasksDep) -> dict:
-    return {"success": True, "data": await tasks.delete(caller, task_id), "message": "task deleted"}
+async def delete_task(task_id: str, caller: CallerDep, tasks: TasksDep) -> Envelope[DeletedTask]:
+    """Delete a task: the resource (stopping its Job), its history record and its stored files."""
+    return Envelope[DeletedTask](success=True, data=await tasks.delete(caller, task_id), message="task deleted")
 
 
-@router.post("/task/{task_id}/cancel", response_model=Envelope[TaskView], responses={**TASK_ERRORS, **_errors(409)},
-             summary="Cancel a task that has not finished")
-async def cancel_task(task_id: str, caller: CallerDep, tasks: TasksDep) -> dict:
-    return {"success": True, "data": await tasks.cancel(caller, task_id), "message": "cancel requested"}
+@router.post("/task/{task_id}/cancel", response_model=Envelope[TaskView],
+             responses={**TASK_ERRORS, **error_responses(409)}, summary="Cancel a task that has not finished")
+async def cancel_task(task_id: str, caller: CallerDep, tasks: TasksDep) -> Envelope[TaskView]:
+    """Ask the operator to stop a task that has not finished."""
+    return Envelope[TaskView](success=True, data=await tasks.cancel(caller, task_id), message="cancel requested")
 
 
 @router.get("/task/{task_id}/artifacts/{name}", response_class=StreamingResponse, responses={
@@ -81,19 +101,18 @@ async def cancel_task(task_id: str, caller: CallerDep, tasks: TasksDep) -> dict:
                                                                                            "format": "binary"}}}},
     **TASK_ERRORS}, summary="Download a produced file from the artifact store")
 async def get_artifact(task_id: str, name: str, caller: CallerDep, tasks: TasksDep) -> StreamingResponse:
+    """Stream a stored file of a task, with its content type, length and SHA-256 ETag."""
     stream, entry = await tasks.artifact(caller, task_id, name)
-    headers = {"Content-Disposition": f'inline; filename="{name}"', "Cache-Control": "private, max-age=3600"}
-    size = getattr(stream, "size_bytes", None)
-    if size is not None:
-        headers["Content-Length"] = str(size)
-    digest = getattr(stream, "sha256", None) or entry.get("sha256")
+    headers = {"Content-Disposition": f'inline; filename="{name}"', "Cache-Control": "private, max-age=3600",
+               "Content-Length": str(stream.size_bytes)}
+    digest = stream.sha256 or entry.get("sha256")
     if digest:
         headers["ETag"] = f'"{digest}"'
-    media_type = getattr(stream, "mime_type", None) or entry.get("mimeType") or "application/octet-stream"
+    media_type = stream.mime_type or entry.get("mimeType") or "application/octet-stream"
     return StreamingResponse(iter(stream), media_type=media_type, headers=headers)
 
 
-@router.get("/tasks", response_model=Envelope[TaskPage], responses=_errors(401, 403, 422, 429, 503),
+@router.get("/tasks", response_model=Envelope[TaskPage], responses=error_responses(401, 403, 422, 429, 503),
             summary="Page through a user's tasks (newest first)")
 async def list_tasks(
     caller: CallerDep, tasks: TasksDep,
@@ -104,6 +123,7 @@ async def list_tasks(
                                                            "cancelled")] = None,
     limit: Annotated[int, Query(ge=1, le=100, description="page size, at most 100")] = 20,
     offset: Annotated[int, Query(ge=0, le=1_000_000, description="tasks to skip")] = 0,
-) -> dict:
+) -> Envelope[TaskPage]:
+    """A page of the caller's history from MongoDB, filtered by type and status."""
     page = await tasks.list(caller, user_id=user_id, type_=type, status=status, limit=limit, offset=offset)
-    return {"success": True, "data": page, "message": "ok"}
+    return Envelope[TaskPage](success=True, data=page, message="ok")

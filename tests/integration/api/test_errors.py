@@ -13,7 +13,8 @@ def _refused(r, status: int) -> dict:
 
 
 def test_malformed_json_is_400(alice):
-    r = alice.post("/api/v1/ai/image/task", content=b'{"prompt": "a fox",', headers={"Content-Type": "application/json"})
+    r = alice.post("/api/v1/ai/image/task", content=b'{"prompt": "a fox",',
+                   headers={"Content-Type": "application/json"})
     assert "malformed JSON" in _refused(r, 400)["message"]
 
 

@@ -90,3 +90,5 @@ def test_filters_on_type_and_status(history, alice):
     assert [t["task_id"] for t in _page(alice, status="pending", limit=3, offset=2)["tasks"]] == \
         [t["task_id"] for t in pending["tasks"][2:5]]
     assert _page(alice, type="image", status="completed")["total"] == 0
+    deep = _page(alice, status="pending", limit=100, offset=5000)       # one query: no depth limit
+    assert deep["tasks"] == [] and deep["total"] == 19

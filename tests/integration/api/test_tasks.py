@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import pytest
 from kubernetes import client
 
-from gentask.storage import TaskMirror
-
 from gentask.domain.task import GROUP, PLURAL, VERSION
+from gentask.storage import connect
 from tests.integration.api.conftest import IMAGE, TEXT, VIDEO, create, sha256
 from tests.integration.conftest import wait_for
-
 
 
 def test_image_task_becomes_a_generation_task_with_labels(api, alice, cluster):
@@ -31,7 +28,8 @@ def test_video_and_text_tasks_and_our_fields(alice):
     video = create(alice, "video", {**VIDEO, "aspect_ratio": "9:16", "timeout": 120, "retries": 1})
     assert video["task_id"].startswith("vid-") and video["type"] == "video"
     assert video["params"] == {"aspect_ratio": "9:16", "duration": 1}
-    text = create(alice, "text", {**TEXT, "temperature": 0.2, "fallbacks": [{"provider": "openai", "model": "gpt-4.1"}]})
+    text = create(alice, "text", {**TEXT, "temperature": 0.2,
+                                  "fallbacks": [{"provider": "openai", "model": "gpt-4.1"}]})
     assert text["task_id"].startswith("txt-")
     assert text["fallbacks"] == [{"provider": "openai", "model": "gpt-4.1"}]
 
@@ -95,7 +93,8 @@ def test_cancel_sets_spec_cancel_and_refuses_finished_tasks(alice, worker):
     assert r.status_code == 200 and r.json()["data"]["cancel_requested"] is True
     assert worker.get(task_id)["spec"]["cancel"] is True
     assert alice.post(f"/api/v1/ai/task/{task_id}/cancel").status_code == 200      # asking twice is fine
-    worker.patch_status(task_id, {"phase": "Cancelled", "reason": "Cancelled", "completionTime": "2026-01-01T00:00:00Z"})
+    worker.patch_status(task_id, {"phase": "Cancelled", "reason": "Cancelled",
+                                  "completionTime": "2026-01-01T00:00:00Z"})
     wait_for(lambda: alice.get(f"/api/v1/ai/task/result/{task_id}").json()["data"]["status"] == "cancelled",
              10, what="cancelled")
     r = alice.post(f"/api/v1/ai/task/{task_id}/cancel")
@@ -116,6 +115,20 @@ def test_a_deleted_task_leaves_the_history(alice, worker):
     assert alice.get(f"/api/v1/ai/task/result/{task_id}").status_code == 404
     assert alice.delete(f"/api/v1/ai/task/{task_id}").status_code == 404
     assert task_id not in _listed(alice)
+
+
+def test_a_deleted_task_loses_its_stored_files(alice, worker):
+    task_id = create(alice)["task_id"]
+    worker.succeed_image(task_id)
+    uid = worker.get(task_id)["metadata"]["uid"]
+    link = wait_for(lambda: (d := alice.get(f"/api/v1/ai/task/result/{task_id}").json()["data"])["status"]
+                    == "completed" and d["result"]["artifacts"][0]["url"], 10, what="completed")
+    assert alice.get(link).status_code == 200
+    assert alice.delete(f"/api/v1/ai/task/{task_id}").status_code == 200
+    assert alice.get(link).status_code == 404
+    db = connect(worker.settings)
+    assert db["artifacts.files"].count_documents({"metadata.taskUID": uid}) == 0
+    assert db["artifacts.catalog"].count_documents({"taskUID": uid}) == 0
 
 
 def _listed(c) -> set[str]:

@@ -155,7 +155,7 @@ def test_two_writers_of_one_new_task_both_racing_to_insert(db, lease):
         barrier = threading.Barrier(2)
         results = {}
 
-        def write(i, rv, phase):
+        def write(i, rv, phase, mirrors=mirrors, uid=uid, barrier=barrier, results=results):
             barrier.wait()
             results[rv] = mirrors[i].upsert(task_obj(uid, rv, phase))
 
@@ -237,6 +237,15 @@ def test_list_filters_paging_and_stable_order(mirror):
     failed, n = mirror.list(user_id="b", phase="Failed")
     assert n == len(failed) == sum(1 for i in range(30, 40) if i % 4 == 3)
     assert {r["userID"] for r in failed} == {"b"} and {r["phase"] for r in failed} == {"Failed"}
+    unfinished, n = mirror.list(user_id="a", phases=["Pending", "Running"], limit=100)    # one $in query
+    assert [r["_id"] for r in unfinished] == [r["_id"] for r in everything
+                                              if r["userID"] == "a" and r["phase"] in ("Pending", "Running")]
+    assert n == 16
+    merged = [r["_id"] for o in range(0, 16, 5) for r in mirror.list(user_id="a", phases=["Running", "Pending"],
+                                                                       limit=5, offset=o)[0]]
+    assert merged == [r["_id"] for r in unfinished]                   # pages of it, in the one order
+    assert mirror.list(user_id="a", phases=["Failed"]) == mirror.list(user_id="a", phase="Failed")
+    assert mirror.list(user_id="a", phases=[])[1] == 0
     ns, n = mirror.list(namespace="ns1", limit=100)
     assert n == 20 and {r["namespace"] for r in ns} == {"ns1"}
     assert mirror.list(user_id="nobody") == ([], 0)
@@ -250,6 +259,9 @@ def test_list_filters_paging_and_stable_order(mirror):
     ({"offset": -1}, "offset must be an integer of 0 or more, got -1"),
     ({"type": "audio"}, "type must be one of image, video, text, got 'audio'"),
     ({"phase": "Done"}, "phase must be one of Pending, Queued, Running, Succeeded, Failed, Cancelled, got 'Done'"),
+    ({"phases": ["Queued", "Done"]},
+     "phase must be one of Pending, Queued, Running, Succeeded, Failed, Cancelled, got 'Done'"),
+    ({"phases": "Queued"}, "phases must be a list of phases, got the string 'Queued'"),
 ])
 def test_list_rejects_bad_arguments_naming_what_is_accepted(mirror, kwargs, message):
     with pytest.raises(ValueError) as err:
@@ -267,9 +279,10 @@ def test_list_accepts_the_bounds(mirror):
 def test_indexes_exist_and_ensure_is_idempotent(mirror):
     mirror.ensure_indexes()
     indexes = {ix["name"]: ix for ix in mirror.collection.list_indexes()}
-    assert {"user_created", "user_type_created", "user_phase_created", "type_created", "phase",
+    assert {"user_created", "user_type_created", "user_phase_created_id", "type_created", "phase",
             "namespace_name_unique", "created_id"} <= set(indexes)
     assert dict(indexes["user_created"]["key"]) == {"userID": 1, "createdAt": -1}
+    assert dict(indexes["user_phase_created_id"]["key"]) == {"userID": 1, "phase": 1, "createdAt": -1, "_id": 1}
     assert dict(indexes["created_id"]["key"]) == {"createdAt": -1, "_id": 1}
     assert indexes["namespace_name_unique"].get("unique") is True
 

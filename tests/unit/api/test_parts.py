@@ -10,7 +10,7 @@ from gentask.api.auth import KeyRing, presented_key
 from gentask.api.errors import echo, field_name
 from gentask.api.limits import RateLimiter
 from gentask.api.schemas import ImageTaskRequest
-from gentask.api.service import canonical_hash
+from gentask.api.translate import canonical_hash
 from gentask.api.views import task_view
 from gentask.domain.task import TaskType
 from gentask.kube.tasks import idempotent_name, random_name, user_label
@@ -71,7 +71,7 @@ def test_request_hash_ignores_order_and_explicit_defaults():
 @pytest.mark.parametrize("phase,word", [("Pending", "pending"), ("Queued", "pending"), ("Running", "processing"),
                                         ("Succeeded", "completed"), ("Failed", "failed"), ("Cancelled", "cancelled")])
 def test_task_view_speaks_the_old_status_words(phase, word):
-    view = task_view({"name": "img-a", "userID": "u", "phase": phase, "params": {"responseFormat": "url"}})
+    view = task_view({"name": "img-a", "userID": "u", "phase": phase, "params": {"responseFormat": "url"}}).model_dump()
     assert (view["status"], view["phase"]) == (word, phase)
     assert view["params"] == {"response_format": "url"}
 
@@ -80,7 +80,7 @@ def test_task_view_links_artifacts_and_keeps_vendor_urls():
     result = {"images": [{"url": "https://v/1.png", "artifact": "uid/1/image-0.png", "mimeType": "image/png"},
                          {"artifact": "uid/1/image-1.png", "mimeType": "image/png"}],
               "video": {"artifact": "uid/1/video.mp4"}, "text": "hi", "usage": {"tokens": 2}}
-    view = task_view({"name": "img-a", "phase": "Succeeded", "result": result})["result"]
+    view = task_view({"name": "img-a", "phase": "Succeeded", "result": result}).model_dump()["result"]
     assert view["image_urls"] == ["https://v/1.png", "/api/v1/ai/task/img-a/artifacts/image-1.png"]
     assert view["image_url"] == "https://v/1.png"
     assert view["video_url"] == "/api/v1/ai/task/img-a/artifacts/video.mp4"

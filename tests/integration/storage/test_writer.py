@@ -1,0 +1,135 @@
+"""MirrorWriter against the real FerretDB: coalescing, backoff while MongoDB is away, lag, forget, stop."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+
+import pytest
+
+from gentask.config import Settings
+from gentask.storage import ArtifactStore, MirrorWriter, StorageUnavailable, TaskMirror, connect
+
+from ._objects import task_obj
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _dead_db():
+    return connect(Settings(mongo_url=f"mongodb://127.0.0.1:{_closed_port()}/gentask"), timeout_ms=200)
+
+
+def _writer(target: dict, **options) -> MirrorWriter:
+    options = {"backoff_initial": 0.05, "backoff_max": 0.2, "reconnect_seconds": 0.1, **options}
+    return MirrorWriter(database=lambda: target["db"], **options)
+
+
+async def _until(check, seconds: float = 10.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+async def test_changes_of_one_uid_coalesce_to_the_newest(db):
+    writer = _writer({"db": db})
+    for rv, phase in ((1, "Pending"), (3, "Running"), (2, "Queued")):   # the older version arrives last
+        writer.put(task_obj("u1", rv, phase))
+    writer.put(task_obj("u2", 5, "Succeeded"))
+    writer.delete("u2")
+    assert writer.pending == 2
+    writer.start()
+    await _until(lambda: writer.pending == 0, what="the changes written")
+    mirror = TaskMirror(db)
+    assert (mirror.get("u1")["resourceVersion"], mirror.get("u1")["phase"]) == (3, "Running")
+    record = mirror.get("u2")             # put, then delete: the record is written and marked deleted
+    assert record["phase"] == "Succeeded" and record["deleted"] is True
+    assert writer.healthy and writer.last_error == "" and writer.lag == 0.0
+    await writer.stop()
+
+
+async def test_backoff_while_mongodb_is_away_keeps_every_change(db):
+    target = {"db": _dead_db()}
+    writer = _writer(target, reconnect_seconds=1.0)
+    writer.start()
+    for i in range(3):
+        writer.put(task_obj(f"t{i}", 1, "Pending"))
+    writer.put(task_obj("t0", 2, "Running"))
+    await asyncio.sleep(1.0)
+    stats = writer.stats()
+    assert stats.pending == 3 and not stats.healthy and "unavailable" in stats.last_error
+    assert stats.lag_seconds >= 0.9                                      # the age of the oldest change waiting
+    assert writer.mirror is None
+    with pytest.raises(StorageUnavailable):
+        writer.open_mirror()
+    started = time.monotonic()
+    with pytest.raises(StorageUnavailable):                      # within the throttle: no new attempt
+        writer.open_mirror()
+    assert time.monotonic() - started < 0.1
+
+    target["db"] = db                                            # MongoDB is back
+    await _until(lambda: writer.pending == 0, what="catching up")
+    assert writer.healthy and writer.lag == 0.0 and writer.mirror is not None
+    records, total = TaskMirror(db).list(limit=10)
+    assert total == 3 and {r["_id"]: r["phase"] for r in records} == {"t0": "Running", "t1": "Pending",
+                                                                      "t2": "Pending"}
+    await writer.stop()
+
+
+async def test_forget_leaves_the_history_and_removes_the_artifacts(db):
+    writer = _writer({"db": db})
+    writer.start()
+    artifacts = ArtifactStore(db)
+    artifacts.put("u1/1/image-0.png", b"png-bytes", mime_type="image/png", task_uid="u1")
+    artifacts.put("u2/1/image-0.png", b"other", mime_type="image/png", task_uid="u2")
+    writer.put(task_obj("u1", 4, "Succeeded"))
+    assert await asyncio.wait_for(writer.forget("u1"), 10) is True
+    assert TaskMirror(db).get("u1") is None and TaskMirror(db).list(include_deleted=True)[1] == 0
+    assert artifacts.open("u1/1/image-0.png") is None and artifacts.list_for_task("u1") == []
+    assert db["artifacts.files"].count_documents({"metadata.taskUID": "u1"}) == 0
+    assert artifacts.open("u2/1/image-0.png").read() == b"other"             # another task's stay
+    assert await asyncio.wait_for(writer.forget("u1"), 10) is False            # already gone
+    await writer.stop()
+
+
+async def test_forget_while_away_fails_fast_and_is_applied_later(db):
+    TaskMirror(db).upsert(task_obj("u1", 4, "Succeeded"))
+    target = {"db": _dead_db()}
+    writer = _writer(target)
+    writer.start()
+    with pytest.raises(StorageUnavailable):
+        await asyncio.wait_for(writer.forget("u1"), 5)
+    assert writer.pending == 1
+    target["db"] = db
+    await _until(lambda: writer.pending == 0, what="the forget retried")
+    assert TaskMirror(db).get("u1") is None
+    await writer.stop()
+
+
+async def test_stop_drains_what_waits_and_a_full_writer_drops_new_uids(db):
+    writer = _writer({"db": db}, max_pending=2)
+    writer.start()
+    assert writer.put(task_obj("a", 1)) and writer.put(task_obj("b", 1))
+    assert writer.put(task_obj("a", 2))                          # a known uid coalesces
+    assert writer.put(task_obj("c", 1)) is False and writer.dropped == 1
+    await writer.stop()
+    assert set(TaskMirror(db).uids()) == {"a", "b"} and TaskMirror(db).get("a")["resourceVersion"] == 2
+
+
+async def test_stop_gives_up_when_mongodb_stays_away():
+    writer = _writer({"db": _dead_db()})
+    writer.start()
+    writer.put(task_obj("a", 1))
+    forgotten = writer.forget("b")
+    started = time.monotonic()
+    await writer.stop(timeout=1.0)
+    assert time.monotonic() - started < 3
+    with pytest.raises(StorageUnavailable):
+        await forgotten
+    assert writer.pending == 0
