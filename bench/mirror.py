@@ -168,7 +168,7 @@ def report(rows: list[dict], server: str, loads: tuple[float, float]) -> str:
                   "expression than the query uses). Every list filters and sorts the whole collection in FerretDB's "
                   "Go code, twice (page and count), and every guarded upsert scans it too, so both grow linearly "
                   "with the number of records. On MongoDB the same queries are index range scans "
-                  "(`user_created`, `user_type_created`, `user_phase_created`) and upserts are point updates by "
+                  "(`user_created`, `user_type_created`, `user_phase_created_id`) and upserts are point updates by "
                   "`_id`; run `python bench/mirror.py --mongo-url mongodb://...` there for its figures. What a scan "
                   "costs is FerretDB turning each stored document back into its own document type, field by field: "
                   "a whole-collection read of 2,000 full records (conditions, result, params) took 1.9 s against "
