@@ -5,7 +5,9 @@ from __future__ import annotations
 from enum import Enum
 
 
-class Phase(str, Enum):
+# Where a task is in its life; the terminal ones never change again. (No docstring: pydantic
+# would make it the CRD's description of status.phase and the generated CRD would change.)
+class Phase(str, Enum):  # noqa: D101, UP042 - see the comment above; StrEnum would change str() of members
     PENDING = "Pending"
     QUEUED = "Queued"
     RUNNING = "Running"
@@ -13,8 +15,17 @@ class Phase(str, Enum):
     FAILED = "Failed"
     CANCELLED = "Cancelled"
 
+    @classmethod
+    def parse(cls, value: str | None) -> Phase | None:
+        """The phase named `value`; None for no phase or an unknown word (a status written by someone else)."""
+        try:
+            return cls(value) if value else None
+        except ValueError:
+            return None
+
     @property
     def terminal(self) -> bool:
+        """Succeeded, Failed or Cancelled: the task is finished."""
         return self in (Phase.SUCCEEDED, Phase.FAILED, Phase.CANCELLED)
 
     @property
@@ -23,7 +34,9 @@ class Phase(str, Enum):
         return {"Pending": 0, "Queued": 1, "Running": 2}.get(self.value, 3)
 
 
-class ConditionType(str, Enum):
+class ConditionType(str, Enum):  # noqa: UP042 - StrEnum would change str() of members others print
+    """The condition types a task's status carries (Kubernetes API conventions)."""
+
     ACCEPTED = "Accepted"        # the spec passed the catalog's validation
     SCHEDULED = "Scheduled"      # a Job (or the inline executor) has the task
     RUNNING = "Running"          # a worker is calling the provider

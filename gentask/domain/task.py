@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import Enum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -31,19 +31,20 @@ TTL_MAX = 31536000
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 
 
-class TaskType(str, Enum):
+class TaskType(str, Enum):  # noqa: D101, UP042 - a docstring would change the CRD; StrEnum, str() of members
     IMAGE = "image"
     VIDEO = "video"
     TEXT = "text"
 
 
-class Priority(str, Enum):
+class Priority(str, Enum):  # noqa: D101, UP042 - a docstring would change the CRD; StrEnum, str() of members
     CRITICAL = "critical"
     DEFAULT = "default"
     LOW = "low"
 
     @property
     def priority_class(self) -> str:
+        """The PriorityClass of the task's Job pod."""
         return f"gentask-{self.value}"
 
 
@@ -71,7 +72,7 @@ class Params(_Model):
                                       description="text: system message")
 
 
-class ModelRef(_Model):
+class ModelRef(_Model):  # noqa: D101 - a docstring would become a description in the generated CRD
     provider: str = Field(min_length=1, max_length=63, pattern=DNS_LABEL)
     model: str = Field(min_length=1, max_length=128)
 
@@ -93,7 +94,8 @@ class GenerationTaskSpec(_Model):
     timeout_seconds: int = Field(600, ge=TIMEOUT_MIN, le=TIMEOUT_MAX,
                                  description="deadline for the whole task")
     ttl_seconds_after_finished: int = Field(86400, ge=0, le=TTL_MAX,
-                                            description="the resource is deleted this long after it finishes; MongoDB keeps the record")
+                                            description="the resource is deleted this long after it finishes; "
+                                                        "MongoDB keeps the record")
     cancel: bool = Field(False, description="set true to cancel; cannot be unset")
 
 
@@ -119,22 +121,23 @@ class Artifact(_Model):
     sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
 
 
-class ProviderFailure(_Model):
+class ProviderFailure(_Model):  # noqa: D101 - a docstring would become a description in the generated CRD
     provider: str
     model: str
     reason: str
     message: str = ""
 
 
-class TaskResult(_Model):
+class TaskResult(_Model):  # noqa: D101 - a docstring would become a description in the generated CRD
     images: list[Artifact] = Field(default_factory=list)
     video: Artifact | None = None
     text: str | None = Field(None, max_length=65536, description="the text; a longer one is in textArtifact")
     text_artifact: Artifact | None = None
-    usage: Annotated[dict[str, int], Field(default_factory=dict, description="token or unit counts reported by the vendor")]
+    usage: Annotated[dict[str, int], Field(default_factory=dict,
+                                           description="token or unit counts reported by the vendor")]
 
 
-class GenerationTaskStatus(_Model):
+class GenerationTaskStatus(_Model):  # noqa: D101 - a docstring would become a description in the generated CRD
     phase: Phase | None = Field(None, description="Pending | Queued | Running | Succeeded | Failed | Cancelled")
     reason: str | None = Field(None, description="one word from the reason vocabulary")
     message: str | None = Field(None, max_length=32768)
@@ -151,28 +154,63 @@ class GenerationTaskStatus(_Model):
     result: TaskResult | None = None
 
 
+class OwnerReference(BaseModel):
+    """An object's owner (metadata.ownerReferences): how a Job names its task."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True, alias_generator=to_camel)
+    api_version: str = ""
+    kind: str = ""
+    name: str = ""
+    uid: str = ""
+    controller: bool | None = None
+    block_owner_deletion: bool | None = None
+
+
 class ObjectMeta(BaseModel):
+    """Kubernetes object metadata: typed where gentask reads it, everything else kept as it came."""
+
     model_config = ConfigDict(extra="allow", populate_by_name=True, alias_generator=to_camel)
     name: str | None = None
     namespace: str | None = None
     uid: str | None = None
     labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
     resource_version: str | None = None
     generation: int | None = None
     creation_timestamp: datetime | None = None
+    deletion_timestamp: datetime | None = None
+    owner_references: list[OwnerReference] = Field(default_factory=list)
 
 
 class GenerationTask(BaseModel):
+    """A whole GenerationTask object: what the operator and the worker parse once and pass on."""
+
     model_config = ConfigDict(populate_by_name=True, extra="ignore", alias_generator=to_camel)
-    api_version: Literal["gentask.io/v1alpha1"] = API_VERSION
-    kind: Literal["GenerationTask"] = KIND
+    api_version: Literal["gentask.io/v1alpha1"] = "gentask.io/v1alpha1"     # API_VERSION
+    kind: Literal["GenerationTask"] = "GenerationTask"                     # KIND
     metadata: ObjectMeta = Field(default_factory=ObjectMeta)
     spec: GenerationTaskSpec
     status: GenerationTaskStatus = Field(default_factory=GenerationTaskStatus)
 
-    def to_manifest(self) -> dict:
+    @property
+    def namespace(self) -> str:
+        """metadata.namespace (a task read from the API server always has one)."""
+        return self.metadata.namespace or ""
+
+    @property
+    def name(self) -> str:
+        """metadata.name."""
+        return self.metadata.name or ""
+
+    @property
+    def uid(self) -> str:
+        """metadata.uid."""
+        return self.metadata.uid or ""
+
+    def to_manifest(self) -> dict[str, Any]:
+        """The object as the API server takes it: API field names, no empty metadata, no status before one."""
         body = self.model_dump(by_alias=True, exclude_none=True, mode="json")
-        body["metadata"] = {k: v for k, v in body["metadata"].items() if v not in ({}, None)}
+        body["metadata"] = {k: v for k, v in body["metadata"].items() if v not in ({}, None, [])}
         if not self.status.phase:
             body.pop("status", None)
         return body
@@ -181,5 +219,6 @@ class GenerationTask(BaseModel):
 __all__ = [
     "API_VERSION", "GROUP", "KIND", "PLURAL", "REASONS", "SHORT_NAMES", "SINGULAR", "VERSION",
     "Artifact", "Condition", "GenerationTask", "GenerationTaskSpec", "GenerationTaskStatus",
-    "ModelRef", "Params", "Phase", "Priority", "ProviderFailure", "TaskResult", "TaskType",
+    "ModelRef", "ObjectMeta", "OwnerReference", "Params", "Phase", "Priority", "ProviderFailure", "TaskResult",
+    "TaskType",
 ]

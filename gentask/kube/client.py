@@ -1,17 +1,275 @@
-"""One way to reach the API server: the kubeconfig (KUBECONFIG or ~/.kube/config), else the
-in-cluster service account."""
+"""KubeClient: gentask's one asynchronous client of the Kubernetes API server.
+
+One keep-alive aiohttp session with the credentials gentask.kube.config resolves; a generic
+`request` and typed verbs for what gentask does: GenerationTasks (get, create, list with paging,
+watch, merge-patch spec and status, delete with preconditions), Jobs, Events, the per-task worker
+RBAC, namespaces and /version. Failures come out as gentask.kube.errors.KubeError.
+
+Why aiohttp and not the `kubernetes` package. Measured on the development machine (2 cores, API
+server on the same machine, 16 concurrent creates): the kubernetes package in a thread pool
+reached about 230 creates/s, httpx.AsyncClient about 100/s, aiohttp about 200/s at half the
+latency of either, and aiohttp GETs about 760/s. aiohttp is what Kopf already depends on, so it
+costs the image nothing. Start-up, measured for this change on the same machine (CPU time,
+user+sys from /usr/bin/time, best of 5, of `python -c ...`): `import aiohttp` 0.17 s;
+`from kubernetes import client, config` 0.22 s, and 0.80 s once CoreV1Api, CustomObjectsApi and
+BatchV1Api are touched (the package loads its models lazily; the old operator used all three);
+an empty interpreter 0.01 s. Every worker pod pays its client's import once.
+"""
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
+import json
+import logging
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
 
-from kubernetes import client, config
+import aiohttp
+
+from gentask.domain.task import GROUP, PLURAL, VERSION
+from gentask.kube.config import Connection, load_connection
+from gentask.kube.errors import ClusterUnavailable, KubeError, TaskExists, WatchExpired, error_from_answer
+
+log = logging.getLogger(__name__)
+
+JSON = "application/json"
+MERGE_PATCH = "application/merge-patch+json"
+DEFAULT_TIMEOUT = 10.0
+CONNECT_TIMEOUT = 3.0
+UNBOUNDED_CONNECT_TIMEOUT = 30.0   # with timeout=None: a request may take as long as the server needs
+WATCH_TIMEOUT_SECONDS = 300
+MAX_WATCH_LINE = 16 * 2**20
+LIST_PAGE = 500
+
+Object = dict[str, Any]
+
+# kind -> (API path prefix, plural) of what the operator creates for a task
+_KINDS: dict[str, tuple[str, str]] = {
+    "ServiceAccount": ("/api/v1", "serviceaccounts"),
+    "Role": ("/apis/rbac.authorization.k8s.io/v1", "roles"),
+    "RoleBinding": ("/apis/rbac.authorization.k8s.io/v1", "rolebindings"),
+    "Job": ("/apis/batch/v1", "jobs"),
+    "Event": ("/api/v1", "events"),
+}
 
 
-def api_client() -> client.ApiClient:
-    path = os.environ.get("KUBECONFIG") or str(Path.home() / ".kube" / "config")
-    if Path(path.split(os.pathsep)[0]).exists():
-        return config.new_client_from_config(path.split(os.pathsep)[0])
-    config.load_incluster_config()
-    return client.ApiClient()
+def task_path(namespace: str | None, name: str | None = None) -> str:
+    """The API path of a namespace's GenerationTasks (all namespaces when None), or of one task."""
+    base = f"/apis/{GROUP}/{VERSION}"
+    base += f"/namespaces/{namespace}/{PLURAL}" if namespace else f"/{PLURAL}"
+    return f"{base}/{name}" if name else base
+
+
+def object_path(kind: str, namespace: str, name: str | None = None) -> str:
+    """The API path of a namespaced object of a kind gentask creates (see _KINDS)."""
+    prefix, plural = _KINDS[kind]
+    base = f"{prefix}/namespaces/{namespace}/{plural}"
+    return f"{base}/{name}" if name else base
+
+
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    try:
+        return float(headers.get("Retry-After") or "")
+    except ValueError:
+        return None
+
+
+def _dumps(body: Any) -> str:
+    return json.dumps(body, separators=(",", ":"))
+
+
+class KubeClient:
+    """The API server over one keep-alive session. Create it inside a running event loop."""
+
+    def __init__(self, connection: Connection | None = None, *, timeout: float | None = DEFAULT_TIMEOUT,
+                 pool: int = 64) -> None:
+        """`timeout` bounds each request (None: no bound but connecting); `pool` the open connections."""
+        self.connection = connection if connection is not None else load_connection()
+        self.timeout = timeout
+        self._connect_timeout = min(timeout, CONNECT_TIMEOUT) if timeout is not None else UNBOUNDED_CONNECT_TIMEOUT
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(ssl=self.connection.ssl, limit=pool, keepalive_timeout=60),
+            timeout=aiohttp.ClientTimeout(total=timeout, connect=self._connect_timeout),
+            json_serialize=_dumps,
+        )
+
+    async def close(self) -> None:
+        """Close the session and its connections."""
+        await self._session.close()
+
+    async def __aenter__(self) -> KubeClient:
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.close()
+
+    async def _headers(self, content_type: str | None = None) -> dict[str, str]:
+        headers = {"Accept": JSON}
+        auth = await self.connection.authorization_async()
+        if auth:
+            headers["Authorization"] = auth
+        if content_type:
+            headers["Content-Type"] = content_type
+        return headers
+
+    def _extra(self) -> dict[str, Any]:
+        return {"server_hostname": self.connection.server_hostname} if self.connection.server_hostname else {}
+
+    async def request(self, method: str, path: str, *, body: Any = None, params: Mapping[str, str] | None = None,
+                      content_type: str = JSON, ok: tuple[int, ...] = (200, 201)) -> Object:
+        """One request; the decoded JSON answer, or KubeError (ClusterUnavailable when there is none)."""
+        data = _dumps(body).encode() if body is not None else None
+        for attempt in (1, 2):
+            try:
+                headers = await self._headers(content_type if data is not None else None)
+                async with self._session.request(method, self.connection.host + path, data=data, params=params,
+                                                 headers=headers, **self._extra()) as resp:
+                    raw = await resp.read()
+                    if resp.status in ok:
+                        answer: Object = json.loads(raw) if raw else {}
+                        return answer
+                    if resp.status == 401 and attempt == 1 and self.connection.invalidate():
+                        continue        # a rotated or expired token: read (or run) it once more
+                    raise error_from_answer(resp.status, raw, _retry_after(resp.headers))
+            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+                raise ClusterUnavailable(f"the Kubernetes API server is unreachable ({type(exc).__name__})") from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def stream(self, path: str, params: Mapping[str, str], resource_version: str
+                     ) -> AsyncIterator[tuple[str, Object]]:
+        """A watch: (event type, object) until the server ends it; WatchExpired on 410."""
+        timeout = aiohttp.ClientTimeout(total=None, connect=self._connect_timeout,
+                                        sock_read=WATCH_TIMEOUT_SECONDS + 30)
+        try:
+            async with self._session.get(self.connection.host + path, params=params, headers=await self._headers(),
+                                         timeout=timeout, **self._extra()) as resp:
+                if resp.status == 410:
+                    raise WatchExpired(resource_version)
+                if resp.status != 200:
+                    raise error_from_answer(resp.status, await resp.read(), _retry_after(resp.headers))
+                while True:
+                    try:
+                        line = await resp.content.readuntil(b"\n", max_size=MAX_WATCH_LINE)
+                    except aiohttp.EofStream:
+                        return
+                    if not line.strip():
+                        if resp.content.at_eof():
+                            return
+                        continue
+                    event = json.loads(line)
+                    kind, obj = event.get("type"), event.get("object") or {}
+                    if kind == "ERROR":
+                        if obj.get("code") == 410:
+                            raise WatchExpired(resource_version)
+                        raise ClusterUnavailable(f"watch error: {obj.get('message', '')}")
+                    yield str(kind), obj
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise ClusterUnavailable(f"the watch on the Kubernetes API server broke ({type(exc).__name__})") from exc
+
+    # --- GenerationTasks ------------------------------------------------------------------
+
+    async def get_task(self, namespace: str, name: str) -> Object:
+        """One GenerationTask; KubeError (not_found) when it is not there."""
+        return await self.request("GET", task_path(namespace, name))
+
+    async def create_task(self, namespace: str, body: Object) -> Object:
+        """Create a GenerationTask; TaskExists when the name is taken."""
+        try:
+            return await self.request("POST", task_path(namespace), body=body, ok=(201, 200))
+        except KubeError as exc:
+            if exc.already_exists:
+                raise TaskExists(exc.status, exc.reason, exc.message, exc.details) from exc
+            raise
+
+    async def list_tasks(self, namespace: str | None, *, label_selector: str | None = None,
+                         page: int = LIST_PAGE) -> tuple[list[Object], str]:
+        """Every task of a namespace (all when None), read `page` at a time, and the list's resourceVersion."""
+        params = {"labelSelector": label_selector} if label_selector else {}
+        return await self._list(task_path(namespace), params, page)
+
+    def watch_tasks(self, namespace: str, resource_version: str) -> AsyncIterator[tuple[str, Object]]:
+        """(event type, task) from resource_version on, with bookmarks, until the server ends it.
+
+        Raises WatchExpired when the resourceVersion is too old, ClusterUnavailable when the
+        connection breaks."""
+        params = {"watch": "true", "resourceVersion": resource_version, "allowWatchBookmarks": "true",
+                  "timeoutSeconds": str(WATCH_TIMEOUT_SECONDS)}
+        return self.stream(task_path(namespace), params, resource_version)
+
+    async def patch_task_spec(self, namespace: str, name: str, spec: Object) -> Object:
+        """Merge-patch a task's spec (only `cancel` may change: the CRD keeps the rest immutable)."""
+        return await self.request("PATCH", task_path(namespace, name), body={"spec": spec}, content_type=MERGE_PATCH)
+
+    async def patch_task_status(self, namespace: str, name: str, status: Object,
+                                resource_version: str | None = None) -> Object:
+        """Merge-patch status; with resource_version, KubeError (conflict) if the task changed meanwhile."""
+        body: Object = {"status": status}
+        if resource_version:
+            body["metadata"] = {"resourceVersion": resource_version}
+        return await self.request("PATCH", task_path(namespace, name) + "/status", body=body,
+                                  content_type=MERGE_PATCH)
+
+    async def delete_task(self, namespace: str, name: str, *, uid: str | None = None,
+                          propagation: str = "Background") -> Object:
+        """Delete a task (its Job and pod go too with Background propagation); with uid only that incarnation."""
+        body: Object = {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": propagation}
+        if uid:
+            body["preconditions"] = {"uid": uid}
+        return await self.request("DELETE", task_path(namespace, name), body=body, ok=(200, 202))
+
+    # --- what the operator creates for a task ----------------------------------------------
+
+    async def create_object(self, manifest: Object) -> Object:
+        """Create a ServiceAccount, Role, RoleBinding, Job or Event from its manifest (namespace in metadata)."""
+        namespace = manifest["metadata"]["namespace"]
+        return await self.request("POST", object_path(manifest["kind"], namespace), body=manifest, ok=(201, 200))
+
+    async def create_service_account(self, manifest: Object) -> Object:
+        """Create a ServiceAccount."""
+        return await self.create_object({**manifest, "kind": "ServiceAccount"})
+
+    async def create_role(self, manifest: Object) -> Object:
+        """Create a Role."""
+        return await self.create_object({**manifest, "kind": "Role"})
+
+    async def create_role_binding(self, manifest: Object) -> Object:
+        """Create a RoleBinding."""
+        return await self.create_object({**manifest, "kind": "RoleBinding"})
+
+    async def create_job(self, manifest: Object) -> Object:
+        """Create a Job."""
+        return await self.create_object({**manifest, "kind": "Job"})
+
+    async def delete_job(self, namespace: str, name: str, *, propagation: str = "Background") -> Object:
+        """Delete a Job (Background: its pods go after it)."""
+        body = {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": propagation}
+        return await self.request("DELETE", object_path("Job", namespace, name), body=body, ok=(200, 202))
+
+    async def create_event(self, manifest: Object) -> Object:
+        """Record a core/v1 Event."""
+        return await self.create_object({**manifest, "kind": "Event", "apiVersion": "v1"})
+
+    # --- cluster ---------------------------------------------------------------------------
+
+    async def list_namespaces(self) -> list[Object]:
+        """Every namespace (metadata and all), for resolving namespace globs."""
+        items, _ = await self._list("/api/v1/namespaces")
+        return items
+
+    async def _list(self, path: str, params: Mapping[str, str] | None = None,
+                    page: int = LIST_PAGE) -> tuple[list[Object], str]:
+        params = {**(params or {}), "limit": str(page)}
+        items: list[Object] = []
+        while True:
+            doc = await self.request("GET", path, params=params)
+            items += doc.get("items") or []
+            meta = doc.get("metadata") or {}
+            if not meta.get("continue"):
+                return items, str(meta.get("resourceVersion") or "")
+            params["continue"] = meta["continue"]
+
+    async def version(self) -> Object:
+        """The API server's /version (the readiness probe's question: does it answer?)."""
+        return await self.request("GET", "/version")
+
+
+__all__ = ["KubeClient", "KubeError", "MERGE_PATCH", "object_path", "task_path"]

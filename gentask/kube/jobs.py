@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from gentask.domain.task import GROUP, PLURAL
+from gentask.domain.task import GROUP, PLURAL, GenerationTask
 from gentask.kube.names import (
-    EXIT_PERMANENT, LABEL_COMPONENT, WORKER_CONTAINER, job_name, owner_reference, task_labels, worker_account,
+    EXIT_PERMANENT,
+    LABEL_COMPONENT,
+    WORKER_CONTAINER,
+    job_name,
+    owner_reference,
+    task_labels,
+    worker_account,
 )
 
 if TYPE_CHECKING:
@@ -22,15 +28,15 @@ RESTRICTED_CONTAINER = {"allowPrivilegeEscalation": False, "readOnlyRootFilesyst
                         "runAsNonRoot": True, "capabilities": {"drop": ["ALL"]}}
 
 
-def _meta(task: dict, name: str, component: str) -> dict:
-    return {"name": name, "namespace": task["metadata"]["namespace"],
+def _meta(task: GenerationTask, name: str, component: str) -> dict[str, Any]:
+    return {"name": name, "namespace": task.namespace,
             "labels": {**task_labels(task), LABEL_COMPONENT: component},
             "ownerReferences": [owner_reference(task)]}
 
 
-def worker_rbac(task: dict) -> list[dict]:
+def worker_rbac(task: GenerationTask) -> list[dict[str, Any]]:
     """A service account that may get its own task and patch its status: nothing else."""
-    name = task["metadata"]["name"]
+    name = task.name
     account = worker_account(name)
     return [
         {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _meta(task, account, "worker"),
@@ -39,15 +45,16 @@ def worker_rbac(task: dict) -> list[dict]:
          "rules": [{"apiGroups": [GROUP], "resources": [PLURAL], "resourceNames": [name], "verbs": ["get"]},
                    {"apiGroups": [GROUP], "resources": [f"{PLURAL}/status"], "resourceNames": [name],
                     "verbs": ["get", "patch"]}]},
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": _meta(task, account, "worker"),
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+         "metadata": _meta(task, account, "worker"),
          "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": account},
-         "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": task["metadata"]["namespace"]}]},
+         "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": task.namespace}]},
     ]
 
 
-def _env(settings: "Settings") -> list[dict]:
+def _env(settings: Settings) -> list[dict[str, Any]]:
     secret = settings.credentials_secret
-    env: list[dict] = [
+    env: list[dict[str, Any]] = [
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
     ]
@@ -61,18 +68,18 @@ def _env(settings: "Settings") -> list[dict]:
     return env
 
 
-def job_manifest(task: dict, settings: "Settings") -> dict:
-    spec = task["spec"]
-    meta = task["metadata"]
-    name = meta["name"]
+def job_manifest(task: GenerationTask, settings: Settings) -> dict[str, Any]:
+    """The task's Job: deadline, retries and TTL from the spec, the restricted pod, credentials by reference."""
+    spec = task.spec
+    name = task.name
     labels = {**task_labels(task), LABEL_COMPONENT: "worker"}
     return {
         "apiVersion": "batch/v1", "kind": "Job",
         "metadata": _meta(task, job_name(name), "worker"),
         "spec": {
-            "backoffLimit": spec.get("retries", 3),
-            "activeDeadlineSeconds": spec.get("timeoutSeconds", 600),
-            "ttlSecondsAfterFinished": spec.get("ttlSecondsAfterFinished", 86400),
+            "backoffLimit": spec.retries,
+            "activeDeadlineSeconds": spec.timeout_seconds,
+            "ttlSecondsAfterFinished": spec.ttl_seconds_after_finished,
             "podFailurePolicy": {"rules": [
                 {"action": "FailJob", "onExitCodes": {"containerName": WORKER_CONTAINER, "operator": "In",
                                                       "values": [EXIT_PERMANENT]}},
@@ -82,7 +89,7 @@ def job_manifest(task: dict, settings: "Settings") -> dict:
                 "metadata": {"labels": labels},
                 "spec": {
                     "restartPolicy": "Never",
-                    "priorityClassName": f"gentask-{spec.get('priority', 'default')}",
+                    "priorityClassName": spec.priority.priority_class,
                     "serviceAccountName": worker_account(name),
                     "automountServiceAccountToken": True,
                     "enableServiceLinks": False,
@@ -92,7 +99,7 @@ def job_manifest(task: dict, settings: "Settings") -> dict:
                         "name": WORKER_CONTAINER,
                         "image": settings.worker_image,
                         "imagePullPolicy": settings.worker_image_pull_policy,
-                        "command": ["gentask", "worker", "run", f"{meta['namespace']}/{name}"],
+                        "command": ["gentask", "worker", "run", f"{task.namespace}/{name}"],
                         "env": _env(settings),
                         "securityContext": RESTRICTED_CONTAINER,
                         "resources": {"requests": {"cpu": settings.worker_cpu_request,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from gentask.domain.task import API_VERSION, KIND
+from typing import Any
+
+from gentask.domain.task import API_VERSION, KIND, GenerationTask
 
 LABEL_TASK = "gentask.io/task"
 LABEL_TYPE = "gentask.io/type"
@@ -27,13 +29,13 @@ def worker_account(task_name: str) -> str:
     return f"gentask-worker-{task_name}"[:253]
 
 
-def task_labels(task: dict) -> dict[str, str]:
-    spec = task.get("spec", {})
-    return {**MANAGED_BY, LABEL_TASK: task["metadata"]["name"], LABEL_TYPE: spec.get("type", ""),
-            LABEL_PRIORITY: spec.get("priority", "default")}
+def task_labels(task: GenerationTask) -> dict[str, str]:
+    """The labels of everything made for a task: who manages it, which task, its type and priority."""
+    return {**MANAGED_BY, LABEL_TASK: task.name, LABEL_TYPE: task.spec.type.value,
+            LABEL_PRIORITY: task.spec.priority.value}
 
 
-def owner_reference(task: dict) -> dict:
-    meta = task["metadata"]
-    return {"apiVersion": API_VERSION, "kind": KIND, "name": meta["name"], "uid": meta["uid"],
+def owner_reference(task: GenerationTask) -> dict[str, Any]:
+    """The controller reference to the task: deleting the task deletes what it owns."""
+    return {"apiVersion": API_VERSION, "kind": KIND, "name": task.name, "uid": task.uid,
             "controller": True, "blockOwnerDeletion": True}

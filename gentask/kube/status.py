@@ -1,34 +1,21 @@
-"""Writing a task's status: always through the status subresource, as a merge patch."""
+"""A task's status transitions: one typed GenerationTaskStatus per write, sent as a merge patch.
+
+`transition` builds the status that moves a task to a phase (phase, reason, message,
+observedGeneration, the conditions list whole, completionTime when it first becomes terminal,
+plus the caller's fields); `status_patch` is the merge patch of exactly those fields. Writing
+goes through the status subresource: gentask.kube.client.KubeClient.patch_task_status.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from kubernetes import client
-
 from gentask.domain.reasons import ConditionType, Phase
-from gentask.domain.task import GROUP, PLURAL, VERSION
-from gentask.kube.conditions import now_iso, set_condition
+from gentask.domain.task import GenerationTask, GenerationTaskStatus
+from gentask.kube.conditions import MESSAGE_MAX, Clock, ConditionStatus, set_condition, utc_now
 
-MERGE = "application/merge-patch+json"
-
-
-def get_task(api: client.ApiClient, namespace: str, name: str) -> dict:
-    return client.CustomObjectsApi(api).get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
-
-
-def patch_status(api: client.ApiClient, namespace: str, name: str, status: dict[str, Any],
-                 resource_version: str | None = None) -> dict:
-    """Merge-patch status; with resource_version, fail with 409 if the task changed meanwhile."""
-    body: dict[str, Any] = {"status": status}
-    if resource_version:
-        body["metadata"] = {"resourceVersion": resource_version}
-    return client.CustomObjectsApi(api).patch_namespaced_custom_object_status(
-        GROUP, VERSION, namespace, PLURAL, name, body, _content_type=MERGE)
-
-
-# phase -> (condition type it sets, status, default reason)
-_PHASE_CONDITIONS = {
+# phase -> the condition types it sets, with their status
+_PHASE_CONDITIONS: dict[Phase, list[tuple[ConditionType, ConditionStatus]]] = {
     Phase.QUEUED: [(ConditionType.ACCEPTED, "True"), (ConditionType.SCHEDULED, "True")],
     Phase.RUNNING: [(ConditionType.RUNNING, "True")],
     Phase.SUCCEEDED: [(ConditionType.RUNNING, "False"), (ConditionType.SUCCEEDED, "True")],
@@ -37,17 +24,26 @@ _PHASE_CONDITIONS = {
 }
 
 
-def transition(task: dict, phase: Phase, reason: str, message: str = "", **fields: Any) -> dict[str, Any]:
-    """The status patch that moves a task to `phase`, with its conditions, as one write."""
-    status = task.get("status") or {}
-    generation = task["metadata"].get("generation")
-    conditions = status.get("conditions")
+def transition(task: GenerationTask, phase: Phase, reason: str, message: str = "", *, now: Clock = utc_now,
+               **fields: Any) -> GenerationTaskStatus:
+    """The status that moves `task` to `phase`, with its conditions, as one write.
+
+    `fields` are further status fields by Python or API name (attempts=1, workerPod=...)."""
+    status = task.status
+    generation = task.metadata.generation
+    conditions = list(status.conditions)
     for type_, value in _PHASE_CONDITIONS.get(phase, []):
-        conditions = set_condition(conditions, type_.value, value, reason, message, generation)
+        conditions = set_condition(conditions, type_.value, value, reason, message, generation, now=now)
     if phase is Phase.FAILED and reason == "InvalidSpec":
-        conditions = set_condition(conditions, ConditionType.ACCEPTED.value, "False", reason, message, generation)
-    patch: dict[str, Any] = {"phase": phase.value, "reason": reason, "message": message[:32768],
-                             "observedGeneration": generation, "conditions": conditions, **fields}
-    if phase.terminal and not status.get("completionTime"):
-        patch["completionTime"] = now_iso()
-    return patch
+        conditions = set_condition(conditions, ConditionType.ACCEPTED.value, "False", reason, message, generation,
+                                   now=now)
+    values: dict[str, Any] = {"phase": phase, "reason": reason, "message": message[:MESSAGE_MAX],
+                              "observed_generation": generation, "conditions": conditions, **fields}
+    if phase.terminal and status.completion_time is None:
+        values["completion_time"] = now()
+    return GenerationTaskStatus.model_validate(values)
+
+
+def status_patch(status: GenerationTaskStatus) -> dict[str, Any]:
+    """The merge patch of the fields set on `status` (API names, JSON values, no nulls)."""
+    return status.model_dump(by_alias=True, exclude_none=True, exclude_unset=True, mode="json")

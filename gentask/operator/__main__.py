@@ -12,6 +12,7 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`gentask operator`: run Kopf with gentask's handlers until stopped."""
     parser = argparse.ArgumentParser(prog="gentask operator", description=__doc__)
     parser.parse_args(argv)
     import kopf

@@ -8,9 +8,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from kubernetes import client
-
 from gentask.config import Settings
+from gentask.kube.client import KubeClient
 from gentask.operator.metrics import Metrics
 from gentask.providers import Registry
 
@@ -94,8 +93,10 @@ class MirrorQueue:
 
 @dataclass
 class OperatorContext:
+    """What every handler shares: settings, the one Kubernetes client, providers, metrics, the mirror."""
+
     settings: Settings
-    api: client.ApiClient
+    kube: KubeClient
     registry: Registry
     metrics: Metrics
     mirror: MirrorQueue
@@ -103,5 +104,5 @@ class OperatorContext:
     seen: dict[str, str] = field(default_factory=dict)          # uid -> last phase seen (events, metrics)
     ttl_timers: dict[str, asyncio.TimerHandle] = field(default_factory=dict)
     jobs_ensured: set[str] = field(default_factory=set)         # uids whose Job this process made or found
-    background: list[asyncio.Task] = field(default_factory=list)
+    background: list[asyncio.Task[Any]] = field(default_factory=list)
     ready: bool = False

@@ -1,31 +1,63 @@
-"""Kopf handlers: thin entry points that hand the object to gentask.operator.reconcile.
+"""Kopf handlers: thin entry points that parse the object once and hand it to the reconcilers.
 
 Only event handlers (level-triggered, like a controller-runtime reconcile): Kopf then stores no
-handler progress and adds no finalizer, so the happy path costs no write of Kopf's own.
+handler progress and adds no finalizer, so the happy path costs no write of Kopf's own. Kopf
+logs in with the connection gentask.kube.config resolves (`login`), so Kopf and gentask reach
+the cluster one way.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 import kopf
 
 from gentask.config import load_settings
 from gentask.domain.task import GROUP, PLURAL, VERSION
-from gentask.kube.client import api_client
+from gentask.kube.client import KubeClient
+from gentask.kube.config import Connection, load_connection
 from gentask.kube.names import LABEL_TASK
 from gentask.logs import setup_logging
-from gentask.operator import reconcile
+from gentask.operator import jobs, reconcile, resync
 from gentask.operator.context import MirrorQueue, OperatorContext
 from gentask.operator.metrics import Metrics
+from gentask.operator.observe import forget
 from gentask.operator.server import serve
 
 log = logging.getLogger("gentask.operator")
 
+# The operator's requests wait as long as the API server needs, as with the kubernetes package
+# before: a handler that gave up on a slow (overloaded) server would leave its task until the
+# next event. At most KUBE_POOL requests at once (the thread pool before allowed about 6).
+KUBE_TIMEOUT: float | None = None
+KUBE_POOL = 16
+
+
+async def connection_info(connection: Connection) -> kopf.ConnectionInfo:
+    """Kopf's view of a gentask connection: server, TLS material, token and when it expires."""
+    token = await connection.authorization_async()
+    return kopf.ConnectionInfo(
+        server=connection.host,
+        ca_path=connection.ca_file, ca_data=connection.ca_data.encode() if connection.ca_data else None,
+        insecure=connection.insecure or None,
+        scheme="Bearer" if token else None, token=token.removeprefix("Bearer ") if token else None,
+        certificate_path=connection.cert_file, private_key_path=connection.key_file,
+        default_namespace=connection.namespace,
+        expiration=connection.tokens.expiration if connection.tokens else None,
+    )
+
+
+@kopf.on.login()
+async def login(**_: Any) -> kopf.ConnectionInfo:
+    """Kopf's credentials, from gentask's one resolver (kubeconfig, else in-cluster)."""
+    return await connection_info(load_connection())
+
 
 @kopf.on.startup()
-async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_) -> None:
+async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    """Build the shared context: the client, providers, metrics, the mirror and its background tasks."""
     config = load_settings()
     setup_logging(config)
     from gentask.providers import registry_from_settings
@@ -36,10 +68,11 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_) -> None
     settings.batching.batch_window = 0.05
     settings.networking.error_backoffs = [1, 2, 5, 10]
     metrics = Metrics()
-    ctx = OperatorContext(settings=config, api=api_client(), registry=registry_from_settings(config),
-                          metrics=metrics, mirror=MirrorQueue(config, metrics))
+    ctx = OperatorContext(settings=config, kube=KubeClient(load_connection(), timeout=KUBE_TIMEOUT, pool=KUBE_POOL),
+                          registry=registry_from_settings(config), metrics=metrics,
+                          mirror=MirrorQueue(config, metrics))
     ctx.background.append(asyncio.create_task(ctx.mirror.run()))
-    ctx.background.append(asyncio.create_task(reconcile.resync_loop(ctx)))
+    ctx.background.append(asyncio.create_task(resync.resync_loop(ctx)))
     if config.executor == "inline":
         from gentask.operator.inline import InlineExecutor
         from gentask.storage import ArtifactStore, connect
@@ -53,7 +86,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_) -> None
 
 
 @kopf.on.cleanup()
-async def cleanup(memo: kopf.Memo, **_) -> None:
+async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    """Stop the executor and the background tasks; close the providers and the client."""
     ctx: OperatorContext = memo.ctx
     ctx.ready = False
     if ctx.executor is not None:
@@ -62,24 +96,27 @@ async def cleanup(memo: kopf.Memo, **_) -> None:
         task.cancel()
     await asyncio.gather(*ctx.background, return_exceptions=True)
     await ctx.registry.aclose()
-    ctx.api.close()
+    await ctx.kube.close()
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
-async def task_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_) -> None:
+async def task_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """Every change of a GenerationTask: parsed once, then reconciled; a DELETED one is forgotten."""
     ctx: OperatorContext = memo.ctx
-    task = dict(body)
+    raw = dict(body)
     if type == "DELETED":
-        reconcile.forget(ctx, body["metadata"]["uid"])
+        forget(ctx, body["metadata"]["uid"])
         return
     try:
-        await reconcile.reconcile_task(ctx, task)
+        task, spec_error = reconcile.parse_task(raw)
+        await reconcile.reconcile_task(ctx, task, raw, spec_error)
     except Exception as exc:  # noqa: BLE001 - try again on the next event or resync
         log.exception("reconcile failed", extra={"task": body["metadata"]["name"]})
         raise kopf.TemporaryError(str(exc), delay=5) from exc
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={LABEL_TASK: kopf.PRESENT})
-async def job_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_) -> None:
+async def job_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """Every change of a task's Job: what its pod could not report."""
     ctx: OperatorContext = memo.ctx
-    await reconcile.reconcile_job(ctx, dict(body), deleted=type == "DELETED")
+    await jobs.reconcile_job(ctx, dict(body), deleted=type == "DELETED")

@@ -11,42 +11,53 @@ import asyncio
 import itertools
 import logging
 import socket
+from typing import TYPE_CHECKING
 
+from gentask.domain.task import GenerationTask
 from gentask.kube.names import EXIT_RETRY
 from gentask.operator.context import OperatorContext
+
+if TYPE_CHECKING:
+    from gentask.storage import ArtifactStore
 
 log = logging.getLogger("gentask.operator.inline")
 RANK = {"critical": 0, "default": 1, "low": 2}
 
 
 class InlineExecutor:
-    def __init__(self, ctx: OperatorContext, store) -> None:
+    """Runs queued tasks with the worker's code, a bounded number at a time, by priority."""
+
+    def __init__(self, ctx: OperatorContext, store: ArtifactStore | None) -> None:
         self.ctx = ctx
         self.store = store
-        self.queue: asyncio.PriorityQueue = asyncio.PriorityQueue()
+        self.queue: asyncio.PriorityQueue[tuple[int, int, tuple[str, str]]] = asyncio.PriorityQueue()
         self.known: set[tuple[str, str]] = set()
-        self.running: dict[tuple[str, str], asyncio.Task] = {}
+        self.running: dict[tuple[str, str], asyncio.Task[int]] = {}
         self.retries: dict[tuple[str, str], int] = {}
         self.seq = itertools.count()
-        self.workers: list[asyncio.Task] = []
+        self.workers: list[asyncio.Task[None]] = []
         self.pod = f"inline-{socket.gethostname()}"
 
     def start(self) -> None:
+        """Start the GENTASK_INLINE_CONCURRENCY work loops."""
         self.workers = [asyncio.create_task(self._work(i)) for i in range(self.ctx.settings.inline_concurrency)]
 
     async def stop(self) -> None:
+        """Cancel the work loops and the tasks they run."""
         for task in self.workers + list(self.running.values()):
             task.cancel()
         await asyncio.gather(*self.workers, *self.running.values(), return_exceptions=True)
 
-    def ensure(self, task: dict) -> None:
-        key = (task["metadata"]["namespace"], task["metadata"]["name"])
+    def ensure(self, task: GenerationTask) -> None:
+        """Queue the task unless it is queued or running already."""
+        key = (task.namespace, task.name)
         if key in self.known:
             return
         self.known.add(key)
-        self.queue.put_nowait((RANK.get(task["spec"].get("priority", "default"), 1), next(self.seq), key))
+        self.queue.put_nowait((RANK.get(task.spec.priority.value, 1), next(self.seq), key))
 
     def cancel(self, namespace: str, name: str) -> None:
+        """Stop the task's run if one is under way."""
         running = self.running.get((namespace, name))
         if running is not None:
             running.cancel()
@@ -55,13 +66,14 @@ class InlineExecutor:
         from gentask.worker.run import Worker
         while True:
             _, _, key = await self.queue.get()
-            worker = Worker(self.ctx.api, self.ctx.settings, self.ctx.registry, self.store, self.pod)
+            worker = Worker(self.ctx.kube, self.ctx.settings, self.ctx.registry, self.store, self.pod)
             job = asyncio.create_task(worker.run(*key))
             self.running[key] = job
             try:
-                code = await job
+                code: int | None = await job
             except asyncio.CancelledError:
-                if asyncio.current_task().cancelling():
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
                     raise
                 code = None
             except Exception:  # noqa: BLE001

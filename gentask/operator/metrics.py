@@ -9,6 +9,8 @@ BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800, 3600)
 
 
 class Metrics:
+    """The operator's Prometheus metrics, in a registry of their own."""
+
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
@@ -31,6 +33,7 @@ class Metrics:
         self._by_uid: dict[str, tuple[str, str, str]] = {}
 
     def observe_task(self, uid: str, phase: str, type_: str, provider: str) -> None:
+        """Count the task under its current (phase, type, provider), moving it from its previous one."""
         new = (phase, type_, provider)
         old = self._by_uid.get(uid)
         if old == new:
@@ -41,9 +44,11 @@ class Metrics:
         self.tasks.labels(*new).inc()
 
     def forget_task(self, uid: str) -> None:
+        """Stop counting a task that is gone."""
         old = self._by_uid.pop(uid, None)
         if old is not None:
             self.tasks.labels(*old).dec()
 
     def render(self) -> bytes:
+        """The metrics in the Prometheus text format."""
         return generate_latest(self.registry)

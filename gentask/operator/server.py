@@ -6,12 +6,12 @@ from __future__ import annotations
 import asyncio
 
 from aiohttp import web
-from kubernetes import client
 
 from gentask.operator.context import OperatorContext
 
 
 async def serve(ctx: OperatorContext, port: int) -> None:
+    """Serve /metrics, /healthz and /readyz on `port` until cancelled."""
     async def metrics(_request: web.Request) -> web.Response:
         return web.Response(body=ctx.metrics.render(), content_type="text/plain", charset="utf-8")
 
@@ -21,7 +21,7 @@ async def serve(ctx: OperatorContext, port: int) -> None:
     async def readyz(_request: web.Request) -> web.Response:
         checks = {"started": ctx.ready, "mirror": "ok" if ctx.mirror.healthy else "catching up"}
         try:
-            await asyncio.wait_for(asyncio.to_thread(client.VersionApi(ctx.api).get_code), 3)
+            await asyncio.wait_for(ctx.kube.version(), 3)
             checks["kubernetes"] = "ok"
         except Exception as exc:  # noqa: BLE001
             checks["kubernetes"] = f"unreachable: {type(exc).__name__}"

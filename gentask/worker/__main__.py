@@ -11,14 +11,17 @@ import socket
 import sys
 
 from gentask.config import SettingsError, load_settings
+from gentask.kube.errors import ConfigError
 from gentask.kube.names import EXIT_PERMANENT, EXIT_RETRY
 from gentask.logs import setup_logging
 
 log = logging.getLogger("gentask.worker")
+KUBE_TIMEOUT: float | None = None    # as with the kubernetes package before: wait for a slow API server
 
 
 async def _main(namespace: str, name: str) -> int:
-    from gentask.kube.client import api_client
+    from gentask.kube.client import KubeClient
+    from gentask.kube.config import load_connection
     from gentask.providers import registry_from_settings
     from gentask.storage import ArtifactStore, connect
     from gentask.worker.run import Worker
@@ -26,13 +29,14 @@ async def _main(namespace: str, name: str) -> int:
     settings = load_settings()
     setup_logging(settings)
     store = ArtifactStore(connect(settings)) if os.environ.get("MONGO_URL") else None
-    api = api_client()
+    connection = load_connection()
     current = asyncio.current_task()
+    assert current is not None      # asyncio.run's main task
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, current.cancel)
-    async with registry_from_settings(settings) as registry:
-        worker = Worker(api, settings, registry, store, os.environ.get("POD_NAME") or socket.gethostname())
+    async with registry_from_settings(settings) as registry, KubeClient(connection, timeout=KUBE_TIMEOUT) as kube:
+        worker = Worker(kube, settings, registry, store, os.environ.get("POD_NAME") or socket.gethostname())
         try:
             return await worker.run(namespace, name)
         except asyncio.CancelledError:
@@ -45,6 +49,7 @@ async def _main(namespace: str, name: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`gentask worker run NAMESPACE/NAME`: the process exit code is the worker's."""
     parser = argparse.ArgumentParser(prog="gentask worker", description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
     run = sub.add_parser("run", help="run one task")
@@ -58,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"gentask worker: {exc}", file=sys.stderr)
         return EXIT_PERMANENT
+    except ConfigError as exc:      # no way to the API server: perhaps the next pod has one
+        print(f"gentask worker: {exc}", file=sys.stderr)
+        return EXIT_RETRY
 
 
 if __name__ == "__main__":

@@ -17,19 +17,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
-from kubernetes import client
-from kubernetes.client.rest import ApiException
-
 from gentask.config import Settings
-from gentask.domain.catalog import InvalidSpecError
+from gentask.domain.catalog import InvalidSpecError, ModelRetiredError
 from gentask.domain.reasons import Phase
-from gentask.domain.task import GenerationTaskSpec, GenerationTaskStatus
-from gentask.kube.conditions import now_iso
+from gentask.domain.task import GenerationTask, GenerationTaskSpec, GenerationTaskStatus, ModelRef
+from gentask.kube.client import KubeClient
+from gentask.kube.conditions import utc_now
+from gentask.kube.errors import KubeError
 from gentask.kube.names import EXIT_OK, EXIT_PERMANENT, EXIT_RETRY
-from gentask.kube.status import get_task, patch_status, transition
+from gentask.kube.status import status_patch, transition
 from gentask.providers import GenerationFailed, ProviderError, Registry, RetryPolicy, Submitted, generate
 from gentask.providers.base import GenerationResult, Media
 from gentask.providers.download import fetch
@@ -44,82 +43,82 @@ EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp", "vi
 
 
 class Worker:
-    def __init__(self, api: client.ApiClient, settings: Settings, registry: Registry, store: ArtifactStore | None,
+    """One task in one process: claim it, generate, store the files, write the outcome."""
+
+    def __init__(self, kube: KubeClient, settings: Settings, registry: Registry, store: ArtifactStore | None,
                  pod_name: str, policy: RetryPolicy | None = None) -> None:
-        self.api = api
+        self.kube = kube
         self.settings = settings
         self.registry = registry
         self.store = store
         self.pod = pod_name
         self.policy = policy or RetryPolicy.from_settings(settings)
         self._last_progress = 0.0
-        self._progress_writes: set[asyncio.Task] = set()
+        self._progress_writes: set[asyncio.Task[None]] = set()
 
     async def _note_progress(self, namespace: str, name: str, message: str) -> None:
         try:
-            await self._patch(namespace, name, {"message": message})
-        except ApiException:
+            await self._patch(namespace, name, GenerationTaskStatus(message=message))
+        except KubeError:
             pass     # progress is information; the next one may get through
 
-    async def _kube(self, fn, *args, **kwargs):
-        return await asyncio.to_thread(fn, *args, **kwargs)
-
-    async def _patch(self, ns: str, name: str, status: dict[str, Any], rv: str | None = None) -> dict:
-        return await self._kube(patch_status, self.api, ns, name, status, rv)
+    async def _patch(self, ns: str, name: str, status: GenerationTaskStatus, rv: str | None = None) -> GenerationTask:
+        return GenerationTask.model_validate(await self.kube.patch_task_status(ns, name, status_patch(status), rv))
 
     async def run(self, namespace: str, name: str) -> int:
+        """Run the task NAMESPACE/NAME; the exit code tells the Job what to do next."""
         try:
-            task = await self._kube(get_task, self.api, namespace, name)
-        except ApiException as exc:
-            if exc.status == 404:
+            task = GenerationTask.model_validate(await self.kube.get_task(namespace, name))
+        except KubeError as exc:
+            if exc.not_found:
                 log.info("task is gone; nothing to do", extra={"task": f"{namespace}/{name}"})
                 return EXIT_OK
+            if exc.status == 0:
+                raise           # no answer at all: the caller reports the attempt and exits "retry"
             log.error("cannot read the task: %s", exc.reason, extra={"task": f"{namespace}/{name}"})
             return EXIT_RETRY
-        status = task.get("status") or {}
-        if status.get("phase") in ("Succeeded", "Failed", "Cancelled") or task["spec"].get("cancel"):
-            log.info("task already finished or cancelled", extra={"task": name, "phase": status.get("phase")})
+        phase = task.status.phase
+        if (phase is not None and phase.terminal) or task.spec.cancel:
+            log.info("task already finished or cancelled",
+                     extra={"task": name, "phase": phase.value if phase else None})
             return EXIT_OK
         task = await self._claim(task)
         return await self._generate(task)
 
-    async def _claim(self, task: dict) -> dict:
+    async def _claim(self, task: GenerationTask) -> GenerationTask:
         """Mark the task Running for this pod's attempt (optimistic concurrency on resourceVersion)."""
-        meta = task["metadata"]
         for _ in range(5):
-            status = task.get("status") or {}
+            status = task.status
             # The previous worker never reported a failure (its pod was lost, evicted, or this very
             # pod restarted): carry on with its attempt instead of spending a new one.
-            same_attempt = status.get("phase") == "Running" and status.get("reason") == "Started"
-            attempt = (status.get("attempts") or 0) + (0 if same_attempt else 1)
-            patch = transition(task, Phase.RUNNING, "Started", f"attempt {attempt} running on pod {self.pod}",
-                               attempts=attempt, workerPod=self.pod, startTime=status.get("startTime") or now_iso())
+            same_attempt = status.phase is Phase.RUNNING and status.reason == "Started"
+            attempt = (status.attempts or 0) + (0 if same_attempt else 1)
+            update = transition(task, Phase.RUNNING, "Started", f"attempt {attempt} running on pod {self.pod}",
+                                attempts=attempt, worker_pod=self.pod, start_time=status.start_time or utc_now())
             try:
-                return await self._patch(meta["namespace"], meta["name"], patch, meta["resourceVersion"])
-            except ApiException as exc:
-                if exc.status != 409:
+                return await self._patch(task.namespace, task.name, update, task.metadata.resource_version)
+            except KubeError as exc:
+                if not exc.conflict:
                     raise
-                task = await self._kube(get_task, self.api, meta["namespace"], meta["name"])
+                task = GenerationTask.model_validate(await self.kube.get_task(task.namespace, task.name))
         raise RuntimeError("could not claim the task: it kept changing")
 
     def _remaining(self, spec: GenerationTaskSpec, status: GenerationTaskStatus) -> float:
-        started = status.start_time or datetime.now(timezone.utc)
-        return spec.timeout_seconds - (datetime.now(timezone.utc) - started).total_seconds()
+        started = status.start_time or datetime.now(UTC)
+        return spec.timeout_seconds - (datetime.now(UTC) - started).total_seconds()
 
-    async def _generate(self, task: dict) -> int:
-        meta = task["metadata"]
-        ns, name = meta["namespace"], meta["name"]
-        spec = GenerationTaskSpec.model_validate(task["spec"])
-        status = GenerationTaskStatus.model_validate(task.get("status") or {})
+    async def _generate(self, task: GenerationTask) -> int:
+        ns, name = task.namespace, task.name
+        spec, status = task.spec, task.status
         current = {"task": task}
 
         async def on_submitted(sub: Submitted) -> None:
-            current["task"] = await self._patch(ns, name, {
-                "servedBy": {"provider": sub.provider, "model": sub.model}, "providerTaskID": sub.task_id,
-                "message": f"vendor job {sub.task_id} submitted to {sub.provider}/{sub.model}"})
+            current["task"] = await self._patch(ns, name, GenerationTaskStatus(
+                served_by=ModelRef(provider=sub.provider, model=sub.model), provider_task_id=sub.task_id,
+                message=f"vendor job {sub.task_id} submitted to {sub.provider}/{sub.model}"))
             log.info("vendor job submitted", extra={"task": name, "provider": sub.provider, "vendor_task": sub.task_id})
 
-        def on_progress(progress) -> None:
+        def on_progress(progress: Any) -> None:
             log.info("progress: %s", progress.state, extra={"task": name, "provider": progress.provider,
                                                            "percent": progress.percent, "detail": progress.message})
             if time.monotonic() - self._last_progress >= PROGRESS_EVERY and progress.state in ("queued", "running"):
@@ -139,28 +138,25 @@ class Worker:
             finally:   # a progress note must never land after the final status
                 await asyncio.gather(*self._progress_writes, return_exceptions=True)
         except InvalidSpecError as exc:
-            reason = "ModelRetired" if type(exc).__name__ == "ModelRetiredError" else "InvalidSpec"
+            reason = "ModelRetired" if isinstance(exc, ModelRetiredError) else "InvalidSpec"
             await self._fail(current["task"], reason, str(exc))
             return EXIT_PERMANENT
         except GenerationFailed as exc:
-            failures = [f.model_dump(by_alias=True, exclude_none=True) for f in exc.failures]
-            await self._fail(current["task"], exc.reason, str(exc.error), providerFailures=failures)
+            await self._fail(current["task"], exc.reason, str(exc.error), provider_failures=list(exc.failures))
             return EXIT_PERMANENT
         try:
-            stored = await self._store(meta["uid"], (status.attempts or 1), result)
+            stored = await self._store(task.uid, (status.attempts or 1), result)
         except StorageUnavailable as exc:
             await self.report_retry(ns, name, f"artifact store unavailable: {exc}")
             return EXIT_RETRY
         except ProviderError as exc:
             await self._fail(current["task"], exc.reason, f"could not download the result: {exc}")
             return EXIT_PERMANENT
+        extra: dict[str, Any] = {"provider_task_id": result.provider_task_id} if result.provider_task_id else {}
         done = transition(current["task"], Phase.SUCCEEDED, "Completed",
                           f"served by {result.provider}/{result.model}",
-                          servedBy={"provider": result.provider, "model": result.model},
-                          providerFailures=[f.model_dump(by_alias=True, exclude_none=True) for f in result.failures],
-                          result=stored)
-        if result.provider_task_id:
-            done["providerTaskID"] = result.provider_task_id
+                          served_by=ModelRef(provider=result.provider, model=result.model),
+                          provider_failures=list(result.failures), result=stored, **extra)
         await self._patch(ns, name, done)
         log.info("task succeeded", extra={"task": name, "provider": result.provider, "model": result.model})
         return EXIT_OK
@@ -168,14 +164,13 @@ class Worker:
     async def report_retry(self, namespace: str, name: str, message: str) -> None:
         """Best effort: say why this attempt ends, so the next one counts as a new attempt."""
         try:
-            await self._patch(namespace, name, {"reason": "Retrying", "message": message[:32768]})
+            await self._patch(namespace, name, GenerationTaskStatus(reason="Retrying", message=message[:32768]))
         except Exception:  # noqa: BLE001 - the API server may be what failed
             log.warning("could not report the failed attempt", extra={"task": name})
 
-    async def _fail(self, task: dict, reason: str, message: str, **fields: Any) -> None:
-        meta = task["metadata"]
-        await self._patch(meta["namespace"], meta["name"], transition(task, Phase.FAILED, reason, message, **fields))
-        log.warning("task failed", extra={"task": meta["name"], "reason": reason, "detail": message})
+    async def _fail(self, task: GenerationTask, reason: str, message: str, **fields: Any) -> None:
+        await self._patch(task.namespace, task.name, transition(task, Phase.FAILED, reason, message, **fields))
+        log.warning("task failed", extra={"task": task.name, "reason": reason, "detail": message})
 
     async def _store(self, uid: str, attempt: int, result: GenerationResult) -> dict[str, Any]:
         """Copy every produced file into the artifact store; the status result references them."""

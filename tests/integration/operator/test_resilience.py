@@ -133,8 +133,8 @@ def test_mongodb_down_for_30s_loses_nothing(cluster, r_ns, tmp_path):
 def test_a_pod_started_twice_for_one_attempt_pays_once(cluster, r_ns, tmp_path):
     """A real vendor client (Ark, Seedance video) against its local server: the worker is killed
     while the vendor job runs and started again for the same attempt; one submission, one artifact set."""
-    from gentask.config import load_settings
     from devcluster.vendors import LocalVendors
+    from gentask.config import load_settings
     from gentask.storage import ArtifactStore, connect
 
     tasks = Tasks(cluster, r_ns)          # no operator watches r-*: this test plays the Job's part

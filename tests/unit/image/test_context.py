@@ -129,7 +129,7 @@ def test_the_wheel_builds_from_the_build_context(tmp_path: Path):
         dist_info = next(n.split("/")[0] for n in names if n.endswith(".dist-info/METADATA"))
         assert "gentask = gentask.cli:main" in zf.read(f"{dist_info}/entry_points.txt").decode()
         requires = zf.read(f"{dist_info}/METADATA").decode()
-    for dep in ("kopf", "fastapi", "uvicorn", "pymongo", "kubernetes"):
+    for dep in ("kopf", "fastapi", "uvicorn", "pymongo", "aiohttp", "pyyaml"):
         assert f"Requires-Dist: {dep}" in requires
 
 

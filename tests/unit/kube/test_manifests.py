@@ -1,17 +1,20 @@
 """What the operator creates for a task, and how it writes status (pure functions)."""
 
 import time
+from datetime import UTC, datetime, timedelta
 
 from gentask.config import load_settings
 from gentask.domain.reasons import Phase
+from gentask.domain.task import GenerationTask
 from gentask.kube.conditions import get_condition, set_condition
 from gentask.kube.jobs import job_manifest, worker_rbac
-from gentask.kube.status import transition
+from gentask.kube.status import status_patch, transition
 
-TASK = {"apiVersion": "gentask.io/v1alpha1", "kind": "GenerationTask",
-        "metadata": {"name": "img-1", "namespace": "tasks", "uid": "u-1", "generation": 1},
-        "spec": {"type": "image", "provider": "fake", "model": "fake-image", "prompt": "p", "priority": "critical",
-                 "retries": 2, "timeoutSeconds": 120, "ttlSecondsAfterFinished": 60}}
+RAW = {"apiVersion": "gentask.io/v1alpha1", "kind": "GenerationTask",
+       "metadata": {"name": "img-1", "namespace": "tasks", "uid": "u-1", "generation": 1},
+       "spec": {"type": "image", "provider": "fake", "model": "fake-image", "prompt": "p", "priority": "critical",
+                "retries": 2, "timeoutSeconds": 120, "ttlSecondsAfterFinished": 60}}
+TASK = GenerationTask.model_validate(RAW)
 
 
 def test_job_follows_the_task():
@@ -43,18 +46,53 @@ def test_worker_rbac_is_its_task_only():
 
 def test_conditions_keep_their_transition_time():
     conds = set_condition(None, "Running", "True", "Started", "go", 1)
-    first = get_condition(conds, "Running")["lastTransitionTime"]
+    first = get_condition(conds, "Running").last_transition_time
     time.sleep(1.1)
     same = set_condition(conds, "Running", "True", "Started", "still going", 1)
-    assert get_condition(same, "Running")["lastTransitionTime"] == first
+    assert get_condition(same, "Running").last_transition_time == first
     flipped = set_condition(same, "Running", "False", "Completed", "", 1)
-    assert get_condition(flipped, "Running")["lastTransitionTime"] != first
+    assert get_condition(flipped, "Running").last_transition_time != first
+
+
+def test_conditions_take_a_clock_and_record_the_generation():
+    t0 = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    clock = iter([t0, t0 + timedelta(minutes=1), t0 + timedelta(minutes=2)])
+    conds = set_condition([], "Running", "True", "Started", "go", 1, now=lambda: next(clock))
+    assert get_condition(conds, "Running").last_transition_time == t0
+    same = set_condition(conds, "Running", "True", "Started", "still", 2, now=lambda: next(clock))
+    running = get_condition(same, "Running")
+    assert running.last_transition_time == t0 and running.observed_generation == 2 and running.message == "still"
+    flipped = set_condition(same, "Running", "False", "Completed", "", now=lambda: next(clock))
+    running = get_condition(flipped, "Running")
+    assert running.last_transition_time == t0 + timedelta(minutes=1) and running.observed_generation == 2
+    assert [c.type for c in set_condition(flipped, "Succeeded", "True", "Completed")] == ["Running", "Succeeded"]
 
 
 def test_transition_to_a_terminal_phase_sets_conditions_and_completion():
-    patch = transition(TASK, Phase.FAILED, "ContentRejected", "no")
+    status = transition(TASK, Phase.FAILED, "ContentRejected", "no")
+    patch = status_patch(status)
     assert patch["phase"] == "Failed" and patch["completionTime"] and patch["observedGeneration"] == 1
-    succeeded = get_condition(patch["conditions"], "Succeeded")
-    assert succeeded["status"] == "False" and succeeded["reason"] == "ContentRejected"
+    succeeded = get_condition(status.conditions, "Succeeded")
+    assert succeeded.status == "False" and succeeded.reason == "ContentRejected"
     invalid = transition(TASK, Phase.FAILED, "InvalidSpec", "bad size")
-    assert get_condition(invalid["conditions"], "Accepted")["status"] == "False"
+    assert get_condition(invalid.conditions, "Accepted").status == "False"
+
+
+def test_the_status_patch_holds_what_the_transition_sets_and_no_more():
+    t0 = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    queued = status_patch(transition(TASK, Phase.QUEUED, "JobCreated", "made", now=lambda: t0, job_name="img-1",
+                                     attempts=0))
+    assert queued == {
+        "phase": "Queued", "reason": "JobCreated", "message": "made", "observedGeneration": 1, "attempts": 0,
+        "jobName": "img-1",
+        "conditions": [
+            {"type": "Accepted", "status": "True", "reason": "JobCreated", "message": "made",
+             "lastTransitionTime": "2026-01-02T03:04:05Z", "observedGeneration": 1},
+            {"type": "Scheduled", "status": "True", "reason": "JobCreated", "message": "made",
+             "lastTransitionTime": "2026-01-02T03:04:05Z", "observedGeneration": 1}]}
+    later = TASK.model_copy(update={"status": TASK.status.model_validate({**queued, "startTime": "2026-01-02T03:05:00Z",
+                                                                          "completionTime": "2026-01-02T03:06:00Z"})})
+    done = status_patch(transition(later, Phase.SUCCEEDED, "Completed", "", now=lambda: t0 + timedelta(hours=1)))
+    assert "completionTime" not in done and "startTime" not in done      # only when it first becomes terminal
+    assert [c["type"] for c in done["conditions"]] == ["Accepted", "Scheduled", "Running", "Succeeded"]
+    assert done["conditions"][0]["lastTransitionTime"] == "2026-01-02T03:04:05Z"

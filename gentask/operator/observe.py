@@ -1,0 +1,65 @@
+"""Observing every task change: into the MongoDB mirror, an Event per phase passed, the metrics."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from gentask.domain.reasons import Phase
+from gentask.domain.task import GenerationTask
+from gentask.operator.context import OperatorContext
+from gentask.operator.writes import record_event
+
+
+async def observe(ctx: OperatorContext, task: GenerationTask, raw: Mapping[str, Any]) -> None:
+    """Every change: into MongoDB (the object as sent), an Event on a phase transition, the metrics."""
+    spec, status = task.spec, task.status
+    uid, phase = task.uid, status.phase or Phase.PENDING
+    ctx.mirror.put(dict(raw))
+    ctx.metrics.observe_task(uid, phase.value, spec.type.value, spec.provider)
+    previous = Phase.parse(ctx.seen.get(uid))
+    ctx.seen[uid] = phase.value
+    if previous is phase or previous is None and phase is Phase.PENDING:
+        return
+    await _record_transitions(ctx, task, previous, phase)
+    created, started = task.metadata.creation_timestamp, status.start_time
+    passed_running = previous is not None and previous.rank < Phase.RUNNING.rank <= phase.rank
+    if passed_running and created and started:
+        ctx.metrics.queue_wait.labels(spec.type.value, spec.priority.value).observe(
+            max(0.0, (started - created).total_seconds()))
+    if phase.terminal:
+        done = status.completion_time
+        if started and done:
+            ctx.metrics.duration.labels(spec.type.value, spec.provider, phase.value).observe(
+                max(0.0, (done - started).total_seconds()))
+        for failure in status.provider_failures:
+            ctx.metrics.provider_errors.labels(failure.provider, failure.reason).inc()
+
+
+async def _record_transitions(ctx: OperatorContext, task: GenerationTask, previous: Phase | None,
+                              phase: Phase) -> None:
+    """An Event for every phase the task passed since the operator last saw it.
+
+    Kopf hands over the latest state of an object, so a quick task may go Queued → Succeeded
+    between two looks; the Running it passed through still gets its Event (from the status'
+    startTime and attempts), in order.
+    """
+    status = task.status
+    reason = status.reason or phase.value
+    ctx.metrics.transitions.labels(phase.value, reason).inc()
+    if previous is None:
+        return          # an operator (re)start sees the task mid-way: its Events were recorded already
+    if previous.rank < Phase.RUNNING.rank < phase.rank and status.start_time:
+        await record_event(ctx, task, "Started", f"attempt {status.attempts or 1} started")
+    await record_event(ctx, task, reason, status.message or f"task is {phase.value}", warning=phase is Phase.FAILED)
+
+
+def forget(ctx: OperatorContext, uid: str) -> None:
+    """A task is gone: its record is marked deleted, its metrics, memory and TTL timer dropped."""
+    ctx.mirror.delete(uid)
+    ctx.metrics.forget_task(uid)
+    ctx.seen.pop(uid, None)
+    ctx.jobs_ensured.discard(uid)
+    timer = ctx.ttl_timers.pop(uid, None)
+    if timer:
+        timer.cancel()
