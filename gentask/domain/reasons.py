@@ -5,9 +5,9 @@ from __future__ import annotations
 from enum import Enum
 
 
-# Where a task is in its life; the terminal ones never change again. (No docstring: pydantic
-# would make it the CRD's description of status.phase and the generated CRD would change.)
-class Phase(str, Enum):  # noqa: D101, UP042 - see the comment above; StrEnum would change str() of members
+class Phase(str, Enum):  # noqa: UP042 - StrEnum would change what str() of a member prints
+    """Where a task is in its life: Pending, Queued, Running, then Succeeded, Failed or Cancelled."""
+
     PENDING = "Pending"
     QUEUED = "Queued"
     RUNNING = "Running"

@@ -31,13 +31,17 @@ TTL_MAX = 31536000
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 
 
-class TaskType(str, Enum):  # noqa: D101, UP042 - a docstring would change the CRD; StrEnum, str() of members
+class TaskType(str, Enum):  # noqa: UP042 - StrEnum would change what str() of a member prints
+    """What a task generates: an image, a video or a text."""
+
     IMAGE = "image"
     VIDEO = "video"
     TEXT = "text"
 
 
-class Priority(str, Enum):  # noqa: D101, UP042 - a docstring would change the CRD; StrEnum, str() of members
+class Priority(str, Enum):  # noqa: UP042 - StrEnum would change what str() of a member prints
+    """How urgent a task is: the PriorityClass its Job pod gets."""
+
     CRITICAL = "critical"
     DEFAULT = "default"
     LOW = "low"
@@ -72,7 +76,9 @@ class Params(_Model):
                                       description="text: system message")
 
 
-class ModelRef(_Model):  # noqa: D101 - a docstring would become a description in the generated CRD
+class ModelRef(_Model):
+    """A provider and one of its models, e.g. a fallback to try."""
+
     provider: str = Field(min_length=1, max_length=63, pattern=DNS_LABEL)
     model: str = Field(min_length=1, max_length=128)
 
@@ -121,14 +127,18 @@ class Artifact(_Model):
     sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
 
 
-class ProviderFailure(_Model):  # noqa: D101 - a docstring would become a description in the generated CRD
+class ProviderFailure(_Model):
+    """How one provider/model failed before the task moved on (to a fallback or to Failed)."""
+
     provider: str
     model: str
     reason: str
     message: str = ""
 
 
-class TaskResult(_Model):  # noqa: D101 - a docstring would become a description in the generated CRD
+class TaskResult(_Model):
+    """What the task produced: references to stored files (never the bytes), the text, usage."""
+
     images: list[Artifact] = Field(default_factory=list)
     video: Artifact | None = None
     text: str | None = Field(None, max_length=65536, description="the text; a longer one is in textArtifact")
@@ -137,7 +147,9 @@ class TaskResult(_Model):  # noqa: D101 - a docstring would become a description
                                            description="token or unit counts reported by the vendor")]
 
 
-class GenerationTaskStatus(_Model):  # noqa: D101 - a docstring would become a description in the generated CRD
+class GenerationTaskStatus(_Model):
+    """Where the task is: its phase, reason, conditions, attempts, and its result once done."""
+
     phase: Phase | None = Field(None, description="Pending | Queued | Running | Succeeded | Failed | Cancelled")
     reason: str | None = Field(None, description="one word from the reason vocabulary")
     message: str | None = Field(None, max_length=32768)

@@ -21,10 +21,11 @@ from gentask.kube.config import Connection, load_connection
 from gentask.kube.names import LABEL_TASK
 from gentask.logs import setup_logging
 from gentask.operator import jobs, reconcile, resync
-from gentask.operator.context import MirrorQueue, OperatorContext
+from gentask.operator.context import OperatorContext
 from gentask.operator.metrics import Metrics
 from gentask.operator.observe import forget
 from gentask.operator.server import serve
+from gentask.storage import MirrorWriter
 
 log = logging.getLogger("gentask.operator")
 
@@ -70,8 +71,10 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     metrics = Metrics()
     ctx = OperatorContext(settings=config, kube=KubeClient(load_connection(), timeout=KUBE_TIMEOUT, pool=KUBE_POOL),
                           registry=registry_from_settings(config), metrics=metrics,
-                          mirror=MirrorQueue(config, metrics))
-    ctx.background.append(asyncio.create_task(ctx.mirror.run()))
+                          mirror=MirrorWriter(config))
+    metrics.mirror_lag.set_function(lambda: ctx.mirror.lag)
+    metrics.mirror_pending.set_function(lambda: ctx.mirror.pending)
+    ctx.mirror.start()
     ctx.background.append(asyncio.create_task(resync.resync_loop(ctx)))
     if config.executor == "inline":
         from gentask.operator.inline import InlineExecutor
@@ -92,6 +95,7 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     ctx.ready = False
     if ctx.executor is not None:
         await ctx.executor.stop()
+    await ctx.mirror.stop()             # what waits for MongoDB gets a few seconds more
     for task in ctx.background:
         task.cancel()
     await asyncio.gather(*ctx.background, return_exceptions=True)
