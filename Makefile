@@ -50,7 +50,7 @@ test-unit: install tools ## unit tests only (no cluster)
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
 bench: install tools ## benchmarks: figures into docs/benchmarks.md
-	$(PY) bench/devcluster.py
+	$(PY) bench/cluster_start.py
 	$(PY) bench/pod_start.py
 	$(PY) bench/providers.py
 	$(PY) bench/mirror.py

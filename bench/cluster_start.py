@@ -1,6 +1,6 @@
 """How long the local cluster takes to start (up → API ready, node Ready, default SA) and stop.
 
-    python bench/devcluster.py [--runs 3]
+    python bench/cluster_start.py [--runs 3]
 
 Uses a scratch folder, so it does not touch a running .devcluster.
 """
@@ -40,7 +40,7 @@ def main() -> None:
             f"| devcluster down | {args.runs} | {statistics.median(downs):.1f} s | {min(downs):.1f} s | "
             f"{max(downs):.1f} s |")
     print(body)
-    write_section("Local cluster start", "python bench/devcluster.py", body)
+    write_section("Local cluster start", "python bench/cluster_start.py", body)
 
 
 if __name__ == "__main__":
