@@ -148,6 +148,11 @@ class TaskIndex:
 
     def put_object(self, obj: Mapping[str, Any]) -> GenerationTask | None:
         """Parse an object from the API server and keep it; None (logged) when it does not fit."""
+        meta = obj.get("metadata") or {}
+        known = self._tasks.get(meta.get("name") or "")
+        if (known is not None and known.metadata.uid == meta.get("uid")
+                and known.metadata.resource_version == meta.get("resourceVersion")):
+            return known        # the watch's copy of what a create or cancel answered: parsed already
         try:
             task = parse_task(obj)
         except UnreadableTask as exc:

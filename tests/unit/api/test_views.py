@@ -79,3 +79,14 @@ def test_names_are_said_the_api_way():
     assert param_problem_field("spec.params.maxTokens") == "max_tokens"
     assert param_problem_field("spec.fallbacks[1].provider") == "fallbacks[1].provider"
     assert api_words("maxTokens from 1 to 4096; responseFormat url") == "max_tokens from 1 to 4096; response_format url"
+
+
+def test_the_watch_copy_of_a_version_the_index_holds_is_not_parsed_again():
+    index = TaskIndex(None, "ns")                                   # no watch runs here
+    created = index.put_object(_obj(rv=7, phase=None))
+    view = index.view(created)
+    assert index.put_object(_obj(rv=7, phase=None)) is created     # the ADDED event after the create's answer
+    assert index.view(index.get("img-a1b2c3d4")) is view
+    newer = index.put_object(_obj(rv=8, phase="Running"))
+    assert newer is not created and index.view(newer).status == "processing"
+    assert index.unfinished(created.metadata.labels.get("gentask.io/user", "")) == 1
