@@ -3,4 +3,4 @@
 This module only imports the handler modules, so that Kopf registers them.
 """
 
-from gentask.operator import handlers  # noqa: F401
+from gentask.operator import handlers  # noqa: F401 - importing it registers the Kopf handlers

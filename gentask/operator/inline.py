@@ -76,7 +76,7 @@ class InlineExecutor:
                 if current is not None and current.cancelling():
                     raise
                 code = None
-            except Exception:  # noqa: BLE001
+            except Exception:  # noqa: BLE001 - a task that crashes its worker is retried, never the executor
                 log.exception("inline worker failed", extra={"task": f"{key[0]}/{key[1]}"})
                 code = EXIT_RETRY
             finally:

@@ -84,5 +84,5 @@ async def resync_loop(ctx: OperatorContext) -> None:
         try:
             counts = await resync(ctx)
             log.info("resync done in %.2fs", time.monotonic() - started, extra=counts)
-        except Exception:  # noqa: BLE001
+        except Exception:  # noqa: BLE001 - a failed resync is logged; the next one runs on time
             log.exception("resync failed")

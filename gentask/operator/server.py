@@ -23,7 +23,7 @@ async def serve(ctx: OperatorContext, port: int) -> None:
         try:
             await asyncio.wait_for(ctx.kube.version(), 3)
             checks["kubernetes"] = "ok"
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - any failure means "not ready"
             checks["kubernetes"] = f"unreachable: {type(exc).__name__}"
         ok = ctx.ready and checks["kubernetes"] == "ok"
         return web.json_response({"status": "ok" if ok else "unavailable", "checks": checks},
