@@ -25,7 +25,6 @@ from pydantic import ValidationError
 
 from gentask.api.schemas import TaskView
 from gentask.api.views import record_of, task_view
-from gentask.domain.reasons import Phase
 from gentask.domain.task import GenerationTask
 from gentask.kube.tasks import LABEL_USER, ClusterUnavailable, KubeError, TaskClient, WatchExpired
 
@@ -56,17 +55,6 @@ def parse_task(obj: Mapping[str, Any]) -> GenerationTask:
         meta = obj.get("metadata") or {}
         raise UnreadableTask(f"GenerationTask {meta.get('namespace')}/{meta.get('name')} does not fit the "
                              f"resource's schema: {exc.errors()[0].get('msg')}") from exc
-
-
-def task_annotations(task: GenerationTask) -> dict[str, str]:
-    """The task's annotations (a field of ObjectMeta, or kept as an extra one by older models)."""
-    found = getattr(task.metadata, "annotations", None) or (task.metadata.model_extra or {}).get("annotations")
-    return found if isinstance(found, dict) else {}
-
-
-def is_terminal(task: GenerationTask) -> bool:
-    """The task has finished (Succeeded, Failed or Cancelled)."""
-    return task.status.phase is not None and Phase(task.status.phase).terminal
 
 
 def _version(task: GenerationTask) -> int:
@@ -143,7 +131,7 @@ class TaskIndex:
             self._forget(old)
             self._views.pop(name, None)
         self._tasks[name] = task
-        if not is_terminal(task):
+        if not task.status.finished:
             self._unfinished[_user_key(task)] += 1
 
     def put_object(self, obj: Mapping[str, Any]) -> GenerationTask | None:
@@ -173,7 +161,7 @@ class TaskIndex:
             self._views.pop(name, None)
 
     def _forget(self, task: GenerationTask) -> None:
-        if not is_terminal(task):
+        if not task.status.finished:
             key = _user_key(task)
             self._unfinished[key] -= 1
             if self._unfinished[key] <= 0:

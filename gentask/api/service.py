@@ -20,7 +20,7 @@ from typing import Any
 from gentask.api.auth import Caller
 from gentask.api.errors import Conflict, Forbidden, NotFound, TooManyRequests, Unavailable, Unprocessable, echo
 from gentask.api.faults import RETRY_AFTER, cluster_errors, cluster_unavailable, storage_errors
-from gentask.api.index import TaskIndex, UnreadableTask, is_terminal, parse_task, task_annotations
+from gentask.api.index import TaskIndex, UnreadableTask, parse_task
 from gentask.api.metrics import Metrics
 from gentask.api.schemas import DeletedTask, TaskPage, TaskRequest, TaskView
 from gentask.api.translate import build_spec, canonical_hash, manifest
@@ -87,7 +87,7 @@ class Found:
     @property
     def finished(self) -> bool:
         """The task is in a terminal phase."""
-        return is_terminal(self.task) if self.task is not None else is_finished(self.record)
+        return self.task.status.finished if self.task is not None else is_finished(self.record)
 
     def text_artifact(self) -> tuple[str, int] | None:
         """(name, size) of the stored long text of the result, if it has one."""
@@ -171,7 +171,7 @@ class TaskService:
         task = self.index.get(idempotent_name(type_.value, owner, key))
         if task is None:
             return None
-        self._same_request(task_annotations(task).get(ANNOTATION_REQUEST_HASH), request_hash)
+        self._same_request(task.metadata.annotations.get(ANNOTATION_REQUEST_HASH), request_hash)
         return self.index.view(task)
 
     @staticmethod

@@ -165,6 +165,11 @@ class GenerationTaskStatus(_Model):
     completion_time: datetime | None = None
     result: TaskResult | None = None
 
+    @property
+    def finished(self) -> bool:
+        """The phase is terminal (Succeeded, Failed or Cancelled): nothing changes any more."""
+        return self.phase is not None and self.phase.terminal
+
 
 class OwnerReference(BaseModel):
     """An object's owner (metadata.ownerReferences): how a Job names its task."""

@@ -26,7 +26,6 @@ import secrets
 from collections.abc import AsyncIterator
 from typing import Any
 
-from gentask.domain.reasons import Phase
 from gentask.kube.client import DEFAULT_TIMEOUT, LIST_PAGE, MERGE_PATCH, KubeClient, task_path
 from gentask.kube.config import Connection, load_connection
 from gentask.kube.errors import ClusterUnavailable, KubeError, TaskExists, WatchExpired
@@ -60,20 +59,6 @@ def idempotent_name(type_: str, user_id: str, key: str) -> str:
 def user_label(user_id: str) -> str:
     """A label value that identifies a user: user ids may hold characters labels cannot."""
     return "u" + hashlib.sha256(user_id.encode()).hexdigest()[:40]
-
-
-def is_terminal(obj: dict[str, Any]) -> bool:
-    """True when a task object's status.phase is Succeeded, Failed or Cancelled."""
-    phase = Phase.parse((obj.get("status") or {}).get("phase"))
-    return phase is not None and phase.terminal
-
-
-def resource_version(obj: dict[str, Any]) -> int:
-    """The object's resourceVersion as a number, for ordering updates of one object (0 if unknown)."""
-    try:
-        return int((obj.get("metadata") or {}).get("resourceVersion") or 0)
-    except ValueError:
-        return 0
 
 
 # --- the client -----------------------------------------------------------------------------
@@ -135,6 +120,6 @@ class TaskClient(KubeClient):
 __all__ = [
     "ANNOTATION_REQUEST_HASH", "LABEL_CREATED_BY", "LABEL_PRIORITY", "LABEL_TYPE", "LABEL_USER", "MERGE_PATCH",
     "ClusterUnavailable", "Connection", "KubeError", "TaskClient", "TaskExists", "WatchExpired",
-    "idempotent_name", "is_terminal", "load_connection", "random_name", "resource_version", "task_path",
+    "idempotent_name", "load_connection", "random_name", "task_path",
     "user_label",
 ]

@@ -51,7 +51,7 @@ async def reconcile_job(ctx: OperatorContext, job: dict[str, Any], deleted: bool
     if task.uid != owner.uid:
         return
     status = task.status
-    if (status.phase and status.phase.terminal) or task.spec.cancel or task.metadata.deletion_timestamp:
+    if status.finished or task.spec.cancel or task.metadata.deletion_timestamp:
         return
     if deleted:
         await job_deleted(ctx, task)

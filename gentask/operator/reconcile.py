@@ -148,6 +148,6 @@ async def cancel(ctx: OperatorContext, task: GenerationTask) -> None:
         except Exception as exc:  # noqa: BLE001 - the vendor may refuse (e.g. a job already running)
             message += f"; the vendor did not cancel job {submitted.task_id}: {exc}"
     latest = GenerationTask.model_validate(await ctx.kube.get_task(task.namespace, task.name))
-    if latest.status.phase is not None and latest.status.phase.terminal:
+    if latest.status.finished:
         return
     await write_status(ctx, latest, transition(latest, Phase.CANCELLED, "Cancelled", message))

@@ -78,7 +78,7 @@ class Worker:
             log.error("cannot read the task: %s", exc.reason, extra={"task": f"{namespace}/{name}"})
             return EXIT_RETRY
         phase = task.status.phase
-        if (phase is not None and phase.terminal) or task.spec.cancel:
+        if task.status.finished or task.spec.cancel:
             log.info("task already finished or cancelled",
                      extra={"task": name, "phase": phase.value if phase else None})
             return EXIT_OK

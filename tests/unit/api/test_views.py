@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gentask.api.index import TaskIndex, UnreadableTask, is_terminal, parse_task, task_annotations
+from gentask.api.index import TaskIndex, UnreadableTask, parse_task
 from gentask.api.translate import api_field, api_words, param_problem_field
 from gentask.api.views import is_finished, record_of, task_view
 from gentask.storage import record_from_task
@@ -46,9 +46,9 @@ def test_a_live_task_and_its_mirror_record_give_the_same_view(phase):
 
 def test_parsing_keeps_what_the_api_reads_and_drops_the_bulk():
     task = parse_task(_obj())
-    assert task_annotations(task) == {"gentask.io/request-sha256": SHA}
+    assert task.metadata.annotations == {"gentask.io/request-sha256": SHA}
     assert "managedFields" not in (task.metadata.model_extra or {})
-    assert is_terminal(task) and not is_terminal(parse_task(_obj(phase="Running")))
+    assert task.status.finished and not parse_task(_obj(phase="Running")).status.finished
     assert is_finished({"phase": "Cancelled"}) and not is_finished({"phase": "Queued"}) and not is_finished({})
     broken = _obj()
     broken["spec"]["priority"] = "urgent"
