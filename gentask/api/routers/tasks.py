@@ -6,6 +6,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Response
 from fastapi.responses import StreamingResponse
+from pydantic import BaseModel
 
 from gentask.api.auth import Caller
 from gentask.api.deps import CallerDep, IdempotencyKeyDep, TasksDep
@@ -42,58 +43,68 @@ CREATE_ERRORS = error_responses(400, 401, 403, 409, 413, 422, 429, 503)
 TASK_ERRORS = error_responses(401, 404, 422, 429, 503)
 
 
+def answer(envelope: BaseModel, headers: dict[str, str] | None = None) -> Response:
+    """The envelope as JSON, serialized once by pydantic.
+
+    Returned as a Response, FastAPI sends it as it is; a returned model would be dumped to a dict,
+    validated again against response_model and serialized a second time, for every answer. The
+    routes keep response_model for the OpenAPI document."""
+    return Response(envelope.model_dump_json(by_alias=True), media_type="application/json", headers=headers)
+
+
 async def _create(type_: TaskType, body: TaskRequest, caller: Caller, tasks: TaskService,
-                  idempotency_key: str | None, response: Response) -> Envelope[TaskView]:
+                  idempotency_key: str | None) -> Response:
     view, replayed = await tasks.create(caller, type_, body, idempotency_key)
-    if replayed:
-        response.headers["Idempotent-Replayed"] = "true"
-    return Envelope[TaskView](success=True, data=view, message="task already created with this Idempotency-Key"
-                              if replayed else "task created")
+    message = "task already created with this Idempotency-Key" if replayed else "task created"
+    return answer(Envelope[TaskView](success=True, data=view, message=message),
+                  {"Idempotent-Replayed": "true"} if replayed else None)
 
 
 @router.post("/image/task", response_model=Envelope[TaskView], responses=CREATE_ERRORS,
              summary="Create an image task")
-async def create_image_task(body: ImageTaskRequest, caller: CallerDep, tasks: TasksDep, response: Response,
-                            idempotency_key: IdempotencyKeyDep = None) -> Envelope[TaskView]:
+async def create_image_task(body: ImageTaskRequest, caller: CallerDep, tasks: TasksDep,
+                            idempotency_key: IdempotencyKeyDep = None) -> Response:
     """Create an image task (a GenerationTask of type image)."""
-    return await _create(TaskType.IMAGE, body, caller, tasks, idempotency_key, response)
+    return await _create(TaskType.IMAGE, body, caller, tasks, idempotency_key)
 
 
 @router.post("/video/task", response_model=Envelope[TaskView], responses=CREATE_ERRORS,
              summary="Create a video task")
-async def create_video_task(body: VideoTaskRequest, caller: CallerDep, tasks: TasksDep, response: Response,
-                            idempotency_key: IdempotencyKeyDep = None) -> Envelope[TaskView]:
+async def create_video_task(body: VideoTaskRequest, caller: CallerDep, tasks: TasksDep,
+                            idempotency_key: IdempotencyKeyDep = None) -> Response:
     """Create a video task (a GenerationTask of type video)."""
-    return await _create(TaskType.VIDEO, body, caller, tasks, idempotency_key, response)
+    return await _create(TaskType.VIDEO, body, caller, tasks, idempotency_key)
 
 
 @router.post("/text/task", response_model=Envelope[TaskView], responses=CREATE_ERRORS,
              summary="Create a text task")
-async def create_text_task(body: TextTaskRequest, caller: CallerDep, tasks: TasksDep, response: Response,
-                           idempotency_key: IdempotencyKeyDep = None) -> Envelope[TaskView]:
+async def create_text_task(body: TextTaskRequest, caller: CallerDep, tasks: TasksDep,
+                           idempotency_key: IdempotencyKeyDep = None) -> Response:
     """Create a text task (a GenerationTask of type text)."""
-    return await _create(TaskType.TEXT, body, caller, tasks, idempotency_key, response)
+    return await _create(TaskType.TEXT, body, caller, tasks, idempotency_key)
 
 
 @router.get("/task/result/{task_id}", response_model=Envelope[TaskView], responses=TASK_ERRORS,
             summary="A task's status and result")
-async def get_task_result(task_id: str, caller: CallerDep, tasks: TasksDep) -> Envelope[TaskView]:
+async def get_task_result(task_id: str, caller: CallerDep, tasks: TasksDep) -> Response:
     """A task's status and result, live or from the history."""
-    return Envelope[TaskView](success=True, data=await tasks.result(caller, task_id), message="ok")
+    return answer(Envelope[TaskView](success=True, data=await tasks.result(caller, task_id), message="ok"))
 
 
 @router.delete("/task/{task_id}", response_model=Envelope[DeletedTask], responses=TASK_ERRORS,
                summary="Delete a task (a running one is stopped)")
-async def delete_task(task_id: str, caller: CallerDep, tasks: TasksDep) -> Envelope[DeletedTask]:
+async def delete_task(task_id: str, caller: CallerDep, tasks: TasksDep) -> Response:
     """Delete a task: the resource (stopping its Job), its history record and its stored files."""
-    return Envelope[DeletedTask](success=True, data=await tasks.delete(caller, task_id), message="task deleted")
+    deleted = await tasks.delete(caller, task_id)
+    return answer(Envelope[DeletedTask](success=True, data=deleted, message="task deleted"))
 
 
 @router.post("/task/{task_id}/cancel", response_model=Envelope[TaskView],
              responses={**TASK_ERRORS, **error_responses(409)}, summary="Cancel a task that has not finished")
-async def cancel_task(task_id: str, caller: CallerDep, tasks: TasksDep) -> Envelope[TaskView]:
+async def cancel_task(task_id: str, caller: CallerDep, tasks: TasksDep) -> Response:
     """Ask the operator to stop a task that has not finished."""
-    return Envelope[TaskView](success=True, data=await tasks.cancel(caller, task_id), message="cancel requested")
+    view = await tasks.cancel(caller, task_id)
+    return answer(Envelope[TaskView](success=True, data=view, message="cancel requested"))
 
 
 @router.get("/task/{task_id}/artifacts/{name}", response_class=StreamingResponse, responses={
@@ -123,7 +134,7 @@ async def list_tasks(
                                                            "cancelled")] = None,
     limit: Annotated[int, Query(ge=1, le=100, description="page size, at most 100")] = 20,
     offset: Annotated[int, Query(ge=0, le=1_000_000, description="tasks to skip")] = 0,
-) -> Envelope[TaskPage]:
+) -> Response:
     """A page of the caller's history from MongoDB, filtered by type and status."""
     page = await tasks.list(caller, user_id=user_id, type_=type, status=status, limit=limit, offset=offset)
-    return Envelope[TaskPage](success=True, data=page, message="ok")
+    return answer(Envelope[TaskPage](success=True, data=page, message="ok"))
