@@ -6,8 +6,6 @@ ProviderError of the usual taxonomy (retried by the same policy as any vendor ca
 
 from __future__ import annotations
 
-import httpx
-
 from gentask.providers.base import Media
 from gentask.providers.errors import (
     BadRequestError,
@@ -22,6 +20,8 @@ MAX_BYTES = 512 * 2**20
 
 
 async def _get(url: str, timeout: float, max_bytes: int) -> bytes:
+    import httpx  # here, not at the top: a worker whose provider answers inline never loads it
+
     try:
         async with httpx.AsyncClient(timeout=timeout, follow_redirects=True) as client:
             async with client.stream("GET", url) as response:
