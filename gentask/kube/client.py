@@ -13,7 +13,9 @@ costs the image nothing. Start-up, measured for this change on the same machine 
 user+sys from /usr/bin/time, best of 5, of `python -c ...`): `import aiohttp` 0.17 s;
 `from kubernetes import client, config` 0.22 s, and 0.80 s once CoreV1Api, CustomObjectsApi and
 BatchV1Api are touched (the package loads its models lazily; the old operator used all three);
-an empty interpreter 0.01 s. Every worker pod pays its client's import once.
+an empty interpreter 0.01 s. Every worker pod pays its client's import once, so a client made
+with `light=True` (the worker's) sends its few requests over gentask.kube.http11 (asyncio streams)
+and never imports aiohttp; it cannot watch.
 """
 
 from __future__ import annotations
@@ -21,13 +23,15 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import AsyncIterator, Mapping
-from typing import Any
-
-import aiohttp
+from typing import TYPE_CHECKING, Any
 
 from gentask.domain.task import GROUP, PLURAL, VERSION
 from gentask.kube.config import Connection, load_connection
 from gentask.kube.errors import ClusterUnavailable, KubeError, TaskExists, WatchExpired, error_from_answer
+from gentask.kube.http11 import Http11
+
+if TYPE_CHECKING:
+    import aiohttp
 
 log = logging.getLogger(__name__)
 
@@ -81,11 +85,25 @@ class KubeClient:
     """The API server over one keep-alive session. Create it inside a running event loop."""
 
     def __init__(self, connection: Connection | None = None, *, timeout: float | None = DEFAULT_TIMEOUT,
-                 pool: int = 64) -> None:
-        """`timeout` bounds each request (None: no bound but connecting); `pool` the open connections."""
+                 pool: int = 64, light: bool = False) -> None:
+        """`timeout` bounds each request (None: no bound but connecting); `pool` the open connections.
+
+        `light`: one connection over asyncio streams instead of an aiohttp pool, for a process that
+        sends a few requests and exits (no watches)."""
         self.connection = connection if connection is not None else load_connection()
         self.timeout = timeout
         self._connect_timeout = min(timeout, CONNECT_TIMEOUT) if timeout is not None else UNBOUNDED_CONNECT_TIMEOUT
+        self._http: Http11 | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._failures: tuple[type[BaseException], ...] = (TimeoutError, OSError)
+        if light:
+            self._http = Http11(self.connection.host, self.connection.ssl,
+                                server_hostname=self.connection.server_hostname, timeout=timeout,
+                                connect_timeout=self._connect_timeout)
+            return
+        import aiohttp
+        self._aiohttp = aiohttp
+        self._failures += (aiohttp.ClientError,)
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(ssl=self.connection.ssl, limit=pool, keepalive_timeout=60),
             timeout=aiohttp.ClientTimeout(total=timeout, connect=self._connect_timeout),
@@ -94,7 +112,10 @@ class KubeClient:
 
     async def close(self) -> None:
         """Close the session and its connections."""
-        await self._session.close()
+        if self._session is not None:
+            await self._session.close()
+        if self._http is not None:
+            await self._http.close()
 
     async def __aenter__(self) -> KubeClient:
         return self
@@ -121,22 +142,33 @@ class KubeClient:
         for attempt in (1, 2):
             try:
                 headers = await self._headers(content_type if data is not None else None)
-                async with self._session.request(method, self.connection.host + path, data=data, params=params,
-                                                 headers=headers, **self._extra()) as resp:
-                    raw = await resp.read()
-                    if resp.status in ok:
-                        answer: Object = json.loads(raw) if raw else {}
-                        return answer
-                    if resp.status == 401 and attempt == 1 and self.connection.invalidate():
-                        continue        # a rotated or expired token: read (or run) it once more
-                    raise error_from_answer(resp.status, raw, _retry_after(resp.headers))
-            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+                status, answer_headers, raw = await self._send(method, path, data, params, headers)
+            except self._failures as exc:
                 raise ClusterUnavailable(f"the Kubernetes API server is unreachable ({type(exc).__name__})") from exc
+            if status in ok:
+                answer: Object = json.loads(raw) if raw else {}
+                return answer
+            if status == 401 and attempt == 1 and self.connection.invalidate():
+                continue        # a rotated or expired token: read (or run) it once more
+            raise error_from_answer(status, raw, _retry_after(answer_headers))
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _send(self, method: str, path: str, data: bytes | None, params: Mapping[str, str] | None,
+                    headers: dict[str, str]) -> tuple[int, Mapping[str, str], bytes]:
+        if self._http is not None:
+            answer = await self._http.request(method, path, params=params, headers=headers, body=data)
+            return answer.status, {k.title(): v for k, v in answer.headers.items()}, answer.body
+        assert self._session is not None
+        async with self._session.request(method, self.connection.host + path, data=data, params=params,
+                                         headers=headers, **self._extra()) as resp:
+            return resp.status, resp.headers, await resp.read()
 
     async def stream(self, path: str, params: Mapping[str, str], resource_version: str
                      ) -> AsyncIterator[tuple[str, Object]]:
         """A watch: (event type, object) until the server ends it; WatchExpired on 410."""
+        if self._session is None:
+            raise TypeError("a light KubeClient cannot watch: make it with light=False")
+        aiohttp = self._aiohttp
         timeout = aiohttp.ClientTimeout(total=None, connect=self._connect_timeout,
                                         sock_read=WATCH_TIMEOUT_SECONDS + 30)
         try:
@@ -162,7 +194,7 @@ class KubeClient:
                             raise WatchExpired(resource_version)
                         raise ClusterUnavailable(f"watch error: {obj.get('message', '')}")
                     yield str(kind), obj
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+        except self._failures as exc:
             raise ClusterUnavailable(f"the watch on the Kubernetes API server broke ({type(exc).__name__})") from exc
 
     # --- GenerationTasks ------------------------------------------------------------------

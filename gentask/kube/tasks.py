@@ -67,8 +67,9 @@ def user_label(user_id: str) -> str:
 class TaskClient(KubeClient):
     """GenerationTask verbs over one keep-alive session. Create it inside a running event loop."""
 
-    def __init__(self, connection: Connection, *, timeout: float = DEFAULT_TIMEOUT, pool: int = 64) -> None:
-        super().__init__(connection, timeout=timeout, pool=pool)
+    def __init__(self, connection: Connection, *, timeout: float = DEFAULT_TIMEOUT, pool: int = 64,
+                 light: bool = False) -> None:
+        super().__init__(connection, timeout=timeout, pool=pool, light=light)
 
     async def create(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
         """Create a task; TaskExists when the name is taken."""

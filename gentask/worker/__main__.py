@@ -35,7 +35,9 @@ async def _main(namespace: str, name: str) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, current.cancel)
-    async with registry_from_settings(settings) as registry, KubeClient(connection, timeout=KUBE_TIMEOUT) as kube:
+    # light: a few requests over asyncio streams, without importing aiohttp (gentask.kube.http11)
+    async with (registry_from_settings(settings) as registry,
+                KubeClient(connection, timeout=KUBE_TIMEOUT, light=True) as kube):
         worker = Worker(kube, settings, registry, store, os.environ.get("POD_NAME") or socket.gethostname())
         try:
             return await worker.run(namespace, name)

@@ -30,13 +30,19 @@ def answer(response):
     return handler
 
 
+@pytest.fixture(params=[False, True], ids=["aiohttp", "streams"])
+def light(request) -> bool:
+    """Each test once with the aiohttp pool and once with the light client a worker uses."""
+    return request.param
+
+
 @pytest.fixture
-async def api(start_server):
+async def api(start_server, light):
     server = await start_server()
     clients: list[KubeClient] = []
 
-    def client(cls=KubeClient, timeout: float = 5.0):
-        c = cls(Connection(host=server.url, ssl=False), timeout=timeout)
+    def client(cls=KubeClient, timeout: float = 5.0, light: bool = light):
+        c = cls(Connection(host=server.url, ssl=False), timeout=timeout, light=light)
         clients.append(c)
         return c
     yield server, client
@@ -118,7 +124,7 @@ async def test_429_with_retry_after_and_500_are_unavailable(api):
     assert err.value.status == 500 and err.value.retry_after is None and err.value.unavailable
 
 
-async def test_a_closed_connection_and_a_timeout_are_unavailable():
+async def test_a_closed_connection_and_a_timeout_are_unavailable(light):
     async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readline()
         writer.close()
@@ -130,7 +136,8 @@ async def test_a_closed_connection_and_a_timeout_are_unavailable():
     try:
         for server, timeout in ((closing, 5.0), (slow, 0.3)):
             port = server.sockets[0].getsockname()[1]
-            async with TaskClient(Connection(host=f"http://127.0.0.1:{port}", ssl=False), timeout=timeout) as kube:
+            async with TaskClient(Connection(host=f"http://127.0.0.1:{port}", ssl=False), timeout=timeout,
+                                  light=light) as kube:
                 with pytest.raises(ClusterUnavailable) as err:
                     await kube.get("tasks", "img-1")
             assert err.value.status == 0 and err.value.unavailable and "unreachable" in str(err.value)
@@ -166,7 +173,7 @@ async def test_watch_streams_events_and_410_is_expired(api):
             await resp.write(json.dumps(event).encode() + b"\n")
         return resp
     server.on("GET", task_path("tasks"), stream)
-    kube = client(TaskClient)
+    kube = client(TaskClient, light=False)
     with pytest.raises(WatchExpired):
         async for _ in kube.watch("tasks", "old"):
             pass
@@ -200,3 +207,10 @@ async def test_version_and_typed_creates_use_their_paths(api):
     await kube.create_job(meta)
     await kube.create_event(meta)
     assert [k for _, k in made] == ["ServiceAccount", "Role", "RoleBinding", "Job", "Event"]
+
+
+async def test_a_light_client_cannot_watch(api):
+    _server, client = api
+    with pytest.raises(TypeError, match="light KubeClient cannot watch"):
+        async for _ in client(TaskClient, light=True).watch("tasks", "1"):
+            pass

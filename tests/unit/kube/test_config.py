@@ -36,8 +36,17 @@ async def echo_auth(request: web.Request) -> web.Response:
     return web.json_response({"auth": request.headers.get("Authorization"), "cn": subject.get("commonName")})
 
 
+LIGHT = False
+
+
+@pytest.fixture(autouse=True, params=[False, True], ids=["aiohttp", "streams"])
+def _both_transports(request, monkeypatch):
+    """Every connection is checked with the aiohttp pool and with the light client a worker uses."""
+    monkeypatch.setattr(sys.modules[__name__], "LIGHT", request.param)
+
+
 async def ask(conn) -> dict:
-    async with KubeClient(conn) as kube:
+    async with KubeClient(conn, light=LIGHT) as kube:
         return await kube.request("GET", "/version")
 
 
