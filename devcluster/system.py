@@ -22,14 +22,36 @@ from devcluster.cluster import ClusterError, DevCluster, State
 
 ROOT = Path(__file__).resolve().parents[1]
 CRD = ROOT / "crds" / "generationtasks.gentask.io.yaml"
+WORKER_POLICY = ROOT / "crds" / "gentask-worker-policy.yaml"
 PRIORITY_CLASSES = {"gentask-critical": 1000, "gentask-default": 100, "gentask-low": 10}
 TASK_NAMESPACE = "gentask-tasks"
 DEV_API_KEY = "dev-key-change-me"
 VENDOR_KEYS = ("ARK_API_KEY", "VOLCENGINE_ACCESS_KEY", "VOLCENGINE_SECRET_KEY", "OPENAI_API_KEY")
 
 
+def apply_worker_policy(api: client.ApiClient) -> None:
+    """The ValidatingAdmissionPolicy (and its binding) that keeps each worker to its own task."""
+    adm = client.AdmissionregistrationV1Api(api)
+    verbs = {"ValidatingAdmissionPolicy": (adm.create_validating_admission_policy,
+                                           adm.read_validating_admission_policy,
+                                           adm.replace_validating_admission_policy),
+             "ValidatingAdmissionPolicyBinding": (adm.create_validating_admission_policy_binding,
+                                                  adm.read_validating_admission_policy_binding,
+                                                  adm.replace_validating_admission_policy_binding)}
+    for doc in yaml.safe_load_all(WORKER_POLICY.read_text()):
+        create, read, replace = verbs[doc["kind"]]
+        try:
+            create(doc)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+            doc["metadata"]["resourceVersion"] = read(doc["metadata"]["name"]).metadata.resource_version
+            replace(doc["metadata"]["name"], doc)
+
+
 def bootstrap(api: client.ApiClient, timeout: float = 30.0) -> None:
-    """The CRD (created or replaced) and the PriorityClasses gentask-{critical,default,low}."""
+    """The CRD (created or replaced), the worker admission policy and the PriorityClasses
+    gentask-{critical,default,low}."""
     ext = client.ApiextensionsV1Api(api)
     crd = yaml.safe_load(CRD.read_text())
     name = crd["metadata"]["name"]
@@ -40,6 +62,7 @@ def bootstrap(api: client.ApiClient, timeout: float = 30.0) -> None:
             raise
         crd["metadata"]["resourceVersion"] = ext.read_custom_resource_definition(name).metadata.resource_version
         ext.replace_custom_resource_definition(name, crd)
+    apply_worker_policy(api)
     sched = client.SchedulingV1Api(api)
     for pc, value in PRIORITY_CLASSES.items():
         body = {"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass", "metadata": {"name": pc},
@@ -92,7 +115,9 @@ def start_system(cluster: DevCluster, state: State, api_port: int = 8080) -> dic
     except ApiException as exc:
         if exc.status != 409:
             raise
-    secret = {"MONGO_URL": state.mongo_url, **{k: os.environ[k] for k in VENDOR_KEYS if os.environ.get(k)}}
+    from devcluster.realnode import pod_mongo_url, runs_real_node
+    mongo_url = pod_mongo_url(state) if runs_real_node(cluster.root) else state.mongo_url  # as the pods reach it
+    secret = {"MONGO_URL": mongo_url, **{k: os.environ[k] for k in VENDOR_KEYS if os.environ.get(k)}}
     body = {"metadata": {"name": "gentask-credentials"}, "stringData": secret}
     try:
         core.create_namespaced_secret(TASK_NAMESPACE, body)

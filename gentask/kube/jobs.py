@@ -1,18 +1,21 @@
-"""The manifests the operator creates for a task: its worker's RBAC and its Job."""
+"""The manifests the operator creates: each namespace's worker RBAC (once) and a task's Job."""
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING, Any
 
 from gentask.domain.task import GROUP, PLURAL, GenerationTask
 from gentask.kube.names import (
+    ANNOTATION_TASK,
     EXIT_PERMANENT,
     LABEL_COMPONENT,
+    MANAGED_BY,
+    WORKER_ACCOUNT,
     WORKER_CONTAINER,
     job_name,
     owner_reference,
     task_labels,
-    worker_account,
 )
 
 if TYPE_CHECKING:
@@ -34,22 +37,31 @@ def _meta(task: GenerationTask, name: str, component: str) -> dict[str, Any]:
             "ownerReferences": [owner_reference(task)]}
 
 
-def worker_rbac(task: GenerationTask) -> list[dict[str, Any]]:
-    """A service account that may get its own task and patch its status: nothing else."""
-    name = task.name
-    account = worker_account(name)
+def worker_rbac(namespace: str) -> list[dict[str, Any]]:
+    """The namespace's worker service account, allowed to patch task statuses and nothing else.
+
+    No get: a worker learns its task from its pod (ANNOTATION_TASK) and reads it again, when it
+    must, through an empty status patch, which the admission policy allows for its own task only."""
+    meta = {"name": WORKER_ACCOUNT, "namespace": namespace, "labels": {**MANAGED_BY, LABEL_COMPONENT: "worker"}}
     return [
-        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _meta(task, account, "worker"),
-         "automountServiceAccountToken": False},
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": _meta(task, account, "worker"),
-         "rules": [{"apiGroups": [GROUP], "resources": [PLURAL], "resourceNames": [name], "verbs": ["get"]},
-                   {"apiGroups": [GROUP], "resources": [f"{PLURAL}/status"], "resourceNames": [name],
-                    "verbs": ["get", "patch"]}]},
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-         "metadata": _meta(task, account, "worker"),
-         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": account},
-         "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": task.namespace}]},
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta, "automountServiceAccountToken": False},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": meta,
+         "rules": [{"apiGroups": [GROUP], "resources": [f"{PLURAL}/status"], "verbs": ["patch"]}]},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": meta,
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": WORKER_ACCOUNT},
+         "subjects": [{"kind": "ServiceAccount", "name": WORKER_ACCOUNT, "namespace": namespace}]},
     ]
+
+
+def task_snapshot(task: GenerationTask) -> str:
+    """The task as its worker needs it (ANNOTATION_TASK): identity, resourceVersion, spec, status."""
+    meta = task.metadata
+    body = {"apiVersion": task.api_version, "kind": task.kind,
+            "metadata": {"name": meta.name, "namespace": meta.namespace, "uid": meta.uid,
+                         "resourceVersion": meta.resource_version, "labels": meta.labels},
+            "spec": task.spec.model_dump(by_alias=True, exclude_none=True, mode="json"),
+            "status": task.status.model_dump(by_alias=True, exclude_none=True, mode="json")}
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
 
 
 def _env(settings: Settings) -> list[dict[str, Any]]:
@@ -57,6 +69,8 @@ def _env(settings: Settings) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        {"name": "GENTASK_TASK",
+         "valueFrom": {"fieldRef": {"fieldPath": f"metadata.annotations['{ANNOTATION_TASK}']"}}},
     ]
     env += [{"name": key, "valueFrom": {"secretKeyRef": {"name": secret, "key": key, "optional": True}}}
             for key in SECRET_KEYS]
@@ -69,7 +83,9 @@ def _env(settings: Settings) -> list[dict[str, Any]]:
 
 
 def job_manifest(task: GenerationTask, settings: Settings) -> dict[str, Any]:
-    """The task's Job: deadline, retries and TTL from the spec, the restricted pod, credentials by reference."""
+    """The task's Job: deadline, retries and TTL from the spec, the restricted pod, credentials by reference.
+
+    `task` is the task as the operator queued it: its pod carries it (task_snapshot) for the worker."""
     spec = task.spec
     name = task.name
     labels = {**task_labels(task), LABEL_COMPONENT: "worker"}
@@ -86,11 +102,11 @@ def job_manifest(task: GenerationTask, settings: Settings) -> dict[str, Any]:
                 {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
             ]},
             "template": {
-                "metadata": {"labels": labels},
+                "metadata": {"labels": labels, "annotations": {ANNOTATION_TASK: task_snapshot(task)}},
                 "spec": {
                     "restartPolicy": "Never",
                     "priorityClassName": spec.priority.priority_class,
-                    "serviceAccountName": worker_account(name),
+                    "serviceAccountName": WORKER_ACCOUNT,
                     "automountServiceAccountToken": True,
                     "enableServiceLinks": False,
                     "terminationGracePeriodSeconds": 15,

@@ -24,9 +24,14 @@ def job_name(task_name: str) -> str:
     return task_name
 
 
-def worker_account(task_name: str) -> str:
-    """Each task's worker runs as its own service account, allowed to read that task alone."""
-    return f"gentask-worker-{task_name}"[:253]
+# Every worker of a namespace runs as this one service account. RBAC lets it patch task statuses
+# and nothing else (no get, no Secrets); the ValidatingAdmissionPolicy gentask-worker-own-task
+# (crds/gentask-worker-policy.yaml) narrows that to the task its own pod runs, by the pod name
+# its pod-bound token carries.
+WORKER_ACCOUNT = "gentask-worker"
+# The task as the operator queued it, on the worker pod (read through the downward API): a worker
+# cannot read tasks, so this is how it learns its spec and the resourceVersion to claim it at.
+ANNOTATION_TASK = "gentask.io/task"
 
 
 def task_labels(task: GenerationTask) -> dict[str, str]:

@@ -28,5 +28,6 @@ class OperatorContext:
     seen: dict[str, str] = field(default_factory=dict)          # uid -> last phase seen (events, metrics)
     ttl_timers: dict[str, asyncio.TimerHandle] = field(default_factory=dict)
     jobs_ensured: set[str] = field(default_factory=set)         # uids whose Job this process made or found
+    worker_rbac: dict[str, float] = field(default_factory=dict)  # namespace -> when its worker account was ensured
     background: list[asyncio.Task[Any]] = field(default_factory=list)
     ready: bool = False

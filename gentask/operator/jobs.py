@@ -7,6 +7,7 @@ DisruptionTarget) and the worker carries on with the same attempt.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from gentask.domain.reasons import Phase
@@ -20,11 +21,19 @@ from gentask.operator.writes import create_once, write_status
 
 log = logging.getLogger("gentask.operator")
 
+# A namespace's worker account is made once; made again (a create that finds it, not a write)
+# at most this often, in case the namespace was deleted and made anew meanwhile.
+WORKER_RBAC_RECHECK = 600.0
+
 
 async def ensure_job(ctx: OperatorContext, task: GenerationTask) -> bool:
-    """Create the task's worker RBAC and Job unless they exist. True when the Job was created."""
-    for manifest in worker_rbac(task):
-        await create_once(ctx, manifest)
+    """Create the task's Job unless it exists (and, first in a namespace, the namespace's worker
+    account). True when the Job was created."""
+    ensured = ctx.worker_rbac.get(task.namespace)
+    if ensured is None or time.monotonic() - ensured > WORKER_RBAC_RECHECK:
+        for manifest in worker_rbac(task.namespace):
+            await create_once(ctx, manifest)
+        ctx.worker_rbac[task.namespace] = time.monotonic()
     return await create_once(ctx, job_manifest(task, ctx.settings))
 
 

@@ -1,4 +1,4 @@
-"""Observing every task change: into the MongoDB mirror, an Event per phase passed, the metrics."""
+"""Observing every task change: into the MongoDB mirror, one Event for its outcome, the metrics."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from gentask.operator.writes import record_event
 
 
 async def observe(ctx: OperatorContext, task: GenerationTask, raw: Mapping[str, Any]) -> None:
-    """Every change: into MongoDB (the object as sent), an Event on a phase transition, the metrics."""
+    """Every change: into MongoDB (the object as sent), an Event when it ends, the metrics."""
     spec, status = task.spec, task.status
     uid, phase = task.uid, status.phase or Phase.PENDING
     ctx.mirror.put(dict(raw))
@@ -38,20 +38,22 @@ async def observe(ctx: OperatorContext, task: GenerationTask, raw: Mapping[str, 
 
 async def _record_transitions(ctx: OperatorContext, task: GenerationTask, previous: Phase | None,
                               phase: Phase) -> None:
-    """An Event for every phase the task passed since the operator last saw it.
+    """One Event a task, for its outcome: Queued and Running show in its status and conditions.
 
-    Kopf hands over the latest state of an object, so a quick task may go Queued → Succeeded
-    between two looks; the Running it passed through still gets its Event (from the status'
-    startTime and attempts), in order.
+    An Event is a write to the API server like any other, and a task's happy path is kept to five
+    (Job, Queued, Running, the outcome, this Event). The outcome's message says how many
+    attempts it took. Events for what went wrong on the way (a Job deleted behind the operator's
+    back, say) are recorded where that is found.
     """
     status = task.status
     reason = status.reason or phase.value
     ctx.metrics.transitions.labels(phase.value, reason).inc()
-    if previous is None:
-        return          # an operator (re)start sees the task mid-way: its Events were recorded already
-    if previous.rank < Phase.RUNNING.rank < phase.rank and status.start_time:
-        await record_event(ctx, task, "Started", f"attempt {status.attempts or 1} started")
-    await record_event(ctx, task, reason, status.message or f"task is {phase.value}", warning=phase is Phase.FAILED)
+    if previous is None or previous.terminal or not phase.terminal:
+        return          # a (re)start sees the task mid-way or done: its outcome was recorded already
+    attempts = status.attempts or 0
+    tried = f" after {attempts} attempt{'s' if attempts != 1 else ''}" if attempts else ""
+    message = status.message or f"task is {phase.value}"
+    await record_event(ctx, task, reason, f"{message}{tried}", warning=phase is Phase.FAILED)
 
 
 def forget(ctx: OperatorContext, uid: str) -> None:

@@ -122,7 +122,7 @@ async def start(ctx: OperatorContext, task: GenerationTask, spec_error: str | No
                                                       f"Job {job} created; waiting for a node", job_name=job,
                                                       attempts=0))
     if queued is not None:     # Queued first, then the Job: no worker can write before the operator has
-        await ensure_job(ctx, task)
+        await ensure_job(ctx, queued)     # its pod carries the queued task: the version its worker claims
         ctx.jobs_ensured.add(task.uid)
 
 

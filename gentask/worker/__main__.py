@@ -11,6 +11,7 @@ import socket
 import sys
 
 from gentask.config import SettingsError, load_settings
+from gentask.domain.task import GenerationTask
 from gentask.kube.errors import ConfigError
 from gentask.kube.names import EXIT_PERMANENT, EXIT_RETRY
 from gentask.logs import setup_logging
@@ -40,7 +41,7 @@ async def _main(namespace: str, name: str) -> int:
                 KubeClient(connection, timeout=KUBE_TIMEOUT, light=True) as kube):
         worker = Worker(kube, settings, registry, store, os.environ.get("POD_NAME") or socket.gethostname())
         try:
-            return await worker.run(namespace, name)
+            return await worker.run(namespace, name, queued_task(namespace, name))
         except asyncio.CancelledError:
             log.warning("stopped by a signal; the operator reports the outcome", extra={"task": name})
             return 128 + signal.SIGTERM
@@ -48,6 +49,23 @@ async def _main(namespace: str, name: str) -> int:
             log.exception("worker failed", extra={"task": name})
             await worker.report_retry(namespace, name, f"the worker failed: {type(exc).__name__}: {exc}")
             return EXIT_RETRY
+
+
+def queued_task(namespace: str, name: str) -> GenerationTask | None:
+    """The task as the operator queued it, from the pod (GENTASK_TASK, the gentask.io/task annotation)."""
+    text = os.environ.get("GENTASK_TASK")
+    if not text:
+        return None
+    try:
+        task = GenerationTask.model_validate_json(text)
+    except ValueError as exc:
+        log.warning("GENTASK_TASK is not a GenerationTask; reading the task instead", extra={"error": str(exc)[:200]})
+        return None
+    if (task.namespace, task.name) != (namespace, name):
+        log.warning("GENTASK_TASK names another task; reading the task instead",
+                    extra={"task": f"{namespace}/{name}", "given": f"{task.namespace}/{task.name}"})
+        return None
+    return task
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -54,6 +54,7 @@ class Worker:
         self.pod = pod_name
         self.policy = policy or RetryPolicy.from_settings(settings)
         self._last_progress = 0.0
+        self.reads_by_patch = False
         self._progress_writes: set[asyncio.Task[None]] = set()
 
     async def _note_progress(self, namespace: str, name: str, message: str) -> None:
@@ -65,25 +66,47 @@ class Worker:
     async def _patch(self, ns: str, name: str, status: GenerationTaskStatus, rv: str | None = None) -> GenerationTask:
         return GenerationTask.model_validate(await self.kube.patch_task_status(ns, name, status_patch(status), rv))
 
-    async def run(self, namespace: str, name: str) -> int:
-        """Run the task NAMESPACE/NAME; the exit code tells the Job what to do next."""
-        try:
-            task = GenerationTask.model_validate(await self.kube.get_task(namespace, name))
-        except KubeError as exc:
-            if exc.not_found:
-                log.info("task is gone; nothing to do", extra={"task": f"{namespace}/{name}"})
-                return EXIT_OK
-            if exc.status == 0:
-                raise           # no answer at all: the caller reports the attempt and exits "retry"
-            log.error("cannot read the task: %s", exc.reason, extra={"task": f"{namespace}/{name}"})
-            return EXIT_RETRY
+    async def run(self, namespace: str, name: str, queued: GenerationTask | None = None) -> int:
+        """Run the task NAMESPACE/NAME; the exit code tells the Job what to do next.
+
+        `queued`: the task as the operator queued it, which a Job's pod carries (its worker may not
+        get tasks); without it the task is read first."""
+        if queued is not None:
+            self.reads_by_patch = True
+            task = queued
+        else:
+            try:
+                task = await self._read(namespace, name)
+            except KubeError as exc:
+                if exc.not_found:
+                    log.info("task is gone; nothing to do", extra={"task": f"{namespace}/{name}"})
+                    return EXIT_OK
+                if exc.status == 0:
+                    raise           # no answer at all: the caller reports the attempt and exits "retry"
+                log.error("cannot read the task: %s", exc.reason, extra={"task": f"{namespace}/{name}"})
+                return EXIT_RETRY
         phase = task.status.phase
         if task.status.finished or task.spec.cancel:
             log.info("task already finished or cancelled",
                      extra={"task": name, "phase": phase.value if phase else None})
             return EXIT_OK
-        task = await self._claim(task)
+        try:
+            task = await self._claim(task)
+        except KubeError as exc:
+            if not exc.not_found:
+                raise
+            log.info("task is gone; nothing to do", extra={"task": f"{namespace}/{name}"})
+            return EXIT_OK
+        if task.status.finished or task.spec.cancel:     # found so when a stale claim made it read again
+            return EXIT_OK
         return await self._generate(task)
+
+    async def _read(self, namespace: str, name: str) -> GenerationTask:
+        """The task as it is now. A worker pod's token may not get tasks: it reads through an empty
+        status patch (no change, no write), which the admission policy allows for its own task only."""
+        if self.reads_by_patch:
+            return GenerationTask.model_validate(await self.kube.touch_task_status(namespace, name))
+        return GenerationTask.model_validate(await self.kube.get_task(namespace, name))
 
     async def _claim(self, task: GenerationTask) -> GenerationTask:
         """Mark the task Running for this pod's attempt (optimistic concurrency on resourceVersion)."""
@@ -100,7 +123,9 @@ class Worker:
             except KubeError as exc:
                 if not exc.conflict:
                     raise
-                task = GenerationTask.model_validate(await self.kube.get_task(task.namespace, task.name))
+                task = await self._read(task.namespace, task.name)
+                if task.status.finished or task.spec.cancel:
+                    return task
         raise RuntimeError("could not claim the task: it kept changing")
 
     def _remaining(self, spec: GenerationTaskSpec, status: GenerationTaskStatus) -> float:

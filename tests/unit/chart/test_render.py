@@ -28,7 +28,8 @@ def env_of(deployment: dict) -> dict[str, dict]:
 def test_helm_lint_passes_with_defaults_and_with_every_switch_flipped():
     helm("lint", str(CHART), "--strict", "--kube-version", "1.36.3")
     flipped = ["--set", "crds.enabled=false", "--set", "priorityClasses.create=false", "--set",
-               "taskNamespace.create=false", "--set", "api.enabled=false", "--set", "crds.keep=false"]
+               "taskNamespace.create=false", "--set", "api.enabled=false", "--set", "crds.keep=false",
+               "--set", "workerPolicy.create=false"]
     helm("lint", str(CHART), "--strict", "--kube-version", "1.36.3", *flipped)
 
 
@@ -47,6 +48,16 @@ def test_crd_is_the_generated_one_behind_enabled_with_a_keep_switch():
     assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
     assert "annotations" not in one(render("--set", "crds.keep=false"), "CustomResourceDefinition")["metadata"]
     assert not by_kind(render("--set", "crds.enabled=false"), "CustomResourceDefinition")
+
+
+def test_the_worker_admission_policy_is_the_one_in_crds_behind_a_switch():
+    expected = list(yaml.safe_load_all((ROOT / "crds" / "gentask-worker-policy.yaml").read_text()))
+    docs = render()
+    policy, binding = one(docs, "ValidatingAdmissionPolicy"), one(docs, "ValidatingAdmissionPolicyBinding")
+    assert [policy, binding] == expected
+    assert binding["spec"] == {"policyName": policy["metadata"]["name"], "validationActions": ["Deny"]}
+    off = render("--set", "workerPolicy.create=false")
+    assert not by_kind(off, "ValidatingAdmissionPolicy") and not by_kind(off, "ValidatingAdmissionPolicyBinding")
 
 
 def test_priority_classes_default_to_never_preempt_and_are_configurable():

@@ -11,7 +11,7 @@ from gentask.kube.jobs import job_manifest, worker_rbac
 from gentask.kube.status import status_patch, transition
 
 RAW = {"apiVersion": "gentask.io/v1alpha1", "kind": "GenerationTask",
-       "metadata": {"name": "img-1", "namespace": "tasks", "uid": "u-1", "generation": 1},
+       "metadata": {"name": "img-1", "namespace": "tasks", "uid": "u-1", "generation": 1, "resourceVersion": "41"},
        "spec": {"type": "image", "provider": "fake", "model": "fake-image", "prompt": "p", "priority": "critical",
                 "retries": 2, "timeoutSeconds": 120, "ttlSecondsAfterFinished": 60}}
 TASK = GenerationTask.model_validate(RAW)
@@ -35,13 +35,24 @@ def test_no_secret_value_in_the_job(monkeypatch):
     assert "ark-very-secret" not in text and "pw-secret" not in text
 
 
-def test_worker_rbac_is_its_task_only():
-    sa, role, binding = worker_rbac(TASK)
-    assert sa["metadata"]["name"] == role["metadata"]["name"] == "gentask-worker-img-1"
-    assert all(rule["resourceNames"] == ["img-1"] for rule in role["rules"])
-    verbs = {(tuple(r["resources"]), tuple(r["verbs"])) for r in role["rules"]}
-    assert verbs == {(("generationtasks",), ("get",)), (("generationtasks/status",), ("get", "patch"))}
-    assert binding["subjects"][0]["name"] == sa["metadata"]["name"]
+def test_one_worker_account_a_namespace_may_only_patch_task_statuses():
+    sa, role, binding = worker_rbac("tasks")
+    assert sa["metadata"]["name"] == role["metadata"]["name"] == binding["metadata"]["name"] == "gentask-worker"
+    assert {o["metadata"]["namespace"] for o in (sa, role, binding)} == {"tasks"}
+    assert role["rules"] == [{"apiGroups": ["gentask.io"], "resources": ["generationtasks/status"],
+                              "verbs": ["patch"]}]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "gentask-worker", "namespace": "tasks"}]
+
+
+def test_the_pod_carries_the_queued_task_for_its_worker():
+    job = job_manifest(TASK, load_settings())
+    pod = job["spec"]["template"]
+    assert pod["spec"]["serviceAccountName"] == "gentask-worker"
+    carried = GenerationTask.model_validate_json(pod["metadata"]["annotations"]["gentask.io/task"])
+    assert (carried.name, carried.namespace, carried.uid) == (TASK.name, TASK.namespace, TASK.uid)
+    assert carried.metadata.resource_version == TASK.metadata.resource_version and carried.spec == TASK.spec
+    env = {e["name"]: e for e in pod["spec"]["containers"][0]["env"]}
+    assert env["GENTASK_TASK"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.annotations['gentask.io/task']"
 
 
 def test_conditions_keep_their_transition_time():
