@@ -60,9 +60,10 @@ VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 IMAGE ?= ghcr.io/gentask/gentask:$(VERSION)
 HELM := $(GENTASK_TOOLS_DIR)/bin/helm
 
-image: ## build the image (needs a Docker engine; lints the Dockerfile first when hadolint is installed)
-	@if command -v hadolint >/dev/null; then hadolint Dockerfile; else echo "hadolint not installed: lint skipped"; fi
-	docker build --build-arg VERSION=$(VERSION) -t $(IMAGE) .
+IMAGE_ARCHIVE ?= $(GENTASK_TOOLS_DIR)/images/gentask-$(VERSION).tar
+
+image: ## build the image with Docker, or with buildah when no engine answers; writes $IMAGE_ARCHIVE (for ctr import)
+	@IMAGE=$(IMAGE) VERSION=$(VERSION) IMAGE_ARCHIVE=$(IMAGE_ARCHIVE) bash hack/build-image.sh
 
 chart-lint: tools ## helm lint the chart (strict) with its values schema
 	$(HELM) lint --strict charts/gentask
