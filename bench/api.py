@@ -310,8 +310,8 @@ def analysis(results: dict) -> str:
         "machine to themselves; the API server takes the largest share and more API replicas would not help "
         "on the same cores. A result read never reaches the API server (the API's watch keeps every live "
         f"task): {per('reads', 'api'):.2f} ms of API CPU and {per('reads', 'load generator'):.2f} ms of the "
-        "load generator's. Lists are FerretDB's: it filters and sorts the whole collection for each page and "
-        "again for the count (see \"MongoDB mirror\"), so a page takes "
+        "load generator's. Lists are FerretDB's: PostgreSQL scans the collection and FerretDB decodes and sorts "
+        "every record that matches, for the page and again for the count (see \"MongoDB mirror\"), so a page takes "
         + ", ".join(f"{ms / 1000:,.1f} s at {n:,} records" for n, ms in lists)
         + " against a few ms of the API's; on MongoDB the same query is an index range scan (`user_created`). "
         "Latency at 64 closed-loop clients follows throughput (Little's law: mean latency = 64 / rate), so "

@@ -1,11 +1,16 @@
-"""The local cluster: etcd, kube-apiserver, kube-controller-manager, kube-scheduler, FerretDB
-and a process node, on loopback and free ports, started and stopped as one.
+"""The local cluster: etcd, kube-apiserver, kube-controller-manager, kube-scheduler, PostgreSQL
+with FerretDB over it (the MongoDB) and a process node, on loopback and free ports, started and
+stopped as one.
 
 Everything lives in one folder (default ``.devcluster``): ``kubeconfig`` (admin), ``env``
 (sourceable: KUBECONFIG, MONGO_URL, PATH with the cluster's kubectl and helm), ``state.json``
 (ports and the PIDs this cluster started), ``logs/`` (one file a component) and ``node/pods/``
 (one folder a pod: its container logs and kubeconfig). ``down`` stops by PID exactly what ``up``
 started, pods included, and removes the data, so the next ``up`` starts clean.
+
+The node is the process node (devcluster.node) by default; ``node="real"`` (``up --node real``,
+or GENTASK_DEVCLUSTER_NODE=real) runs the kubelet, kube-proxy and containerd instead, with the
+control plane, in namespaces of the cluster's (devcluster.realnode, devcluster.netns).
 """
 
 from __future__ import annotations
@@ -21,6 +26,10 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from devcluster.realnode import RealNode
 
 DEFAULT_ROOT = Path(".devcluster")
 # the checkout this package lives in: its processes (the node) import `devcluster` from there
@@ -34,7 +43,9 @@ ADMISSION = ("NamespaceLifecycle,LimitRanger,ServiceAccount,Priority,DefaultTole
              "PodSecurity,ResourceQuota,MutatingAdmissionWebhook,ValidatingAdmissionPolicy,"
              "ValidatingAdmissionWebhook")
 RESTARTABLE = ("ferretdb",)
-STOP_ORDER = ("api", "operator", "node", "scheduler", "controller-manager", "ferretdb", "apiserver", "etcd")
+STOP_ORDER = ("api", "operator", "node", "kube-proxy", "kubelet", "containerd", "scheduler", "controller-manager",
+              "ferretdb", "postgres", "apiserver", "etcd", "forwarder", "netns")
+NODE_MODES = ("process", "real")  # real: devcluster.realnode (kubelet + containerd in namespaces of the cluster's)
 
 
 class ClusterError(RuntimeError):
@@ -133,10 +144,16 @@ class State:
 
 class DevCluster:
     def __init__(self, root: Path = DEFAULT_ROOT, node_cpu: str = "8", node_memory: str = "16Gi",
-                 node_pods: str = "110", log=print) -> None:
+                 node_pods: str = "110", log=print, node: str | None = None, audit: bool | None = None) -> None:
         self.root = root.resolve()
         self.node_capacity = (node_cpu, node_memory, node_pods)
         self.log = log
+        self.node_mode = node or os.environ.get("GENTASK_DEVCLUSTER_NODE") or "process"
+        if self.node_mode not in NODE_MODES:
+            raise ClusterError(f"unknown node mode {self.node_mode!r}: expected one of {', '.join(NODE_MODES)}")
+        self._real: RealNode | None = None  # the RealNode of an `up` in real mode
+        # audit: the API server logs every write (Metadata level) to <root>/logs/audit.log
+        self.audit = audit if audit is not None else os.environ.get("GENTASK_DEVCLUSTER_AUDIT", "") not in ("", "0")
 
     # ---- inspection ------------------------------------------------------------------------
 
@@ -174,16 +191,24 @@ class DevCluster:
         if self.state() is not None:
             self.down(quiet=True)
         binaries = {name: tool(name) for name in KUBE_BINARIES + ("ferretdb",)}
+        from devcluster.postgres import Postgres
+        postgres = Postgres(self.root)  # PostgreSQL missing or out of its user's reach: fail before starting
         t0 = time.monotonic()
         self._clean_data(logs_too=True)
         for sub in ("logs", "pki", "etcd", "ferretdb", "node"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         from devcluster.pki import write_pki
         write_pki(self.root / "pki")
-        ports = {k: free_port() for k in ("etcd", "etcd_peer", "apiserver", "mongo", "ferret_debug")}
+        ports = {k: free_port() for k in ("etcd", "etcd_peer", "apiserver", "mongo", "ferret_debug", "postgres")}
         state = State(self.root, ports["apiserver"], ports["mongo"], {}, time.time())
         self._write_kubeconfig(state)
+        if self.node_mode == "real":
+            from devcluster.realnode import RealNode
+            self._real = RealNode(self)
         try:
+            if self._real is not None:  # the namespaces (and forwarder) the control plane and node start in
+                self._real.start_namespaces(state, ports)
+            postgres.launch(self, state, ports["postgres"])  # initdb runs while the control plane starts
             self._start(state, "etcd", [
                 str(binaries["etcd"]), "--name=gentask", f"--data-dir={self.root / 'etcd'}",
                 f"--listen-client-urls=http://127.0.0.1:{ports['etcd']}",
@@ -203,7 +228,8 @@ class DevCluster:
                 f"--service-account-issuer={ISSUER}", f"--service-account-key-file={pki / 'sa.pub'}",
                 f"--service-account-signing-key-file={pki / 'sa.key'}", f"--service-cluster-ip-range={SERVICE_CIDR}",
                 "--allow-privileged=true", "--profiling=false", "--v=1",
-                "--event-ttl=1h", "--max-requests-inflight=800", "--max-mutating-requests-inflight=400"])
+                "--event-ttl=1h", "--max-requests-inflight=800", "--max-mutating-requests-inflight=400",
+                *self._audit_flags()])
             self._wait(state, "apiserver", lambda: self._healthy(state), timeout)
             kubeconfig = str(state.kubeconfig)
             self._start(state, "controller-manager", [
@@ -217,16 +243,20 @@ class DevCluster:
                 str(binaries["kube-scheduler"]), f"--kubeconfig={kubeconfig}",
                 f"--authentication-kubeconfig={kubeconfig}", f"--authorization-kubeconfig={kubeconfig}",
                 "--leader-elect=false", "--secure-port=0", "--kube-api-qps=200", "--kube-api-burst=400", "--v=1"])
+            postgres_url = postgres.wait(self, state, timeout)
             self._start(state, "ferretdb", [
-                str(binaries["ferretdb"]), "--handler=sqlite", f"--sqlite-url=file:{self.root / 'ferretdb'}/",
+                str(binaries["ferretdb"]), "--handler=postgresql", f"--postgresql-url={postgres_url}",
                 f"--listen-addr=127.0.0.1:{ports['mongo']}", f"--debug-addr=127.0.0.1:{ports['ferret_debug']}",
                 f"--state-dir={self.root / 'ferretdb'}", "--telemetry=disable", "--log-level=warn"])
             cpu, memory, pods = self.node_capacity
-            self._start(state, "node", [
-                sys.executable, "-m", "devcluster.node", f"--kubeconfig={kubeconfig}",
-                f"--root={self.root / 'node'}", f"--cpu={cpu}", f"--memory={memory}", f"--pods={pods}"])
+            if self._real is not None:  # containerd, kubelet, kube-proxy (the capacity is the machine's)
+                self._real.start_node(state, pods, timeout)
+            else:
+                self._start(state, "node", [
+                    sys.executable, "-m", "devcluster.node", f"--kubeconfig={kubeconfig}",
+                    f"--root={self.root / 'node'}", f"--cpu={cpu}", f"--memory={memory}", f"--pods={pods}"])
             self._wait(state, "ferretdb", lambda: _tcp_open(ports["mongo"]), timeout)
-            self._wait(state, "node", lambda: self._node_ready(state), timeout)
+            self._wait(state, "node" if self._real is None else "kubelet", lambda: self._node_ready(state), timeout)
             self._wait(state, "controller-manager",
                        lambda: '"name":"default"' in self._get(state, "/api/v1/namespaces/default/serviceaccounts"),
                        timeout)
@@ -242,6 +272,8 @@ class DevCluster:
         if env is None:
             env = {k: v for k, v in os.environ.items() if k not in ("KUBECONFIG",)}
         env = with_checkout(env)
+        if self._real is not None and self._real.wraps(name):  # real node: inside the cluster's namespaces
+            argv = self._real.wrap(name, argv)
         try:
             proc = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     start_new_session=True, env=env, cwd=self.root)
@@ -277,6 +309,17 @@ class DevCluster:
     def _node_ready(self, state: State) -> bool:
         doc = json.loads(self._get(state, "/api/v1/nodes/gentask-node"))
         return any(c["type"] == "Ready" and c["status"] == "True" for c in doc["status"].get("conditions", []))
+
+    def _audit_flags(self) -> list[str]:
+        """With audit: the policy file (writes only, Metadata level) and the API server's flags for it."""
+        if not self.audit:
+            return []
+        policy = self.root / "audit-policy.yaml"
+        policy.write_text("apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n"
+                          "- level: Metadata\n  verbs: [create, update, patch, delete, deletecollection]\n"
+                          "- level: None\n")
+        return [f"--audit-policy-file={policy}", f"--audit-log-path={self.root / 'logs' / 'audit.log'}",
+                "--audit-log-maxsize=0"]  # 0: one file, never rotated
 
     def _write_kubeconfig(self, state: State) -> None:
         import yaml
@@ -327,12 +370,17 @@ class DevCluster:
         if state is not None:
             expect = {"node": "devcluster.node", "operator": "gentask operator", "api": "gentask api",
                       "apiserver": "kube-apiserver", "controller-manager": "kube-controller-manager",
-                      "scheduler": "kube-scheduler", "etcd": "etcd", "ferretdb": "ferretdb"}
+                      "scheduler": "kube-scheduler", "etcd": "etcd", "ferretdb": "ferretdb",
+                      "postgres": f"-D {self.root / 'postgres'}"}
+            expect |= {"kube-proxy": "kube-proxy", "kubelet": "kubelet", "containerd": "containerd",  # real node
+                       "forwarder": "devcluster.netns forward", "netns": "devcluster.netns hold"}
             for name in STOP_ORDER:
                 pid = state.pids.get(name)
                 if pid and stop_pid(pid, expect[name]):
                     stopped.append(name)
         stopped += self._stop_pod_processes()
+        from devcluster.realnode import clean_up  # a real node's containers, cgroups and files; else nothing
+        stopped += clean_up(self.root)
         self._clean_data()
         for name in ("state.json", "env", "kubeconfig"):
             (self.root / name).unlink(missing_ok=True)
@@ -343,7 +391,7 @@ class DevCluster:
     def _clean_data(self, logs_too: bool = False) -> None:
         """Data goes at down; logs (components' and pods') stay until the next up."""
         import shutil
-        for sub in ("etcd", "ferretdb", "pki") + (("logs", "node") if logs_too else ()):
+        for sub in ("etcd", "ferretdb", "postgres", "pki") + (("logs", "node") if logs_too else ()):
             shutil.rmtree(self.root / sub, ignore_errors=True)
 
     def _stop_pod_processes(self) -> list[str]:

@@ -1,21 +1,26 @@
 """Keys and certificates of the local cluster: a CA, the API server's serving certificate,
-the service-account signing key, and a static admin token (group system:masters)."""
+the service-account signing key, a static admin token (group system:masters), and for the real
+node (devcluster.realnode) the kubelet's serving certificate and the API server's client
+certificate towards the kubelet (what `kubectl logs` and `exec` go through)."""
 
 from __future__ import annotations
 
 import datetime as dt
 import ipaddress
 import secrets
+from collections.abc import Sequence
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from devcluster.netns import NODE_IP, NODE_NAME
 
 SANS_DNS = ["localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
             "kubernetes.default.svc.cluster.local"]
-SANS_IP = ["127.0.0.1", "10.96.0.1", "::1"]
+SANS_IP = ["127.0.0.1", "10.96.0.1", "::1", NODE_IP]
 
 
 def _pem_key(key) -> bytes:
@@ -44,15 +49,25 @@ def write_pki(folder: Path) -> None:
                                        key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
           .sign(ca_key, hashes.SHA256()))
 
-    key = ec.generate_private_key(ec.SECP256R1())
-    sans = [x509.DNSName(d) for d in SANS_DNS] + [x509.IPAddress(ipaddress.ip_address(i)) for i in SANS_IP]
-    cert = (x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kube-apiserver")]))
-            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now).not_valid_after(later)
-            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-            .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .sign(ca_key, hashes.SHA256()))
+    def leaf(cn: str, usage: x509.ObjectIdentifier, dns: Sequence[str] = (), ips: Sequence[str] = (),
+             orgs: Sequence[str] = ()) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+        key = ec.generate_private_key(ec.SECP256R1())
+        name = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, o) for o in orgs]
+        builder = (x509.CertificateBuilder()
+                   .subject_name(x509.Name(name + [x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+                   .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+                   .not_valid_before(now).not_valid_after(later)
+                   .add_extension(x509.ExtendedKeyUsage([usage]), critical=False))
+        if dns or ips:
+            sans = [x509.DNSName(d) for d in dns] + [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
+            builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        return key, builder.sign(ca_key, hashes.SHA256())
+
+    key, cert = leaf("kube-apiserver", ExtendedKeyUsageOID.SERVER_AUTH, SANS_DNS, SANS_IP)
+    kubelet_key, kubelet_cert = leaf(NODE_NAME, ExtendedKeyUsageOID.SERVER_AUTH, [NODE_NAME, "localhost"],
+                                     [NODE_IP, "127.0.0.1"])
+    client_key, client_cert = leaf("kube-apiserver-kubelet-client", ExtendedKeyUsageOID.CLIENT_AUTH,
+                                   orgs=("system:masters",))
 
     sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
@@ -60,6 +75,10 @@ def write_pki(folder: Path) -> None:
     _write(folder / "ca.key", _pem_key(ca_key))
     _write(folder / "apiserver.crt", cert.public_bytes(serialization.Encoding.PEM), 0o644)
     _write(folder / "apiserver.key", _pem_key(key))
+    _write(folder / "kubelet.crt", kubelet_cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    _write(folder / "kubelet.key", _pem_key(kubelet_key))
+    _write(folder / "apiserver-kubelet-client.crt", client_cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    _write(folder / "apiserver-kubelet-client.key", _pem_key(client_key))
     _write(folder / "sa.key", _pem_key(sa_key))
     _write(folder / "sa.pub", sa_key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo), 0o644)
