@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from kubernetes.client.rest import ApiException
 
 from devcluster import DevCluster, tools_dir
 from devcluster.system import bootstrap
+from tests.support.waits import describe_namespace, wait_for  # wait_for: also imported from here by older tests
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -70,24 +70,24 @@ def namespace(cluster: Cluster) -> str:
     core = client.CoreV1Api(cluster.api)
     name = f"t-{uuid.uuid4().hex[:8]}"
     core.create_namespace({"metadata": {"name": name, "labels": {"gentask.io/test": "true"}}})
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            core.read_namespaced_service_account("default", name)
-            break
-        except ApiException:
-            time.sleep(0.1)
+    wait_default_account(cluster, name)
     yield name
     core.delete_namespace(name, propagation_policy="Background")
 
 
-def wait_for(predicate, timeout: float = 60.0, interval: float = 0.2, what: str = "condition"):
-    """Poll predicate until it returns a truthy value; fail with what was awaited."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+def has_default_account(core: client.CoreV1Api, namespace: str) -> bool:
+    try:
+        core.read_namespaced_service_account("default", namespace)
+        return True
+    except ApiException as exc:
+        if exc.status == 404:
+            return False
+        raise
+
+
+def wait_default_account(cluster: Cluster, namespace: str) -> None:
+    """Wait until the service-account controller made the namespace's default account (pods need it)."""
+    core = client.CoreV1Api(cluster.api)
+    wait_for(lambda: has_default_account(core, namespace), 60, interval=0.1,
+             what=f"namespace {namespace}'s default service account",
+             describe=lambda: describe_namespace(cluster, namespace, pod_logs=False))

@@ -23,6 +23,7 @@ from kubernetes import client
 from gentask.api.app import create_app
 from gentask.config import Settings
 from gentask.domain.task import GROUP, PLURAL, VERSION
+from tests.support.waits import describe_task, wait_for
 
 KEYS = {"alice": "alice-key-5f1c9a", "bob": "bob-key-77d2e0", "root": "root-key-c3a8b1"}
 API_KEYS = f"{KEYS['alice']}:alice,{KEYS['bob']}:bob,{KEYS['root']}:root:admin"
@@ -90,11 +91,8 @@ def launch(cluster, namespace: str, *, kubeconfig: str | Path | None = None, **o
                                            lifespan="on", access_log=False))
     thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
     thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the API did not start")
-        time.sleep(0.02)
+    wait_for(lambda: (server.started, thread.is_alive()), 20, interval=0.02, until=lambda v: v[0],
+             abort=lambda v: not v[1] and "the API's thread ended before it served", what=f"the API on port {port}")
     return RunningAPI(f"http://127.0.0.1:{port}", settings, namespace, server, thread)
 
 
@@ -173,9 +171,22 @@ class Worker:
     files into the artifact store, the record into the mirror."""
 
     def __init__(self, cluster, namespace: str) -> None:
+        self.cluster = cluster
         self.api = client.CustomObjectsApi(cluster.api)
         self.namespace = namespace
         self.settings = Settings(mongo_url=mongo_url(cluster))
+
+    def describe(self, name: str) -> str:
+        return describe_task(self.cluster, self.namespace, name)
+
+    def wait_result(self, c: httpx.Client, task_id: str, until, what: str, timeout: float = 30) -> dict:
+        """GET /api/v1/ai/task/result/{task_id} until until(data) holds; the data then. A failure
+        shows the API's last answer beside what the cluster holds."""
+        def data() -> dict:
+            r = c.get(f"/api/v1/ai/task/result/{task_id}")
+            return r.json().get("data") or {"http_status": r.status_code, "body": r.text[:500]}
+        return wait_for(data, timeout, until=until, what=f"the API to show task {task_id} {what}",
+                        describe=lambda: self.describe(task_id))
 
     def get(self, name: str) -> dict:
         return self.api.get_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name)

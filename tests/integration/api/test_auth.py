@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tests.integration.api.conftest import IMAGE, KEYS, TEXT, create
-from tests.integration.conftest import wait_for
+from tests.support.waits import wait_for
 
 
 def test_requests_without_a_known_key_get_401(api):
@@ -26,15 +26,15 @@ def test_x_api_key_header_works_like_bearer(api):
 def test_other_users_tasks_are_not_found_on_every_verb(alice, bob, worker):
     task_id = create(alice)["task_id"]
     worker.succeed_image(task_id)
-    wait_for(lambda: alice.get(f"/api/v1/ai/task/result/{task_id}").json()["data"]["status"] == "completed",
-             10, what="completed")
+    worker.wait_result(alice, task_id, lambda d: d.get("status") == "completed", "completed", 10)
     link = alice.get(f"/api/v1/ai/task/result/{task_id}").json()["data"]["result"]["artifacts"][0]["url"]
     for r in (bob.get(f"/api/v1/ai/task/result/{task_id}"), bob.post(f"/api/v1/ai/task/{task_id}/cancel"),
               bob.get(link), bob.delete(f"/api/v1/ai/task/{task_id}")):
         assert r.status_code == 404, r.request.url
         assert r.json()["success"] is False and "alice" not in r.text
     assert alice.get(link).status_code == 200                    # bob's delete did nothing
-    wait_for(lambda: task_id in _listed(alice), 10, what="alice's task in her list")
+    wait_for(lambda: _listed(alice), 10, until=lambda ids: task_id in ids, what="alice's task in her list",
+             describe=lambda: worker.describe(task_id))
     assert task_id not in _listed(bob)
 
 
@@ -42,7 +42,8 @@ def test_admin_sees_and_acts_on_everyones_tasks(alice, bob, root):
     a = create(alice)["task_id"]
     b = create(bob, "text")["task_id"]
     assert root.get(f"/api/v1/ai/task/result/{a}").json()["data"]["user_id"] == "alice"
-    wait_for(lambda: {a, b} <= _listed(root), 10, what="both tasks in the admin's list")
+    wait_for(lambda: _listed(root), 10, until=lambda ids: {a, b} <= ids,
+             what=f"both tasks {a}, {b} in the admin's list")
     assert _listed(root, user_id="bob") == {b}
     assert root.post(f"/api/v1/ai/task/{b}/cancel").status_code == 200
 

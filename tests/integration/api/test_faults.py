@@ -10,7 +10,7 @@ import yaml
 
 from gentask.domain.task import GROUP, PLURAL, VERSION
 from tests.integration.api.conftest import IMAGE, TEXT, create, free_port
-from tests.integration.conftest import wait_for
+from tests.support.waits import wait_for
 
 
 class CuttableProxy:
@@ -97,10 +97,12 @@ def test_cluster_unreachable_is_503_with_retry_after_and_nothing_half_created(st
     r = c.get("/api/v1/ai/task/result/img-neverexisted")
     assert r.status_code == 503 and "retry-after" in r.headers
     assert c.get(f"/api/v1/ai/task/result/{made[0]}").status_code == 200      # known tasks still answer
-    wait_for(lambda: api.client(None).get("/readyz").status_code == 503, 30, what="readyz 503")
+    wait_for(lambda: api.client(None).get("/readyz").status_code, 30, until=lambda code: code == 503,
+             what="readyz 503")
     proxy.up()
     made.append(create(c)["task_id"])
-    wait_for(lambda: api.client(None).get("/readyz").status_code == 200, 30, what="readyz 200 again")
+    wait_for(lambda: api.client(None).get("/readyz").status_code, 30, until=lambda code: code == 200,
+             what="readyz 200 again")
     items = worker.api.list_namespaced_custom_object(GROUP, VERSION, worker.namespace, PLURAL)["items"]
     assert sorted(i["metadata"]["name"] for i in items) == sorted(made)
     proxy.cut()

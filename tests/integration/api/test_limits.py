@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from tests.integration.api.conftest import create
-from tests.integration.conftest import wait_for
+from tests.support.waits import wait_for
 
 
 def test_request_rate_per_user(start_api):
@@ -32,8 +32,9 @@ def test_cap_on_unfinished_tasks(start_api, worker):
     create(bob)                                                         # bob has his own cap
     worker.fail(first)
     wait_for(lambda: alice.post("/api/v1/ai/text/task", json={"prompt": "p", "provider": "fake",
-                                                              "model": "fake-text"}).status_code == 200,
-             10, what="a slot freed by the finished task")
+                                                              "model": "fake-text"}).status_code,
+             10, until=lambda code: code == 200, what="a slot freed by the finished task",
+             describe=lambda: worker.describe(first))
     r = alice.post("/api/v1/ai/text/task", json={"prompt": "p", "provider": "fake", "model": "fake-text"})
     assert r.status_code == 429
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.integration.api.conftest import IMAGE, TEXT, VIDEO, Worker, create, launch
-from tests.integration.conftest import wait_for
+from tests.support.waits import wait_for
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,8 @@ def history(listing, alice, cluster, module_namespace):
     worker.run(made["video"][1])
     for name in (made["text"][0], made["image"][0], made["video"][0], made["video"][1]):
         worker.mirror(name)                        # as the operator mirrors each status change
-    wait_for(lambda: alice.get("/api/v1/ai/tasks").json()["data"]["total"] == 22, 15, what="22 mirrored")
+    wait_for(lambda: alice.get("/api/v1/ai/tasks").json()["data"]["total"], 15, until=lambda n: n == 22,
+             what="22 mirrored")
     return made, bobs
 
 

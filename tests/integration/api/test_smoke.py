@@ -6,13 +6,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import httpx
 import pytest
 
 from tests.integration.api.conftest import API_KEYS, IMAGE, KEYS, free_port, mongo_url
-from tests.integration.conftest import wait_for
+from tests.support.waits import file_progress, wait_for
 
 COMMANDS = {
     "gentask api": lambda port: [sys.executable, "-m", "gentask", "api"],
@@ -30,13 +29,15 @@ def test_started_from_the_command_line_it_serves_the_old_endpoints(command, clus
     proc = subprocess.Popen(COMMANDS[command](port), env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
     try:
         base = f"http://127.0.0.1:{port}"
-        wait_for(lambda: _answers(base, proc), 30, what=f"{command} to answer /healthz")
+        wait_for(lambda: _answers(base, proc), 30, what=f"{command} to answer /healthz",
+                 progress=file_progress(tmp_path / "api.log"), describe=lambda: _tail(tmp_path / "api.log"))
         c = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {KEYS['alice']}"}, timeout=10)
         created = c.post("/api/v1/ai/image/task", json=IMAGE).json()
         assert created["success"] is True and created["data"]["status"] == "pending"
         task_id = created["data"]["task_id"]
         assert c.get(f"/api/v1/ai/task/result/{task_id}").json()["data"]["task_id"] == task_id
-        wait_for(lambda: c.get("/api/v1/ai/tasks").json()["data"]["total"] == 1, 10, what="the task listed")
+        wait_for(lambda: c.get("/api/v1/ai/tasks").json()["data"]["total"], 10, until=lambda n: n == 1,
+                 what="the task listed", describe=lambda: _tail(tmp_path / "api.log"))
         assert c.delete(f"/api/v1/ai/task/{task_id}").json()["success"] is True
         assert httpx.get(f"{base}/readyz").status_code == 200
     finally:
@@ -55,5 +56,8 @@ def _answers(base: str, proc: subprocess.Popen) -> bool:
     try:
         return httpx.get(f"{base}/healthz", timeout=1).status_code == 200
     except httpx.HTTPError:
-        time.sleep(0.1)
         return False
+
+
+def _tail(log) -> str:
+    return "the API's last log lines:\n" + "\n".join(log.read_text(errors="replace").splitlines()[-30:])

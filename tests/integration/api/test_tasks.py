@@ -7,7 +7,7 @@ from kubernetes import client
 from gentask.domain.task import GROUP, PLURAL, VERSION
 from gentask.storage import connect
 from tests.integration.api.conftest import IMAGE, TEXT, VIDEO, create, sha256
-from tests.integration.conftest import wait_for
+from tests.support.waits import wait_for
 
 
 def test_image_task_becomes_a_generation_task_with_labels(api, alice, cluster):
@@ -48,15 +48,12 @@ def test_result_follows_the_phase_with_old_status_words(alice, worker):
     task_id = create(alice)["task_id"]
     assert alice.get(f"/api/v1/ai/task/result/{task_id}").json()["data"]["status"] == "pending"
     worker.patch_status(task_id, {"phase": "Queued", "reason": "JobCreated"})
-    wait_for(lambda: alice.get(f"/api/v1/ai/task/result/{task_id}").json()["data"]["phase"] == "Queued",
-             10, what="Queued")
+    worker.wait_result(alice, task_id, lambda d: d.get("phase") == "Queued", "Queued", 10)
     assert alice.get(f"/api/v1/ai/task/result/{task_id}").json()["data"]["status"] == "pending"
     worker.run(task_id)
-    wait_for(lambda: alice.get(f"/api/v1/ai/task/result/{task_id}").json()["data"]["status"] == "processing",
-             10, what="processing")
+    worker.wait_result(alice, task_id, lambda d: d.get("status") == "processing", "processing", 10)
     worker.fail(task_id)
-    data = wait_for(lambda: (d := alice.get(f"/api/v1/ai/task/result/{task_id}").json()["data"])["status"] == "failed"
-                    and d, 10, what="failed")
+    data = worker.wait_result(alice, task_id, lambda d: d.get("status") == "failed", "failed", 10)
     assert data["reason"] == "ContentRejected" and data["error"] == "the vendor refused the prompt"
 
 
@@ -64,8 +61,7 @@ def test_succeeded_image_has_urls_and_a_downloadable_artifact(alice, worker):
     task_id = create(alice)["task_id"]
     png = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 40
     worker.succeed_image(task_id, png)
-    data = wait_for(lambda: (d := alice.get(f"/api/v1/ai/task/result/{task_id}").json()["data"])["status"]
-                    == "completed" and d, 10, what="completed")
+    data = worker.wait_result(alice, task_id, lambda d: d.get("status") == "completed", "completed", 10)
     result = data["result"]
     assert result["image_url"] == "https://vendor.example/fox.png" and result["image_urls"] == [result["image_url"]]
     (artifact,) = result["artifacts"]
@@ -81,8 +77,7 @@ def test_succeeded_image_has_urls_and_a_downloadable_artifact(alice, worker):
 def test_text_result_in_text_result(alice, worker):
     task_id = create(alice, "text")["task_id"]
     worker.succeed_text(task_id, "old pond / a frog jumps in")
-    data = wait_for(lambda: (d := alice.get(f"/api/v1/ai/task/result/{task_id}").json()["data"])["status"]
-                    == "completed" and d, 10, what="completed")
+    data = worker.wait_result(alice, task_id, lambda d: d.get("status") == "completed", "completed", 10)
     assert data["result"]["text_result"] == "old pond / a frog jumps in"
     assert data["result"]["usage"] == {"tokens": 3}
 
@@ -95,8 +90,7 @@ def test_cancel_sets_spec_cancel_and_refuses_finished_tasks(alice, worker):
     assert alice.post(f"/api/v1/ai/task/{task_id}/cancel").status_code == 200      # asking twice is fine
     worker.patch_status(task_id, {"phase": "Cancelled", "reason": "Cancelled",
                                   "completionTime": "2026-01-01T00:00:00Z"})
-    wait_for(lambda: alice.get(f"/api/v1/ai/task/result/{task_id}").json()["data"]["status"] == "cancelled",
-             10, what="cancelled")
+    worker.wait_result(alice, task_id, lambda d: d.get("status") == "cancelled", "cancelled", 10)
     r = alice.post(f"/api/v1/ai/task/{task_id}/cancel")
     assert r.status_code == 409 and "cancelled" in r.json()["message"]
 
@@ -110,7 +104,8 @@ def test_delete_removes_the_resource(alice, worker):
 
 def test_a_deleted_task_leaves_the_history(alice, worker):
     task_id = create(alice)["task_id"]
-    wait_for(lambda: task_id in _listed(alice), 10, what="task mirrored")
+    wait_for(lambda: _listed(alice), 10, until=lambda ids: task_id in ids, what=f"task {task_id} mirrored",
+             describe=lambda: worker.describe(task_id))
     assert alice.delete(f"/api/v1/ai/task/{task_id}").status_code == 200
     assert alice.get(f"/api/v1/ai/task/result/{task_id}").status_code == 404
     assert alice.delete(f"/api/v1/ai/task/{task_id}").status_code == 404
@@ -121,8 +116,8 @@ def test_a_deleted_task_loses_its_stored_files(alice, worker):
     task_id = create(alice)["task_id"]
     worker.succeed_image(task_id)
     uid = worker.get(task_id)["metadata"]["uid"]
-    link = wait_for(lambda: (d := alice.get(f"/api/v1/ai/task/result/{task_id}").json()["data"])["status"]
-                    == "completed" and d["result"]["artifacts"][0]["url"], 10, what="completed")
+    link = worker.wait_result(alice, task_id, lambda d: d.get("status") == "completed", "completed",
+                              10)["result"]["artifacts"][0]["url"]
     assert alice.get(link).status_code == 200
     assert alice.delete(f"/api/v1/ai/task/{task_id}").status_code == 200
     assert alice.get(link).status_code == 404
@@ -140,8 +135,10 @@ def test_result_falls_back_to_mongodb_after_the_ttl(alice, worker):
     worker.succeed_text(task_id, "kept in the history")
     obj = worker.mirror(task_id)
     worker.api.delete_namespaced_custom_object(GROUP, VERSION, worker.namespace, PLURAL, task_id)  # as the TTL does
-    wait_for(lambda: alice.get(f"/api/v1/ai/task/result/{task_id}").json()["data"].get("phase") == "Succeeded"
-             and not _exists(worker, task_id), 10, what="resource gone")
+    wait_for(lambda: (alice.get(f"/api/v1/ai/task/result/{task_id}").json()["data"].get("phase"),
+                      _exists(worker, task_id)), 10, until=lambda v: v == ("Succeeded", False),
+             what="the API to answer from MongoDB once the resource is gone: (phase, resource exists)",
+             describe=lambda: worker.describe(task_id))
     data = alice.get(f"/api/v1/ai/task/result/{task_id}").json()["data"]
     assert data["result"]["text_result"] == "kept in the history" and data["status"] == "completed"
     assert task_id in _listed(alice)

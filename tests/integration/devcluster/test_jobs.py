@@ -7,7 +7,7 @@ import time
 
 from kubernetes import client
 
-from tests.integration.conftest import wait_for
+from tests.support.waits import describe_namespace, wait_for, watching
 
 PY = "python:3.11"
 
@@ -29,10 +29,16 @@ def job_condition(batch: client.BatchV1Api, ns: str, name: str):
     return check
 
 
+def _pods(core: client.CoreV1Api, namespace: str, selector: str) -> list[tuple[str, str]]:
+    pods = core.list_namespaced_pod(namespace, label_selector=selector).items
+    return [(p.metadata.name, p.status.phase) for p in pods]
+
+
 def test_a_short_python_job_completes(cluster, namespace):
     batch = client.BatchV1Api(cluster.api)
     batch.create_namespaced_job(namespace, job("hello", "print('hello from a process pod')"))
-    cond = wait_for(job_condition(batch, namespace, "hello"), 60, what="Job hello to finish")
+    cond = wait_for(job_condition(batch, namespace, "hello"), 60, what="Job hello to finish",
+                    **watching(cluster, namespace))
     assert cond.type == "Complete"
     pods = client.CoreV1Api(cluster.api).list_namespaced_pod(namespace, label_selector="job-name=hello").items
     assert len(pods) == 1 and pods[0].status.phase == "Succeeded"
@@ -44,7 +50,8 @@ def test_a_short_python_job_completes(cluster, namespace):
 def test_a_failing_job_exhausts_its_backoff_limit(cluster, namespace):
     batch = client.BatchV1Api(cluster.api)
     batch.create_namespaced_job(namespace, job("fails", "import sys; sys.exit(3)", backoff=1))
-    cond = wait_for(job_condition(batch, namespace, "fails"), 90, what="Job fails to fail")
+    cond = wait_for(job_condition(batch, namespace, "fails"), 90, what="Job fails to fail",
+                    **watching(cluster, namespace))
     assert (cond.type, cond.reason) == ("Failed", "BackoffLimitExceeded")
     assert batch.read_namespaced_job_status("fails", namespace).status.failed == 2  # first try + 1 retry
     pods = client.CoreV1Api(cluster.api).list_namespaced_pod(namespace, label_selector="job-name=fails").items
@@ -58,7 +65,8 @@ def test_pod_failure_policy_fails_the_job_at_once_on_an_exit_code(cluster, names
                         {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}]}
     batch.create_namespaced_job(namespace, job("permanent", "import sys; sys.exit(42)", backoff=5,
                                                podFailurePolicy=policy))
-    cond = wait_for(job_condition(batch, namespace, "permanent"), 60, what="Job permanent to fail")
+    cond = wait_for(job_condition(batch, namespace, "permanent"), 60, what="Job permanent to fail",
+                    **watching(cluster, namespace))
     assert (cond.type, cond.reason) == ("Failed", "PodFailurePolicy")
     assert batch.read_namespaced_job_status("permanent", namespace).status.failed == 1  # no retry spent
 
@@ -68,11 +76,12 @@ def test_active_deadline_stops_a_sleeping_pod(cluster, namespace):
     core = client.CoreV1Api(cluster.api)
     batch.create_namespaced_job(namespace, job("sleeper", "import time; time.sleep(300)", activeDeadlineSeconds=3))
     started = time.monotonic()
-    cond = wait_for(job_condition(batch, namespace, "sleeper"), 60, what="Job sleeper to hit its deadline")
+    cond = wait_for(job_condition(batch, namespace, "sleeper"), 60, what="Job sleeper to hit its deadline",
+                    **watching(cluster, namespace))
     assert (cond.type, cond.reason) == ("Failed", "DeadlineExceeded")
     assert time.monotonic() - started < 30
-    wait_for(lambda: not core.list_namespaced_pod(namespace, label_selector="job-name=sleeper").items, 30,
-             what="the sleeping pod to be gone")
+    wait_for(lambda: _pods(core, namespace, "job-name=sleeper"), 30, until=lambda pods: not pods,
+             what="the sleeping pod to be gone", **watching(cluster, namespace))
 
 
 def test_env_is_resolved_like_a_kubelet_and_rbac_is_real(cluster, namespace):
@@ -121,8 +130,9 @@ print("RESULT " + json.dumps(out))
                                                                                "optional": True}}},
                ]}]}}
     core.create_namespaced_pod(namespace, pod)
-    wait_for(lambda: core.read_namespaced_pod("envcheck", namespace).status.phase in ("Succeeded", "Failed"), 60,
-             what="pod envcheck to finish")
+    wait_for(lambda: core.read_namespaced_pod("envcheck", namespace).status.phase, 60,
+             until=lambda phase: phase in ("Succeeded", "Failed"), what="pod envcheck to finish",
+             **watching(cluster, namespace))
     log = cluster.pod_log(namespace, "envcheck")
     assert core.read_namespaced_pod("envcheck", namespace).status.phase == "Succeeded", log
     out = json.loads(log.split("RESULT ", 1)[1])
@@ -145,11 +155,12 @@ def test_a_missing_secret_waits_then_runs_when_it_appears(cluster, namespace):
     def waiting():
         st = core.read_namespaced_pod("waits", namespace).status.container_statuses
         return st and st[0].state.waiting
-    w = wait_for(waiting, 30, what="CreateContainerConfigError")
+    w = wait_for(waiting, 30, what="CreateContainerConfigError", **watching(cluster, namespace))
     assert w.reason == "CreateContainerConfigError" and 'secret "later" not found' in w.message
     core.create_namespaced_secret(namespace, {"metadata": {"name": "later"}, "stringData": {"k": "now-here"}})
-    wait_for(lambda: core.read_namespaced_pod("waits", namespace).status.phase == "Succeeded", 30,
-             what="pod to run once the secret exists")
+    wait_for(lambda: core.read_namespaced_pod("waits", namespace).status.phase, 30,
+             until=lambda phase: phase == "Succeeded", what="pod to run once the secret exists",
+             **watching(cluster, namespace))
     assert "now-here" in cluster.pod_log(namespace, "waits")
 
 
@@ -166,7 +177,8 @@ def test_deletion_sends_sigterm_then_sigkill_after_the_grace_period(cluster, nam
                                                         "containers": [{"name": "main", "image": PY,
                                                                         "command": ["python", "-c", code]}]}})
     for name in ("polite", "stubborn"):
-        wait_for(lambda n=name: "ready" in cluster.pod_log(namespace, n), 30, what=f"{name} to start")
+        wait_for(lambda n=name: cluster.pod_log(namespace, n), 30, until=lambda log: "ready" in log,
+                 what=f"{name} to start", **watching(cluster, namespace))
         assert core.read_namespaced_pod(name, namespace).status.phase == "Running"
     t0 = time.monotonic()
     for name in ("polite", "stubborn"):
@@ -174,9 +186,12 @@ def test_deletion_sends_sigterm_then_sigkill_after_the_grace_period(cluster, nam
 
     def gone(name):
         return not [p for p in core.list_namespaced_pod(namespace).items if p.metadata.name == name]
-    wait_for(lambda: gone("polite"), 20, what="polite pod to go")
+    # timed: no progress probes between two looks (describe_namespace only runs if the wait fails)
+    wait_for(lambda: gone("polite"), 20, interval=0.05, what="polite pod to go",
+             describe=lambda: describe_namespace(cluster, namespace))
     polite_s = time.monotonic() - t0
-    wait_for(lambda: gone("stubborn"), 20, what="stubborn pod to go")
+    wait_for(lambda: gone("stubborn"), 20, interval=0.05, what="stubborn pod to go",
+             describe=lambda: describe_namespace(cluster, namespace))
     stubborn_s = time.monotonic() - t0
     assert "got SIGTERM" in cluster.pod_log(namespace, "polite")
     assert polite_s < 2.0, "a pod that exits on SIGTERM goes at once"

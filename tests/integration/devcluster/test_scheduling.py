@@ -14,7 +14,7 @@ from kubernetes.client.rest import ApiException
 
 from devcluster.cluster import with_checkout
 from gentask.domain import GROUP, PLURAL, VERSION
-from tests.integration.conftest import wait_for
+from tests.support.waits import file_progress, wait_for, watching
 
 
 @pytest.fixture
@@ -34,8 +34,10 @@ def one_slot_node(cluster, tmp_path):
         except ApiException:
             return False
         return any(c.type == "Ready" and c.status == "True" for c in node.status.conditions or [])
+    log = tmp_path / "node.log"
     try:
-        wait_for(ready, 30, what=f"node {name} to be Ready")
+        wait_for(ready, 30, what=f"node {name} to be Ready", progress=file_progress(log),
+                 describe=lambda: "node log:\n" + "\n".join(log.read_text(errors="replace").splitlines()[-30:]))
         yield name
     finally:
         proc.terminate()
@@ -62,8 +64,9 @@ def test_critical_runs_before_default_before_low(cluster, namespace, one_slot_no
         "terminationGracePeriodSeconds": 1,
         "containers": [{"name": "main", "image": "python:3.11", "command": ["python", "-c",
                                                                            "import time; time.sleep(600)"]}]}})
-    wait_for(lambda: core.read_namespaced_pod("blocker", namespace).status.phase == "Running", 30,
-             what="the blocker to hold the slot")
+    wait_for(lambda: core.read_namespaced_pod("blocker", namespace).status.phase, 30,
+             until=lambda phase: phase == "Running", what="the blocker to hold the slot",
+             **watching(cluster, namespace))
     code = f"open({str(order)!r}, 'a').write(__import__('os').environ['JOB'] + '\\n')"
     for prio in ("low", "default", "critical"):
         batch.create_namespaced_job(namespace, {"metadata": {"name": prio}, "spec": {
@@ -73,12 +76,12 @@ def test_critical_runs_before_default_before_low(cluster, namespace, one_slot_no
                                 "env": [{"name": "JOB", "valueFrom": {"fieldRef": {
                                     "fieldPath": "metadata.labels['job-name']"}}}]}]}}}})
 
-    def all_pending():
+    def unschedulable():
         pods = [p for p in core.list_namespaced_pod(namespace).items if p.metadata.name != "blocker"]
-        unschedulable = [p for p in pods if any(c.type == "PodScheduled" and c.status == "False"
-                                               for c in p.status.conditions or [])]
-        return len(unschedulable) == 3
-    wait_for(all_pending, 30, what="three Job pods waiting for the slot")
+        return sorted(p.metadata.name for p in pods if any(c.type == "PodScheduled" and c.status == "False"
+                                                            for c in p.status.conditions or []))
+    wait_for(unschedulable, 30, until=lambda pods: len(pods) == 3, what="three Job pods waiting for the slot",
+             **watching(cluster, namespace))
     assert sorted(p.spec.priority for p in core.list_namespaced_pod(namespace).items
                   if p.metadata.name != "blocker") == [10, 100, 1000]
     # A pod that failed to schedule waits out a backoff (at most 10 s, the scheduler's default
@@ -86,8 +89,8 @@ def test_critical_runs_before_default_before_low(cluster, namespace, one_slot_no
     # is ordered by priority alone, which is what this test is about.
     time.sleep(11)
     core.delete_namespaced_pod("blocker", namespace)
-    wait_for(lambda: order.exists() and len(order.read_text().split()) == 3, 90,
-             what="the three Jobs to run one after another")
+    wait_for(lambda: order.read_text().split() if order.exists() else [], 90, until=lambda done: len(done) == 3,
+             what="the three Jobs to run one after another", **watching(cluster, namespace))
     assert order.read_text().split() == ["critical", "default", "low"]
 
 
@@ -103,7 +106,11 @@ def test_deleting_the_owner_removes_its_job(cluster, namespace):
             "name": "main", "image": "python:3.11", "command": ["python", "-c", "import time; time.sleep(300)"]}]}}}})
     core = client.CoreV1Api(cluster.api)
     wait_for(lambda: core.list_namespaced_pod(namespace, label_selector="job-name=owner").items, 30,
-             what="the owned Job's pod")
+             what="the owned Job's pod", **watching(cluster, namespace))
     custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "owner")
-    wait_for(lambda: not batch.list_namespaced_job(namespace).items, 60, what="the garbage collector to remove the Job")
-    wait_for(lambda: not core.list_namespaced_pod(namespace).items, 60, what="the Job's pod to go")
+    wait_for(lambda: [(j.metadata.name, j.metadata.deletion_timestamp)
+                      for j in batch.list_namespaced_job(namespace).items], 60,
+             until=lambda jobs: not jobs, what="the garbage collector to remove the Job",
+             **watching(cluster, namespace))
+    wait_for(lambda: [(p.metadata.name, p.status.phase) for p in core.list_namespaced_pod(namespace).items], 60,
+             until=lambda pods: not pods, what="the Job's pod to go", **watching(cluster, namespace))

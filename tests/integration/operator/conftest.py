@@ -18,7 +18,10 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from gentask.domain import GROUP, PLURAL, VERSION
-from tests.integration.conftest import Cluster, wait_for
+from tests.integration.conftest import Cluster
+from tests.support.waits import file_progress, wait_for, watching
+
+TERMINAL = ("Succeeded", "Failed", "Cancelled")
 
 
 def free_port() -> int:
@@ -63,8 +66,14 @@ def start_operator(cluster: Cluster, log: Path, **extra: str) -> Operator:
                 return r.status == 200
         except OSError:
             return False
-    wait_for(ready, 60, what="the operator to be ready")
+    wait_for(ready, 60, what=f"the operator to be ready (log: {log})", progress=file_progress(log),
+             describe=lambda: log_tail(log))
     return Operator(proc, port, log, env)
+
+
+def log_tail(log: Path, lines: int = 30) -> str:
+    text = log.read_text(errors="replace").splitlines() if log.exists() else ["(no log yet)"]
+    return f"last lines of {log}:\n" + "\n".join(f"  | {line[:500]}" for line in text[-lines:])
 
 
 def stop_operator(op: Operator, sig: int = signal.SIGTERM) -> None:
@@ -93,9 +102,14 @@ def tasks_ns(cluster, namespace, operator) -> str:
 
 
 class Tasks:
-    def __init__(self, cluster: Cluster, namespace: str) -> None:
+    """The GenerationTasks of one namespace; `logs` are the files (the operator's log) that a failed
+    wait quotes beside the task's description."""
+
+    def __init__(self, cluster: Cluster, namespace: str, *logs: Path) -> None:
+        self.cluster = cluster
         self.api = client.CustomObjectsApi(cluster.api)
         self.ns = namespace
+        self.logs = logs
 
     def create(self, name: str | None = None, **spec) -> str:
         name = name or f"t-{uuid.uuid4().hex[:6]}"
@@ -115,9 +129,26 @@ class Tasks:
                 return {"phase": "<deleted>"}
             raise
 
+    def watching(self, name: str | None = None) -> dict:
+        """progress and describe for wait_for: the task (or the namespace), its Job, pods, events, logs."""
+        return watching(self.cluster, self.ns, task=name, logs=self.logs)
+
+    def wait_status(self, name: str, until, timeout: float = 90, what: str = "") -> dict:
+        """The task's status once until(status) holds; fails at once if the task ends or goes without it.
+
+        timeout: how long the task, its Job and its pods may stay without any change (see tests.support.waits).
+        """
+        def ended(status: dict) -> str | None:
+            phase = status.get("phase")
+            if phase in TERMINAL or phase == "<deleted>":
+                return f"the task is {phase} (reason {status.get('reason')}: {status.get('message')!r}), for good"
+            return None
+        return wait_for(lambda: self.status(name), timeout, what=f"task {self.ns}/{name} {what}".rstrip(),
+                        until=until, abort=ended, **self.watching(name))
+
     def wait_phase(self, name: str, *phases: str, timeout: float = 90) -> dict:
-        return wait_for(lambda: (s := self.status(name)).get("phase") in phases and s, timeout,
-                        what=f"task {name} to reach {'/'.join(phases)}")
+        return self.wait_status(name, lambda s: s.get("phase") in phases, timeout,
+                                what=f"to reach {'/'.join(phases)}")
 
     def patch_spec(self, name: str, **spec) -> None:
         self.api.patch_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL, name, {"spec": spec})
@@ -127,5 +158,5 @@ class Tasks:
 
 
 @pytest.fixture
-def tasks(cluster, tasks_ns) -> Tasks:
-    return Tasks(cluster, tasks_ns)
+def tasks(cluster, tasks_ns, operator) -> Tasks:
+    return Tasks(cluster, tasks_ns, operator.log)

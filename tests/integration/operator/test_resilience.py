@@ -16,11 +16,11 @@ from concurrent.futures import ThreadPoolExecutor
 import pymongo
 import pytest
 from kubernetes import client
-from kubernetes.client.rest import ApiException
 
 from devcluster import DevCluster
-from tests.integration.conftest import wait_for
+from tests.integration.conftest import wait_default_account
 from tests.integration.operator.conftest import Tasks, start_operator, stop_operator
+from tests.support.waits import describe_namespace, wait_for
 
 TERMINAL = ("Succeeded", "Failed", "Cancelled")
 
@@ -30,24 +30,17 @@ def r_ns(cluster):
     core = client.CoreV1Api(cluster.api)
     name = f"r-{uuid.uuid4().hex[:8]}"
     core.create_namespace({"metadata": {"name": name}})
-    wait_for(lambda: _has_default_sa(core, name), 30, what="the default service account")
+    wait_default_account(cluster, name)
     core.create_namespaced_secret(name, {"metadata": {"name": "gentask-credentials"},
                                          "stringData": {"MONGO_URL": cluster.mongo_url}})
     yield name
     core.delete_namespace(name, propagation_policy="Background")
 
 
-def _has_default_sa(core, ns) -> bool:
-    try:
-        core.read_namespaced_service_account("default", ns)
-        return True
-    except ApiException:
-        return False
-
-
 def _own_db(cluster, ns: str) -> tuple[str, str]:
-    """A MongoDB URL and database of this test's own: FerretDB v1.24 (SQLite) scans a whole
-    collection for every query, so a test that counts on the mirror keeps its collection small."""
+    """A MongoDB URL and database of this test's own: FerretDB v1.24 on PostgreSQL sends a query's
+    filter as containment tests that no index serves, so PostgreSQL scans the whole collection and
+    FerretDB decodes every match; a test that counts on the mirror keeps its collection small."""
     name = ns.replace("-", "_")
     return cluster.mongo_url.rsplit("/", 1)[0] + f"/{name}", name
 
@@ -56,12 +49,21 @@ def _all(tasks: Tasks) -> list[dict]:
     return tasks.api.list_namespaced_custom_object("gentask.io", "v1alpha1", tasks.ns, "generationtasks")["items"]
 
 
-def _mirror_matches(db, items: list[dict]) -> bool:
+def _mirror_lag(db, items: list[dict]) -> list[str]:
+    """The tasks whose MongoDB record is missing or differs from the resource (phase, resourceVersion)."""
     records = {r["_id"]: r for r in db.tasks.find({"namespace": items[0]["metadata"]["namespace"]})}
-    return all(t["metadata"]["uid"] in records
-               and records[t["metadata"]["uid"]]["phase"] == (t.get("status") or {}).get("phase")
-               and records[t["metadata"]["uid"]]["resourceVersion"] == int(t["metadata"]["resourceVersion"])
-               for t in items)
+    return [t["metadata"]["name"] for t in items
+            if not (t["metadata"]["uid"] in records
+                    and records[t["metadata"]["uid"]]["phase"] == (t.get("status") or {}).get("phase")
+                    and records[t["metadata"]["uid"]]["resourceVersion"] == int(t["metadata"]["resourceVersion"]))]
+
+
+def _phases(items: list[dict]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for t in items:
+        phase = (t.get("status") or {}).get("phase") or "<none>"
+        counts[phase] = counts.get(phase, 0) + 1
+    return counts
 
 
 @pytest.mark.timeout(900)
@@ -71,7 +73,7 @@ def test_operator_killed_mid_burst_of_200(cluster, r_ns, tmp_path):
     extra = {"GENTASK_WATCH_NAMESPACES": r_ns, "GENTASK_WORKER_CPU_REQUEST": "1",     # 8 at a time on the node
              "MONGO_URL": url}
     op = start_operator(cluster, tmp_path / "op1.log", **extra)
-    tasks = Tasks(cluster, r_ns)
+    tasks = Tasks(cluster, r_ns, tmp_path / "op1.log", tmp_path / "op2.log")
     names = [f"b{i:03d}" for i in range(200)]
     created = []
 
@@ -82,8 +84,7 @@ def test_operator_killed_mid_burst_of_200(cluster, r_ns, tmp_path):
     killed = threading.Event()
 
     def killer():
-        while len(created) < 100:
-            time.sleep(0.05)
+        wait_for(lambda: len(created), 120, interval=0.05, until=lambda n: n >= 100, what="100 tasks created")
         os.killpg(op.proc.pid, signal.SIGKILL)
         op.proc.wait()
         killed.set()
@@ -93,8 +94,10 @@ def test_operator_killed_mid_burst_of_200(cluster, r_ns, tmp_path):
     assert killed.wait(30), "the operator was not killed mid-burst"
     op2 = start_operator(cluster, tmp_path / "op2.log", **extra)
     try:
-        wait_for(lambda: all((t.get("status") or {}).get("phase") in TERMINAL for t in _all(tasks)), 720,
-                 interval=2, what="all 200 tasks to finish")
+        # 8 at a time: the phase counts move every few seconds; still for 120 s is stuck
+        wait_for(lambda: _phases(_all(tasks)), 120, interval=2, cap=850,
+                 until=lambda phases: set(phases) <= set(TERMINAL), what="all 200 tasks to finish",
+                 describe=lambda: describe_namespace(cluster, r_ns, pod_logs=False, logs=tasks.logs))
         items = _all(tasks)
         assert len(items) == 200
         assert {t["status"]["phase"] for t in items} == {"Succeeded"}
@@ -102,7 +105,9 @@ def test_operator_killed_mid_burst_of_200(cluster, r_ns, tmp_path):
         assert sorted(j.metadata.name for j in jobs) == sorted(names)        # exactly one Job per task
         assert all(t["status"]["attempts"] == 1 for t in items)
         db = pymongo.MongoClient(url)[dbname]
-        wait_for(lambda: _mirror_matches(db, _all(tasks)), 120, interval=2, what="MongoDB to equal the resources")
+        wait_for(lambda: _mirror_lag(db, _all(tasks)), 120, interval=2, until=lambda lag: not lag,
+                 what="MongoDB to equal the resources (last value: the tasks whose record differs)",
+                 describe=lambda: describe_namespace(cluster, r_ns, pod_logs=False, logs=tasks.logs))
     finally:
         stop_operator(op2)
 
@@ -111,21 +116,24 @@ def test_mongodb_down_for_30s_loses_nothing(cluster, r_ns, tmp_path):
     dev = DevCluster(cluster.kubeconfig.parent)
     url, dbname = _own_db(cluster, r_ns)
     op = start_operator(cluster, tmp_path / "op.log", GENTASK_WATCH_NAMESPACES=r_ns, MONGO_URL=url)
-    tasks = Tasks(cluster, r_ns)
+    tasks = Tasks(cluster, r_ns, op.log)
     db = pymongo.MongoClient(url, serverSelectionTimeoutMS=2000)[dbname]
     try:
         dev.stop_component("ferretdb")
         started = time.monotonic()
         try:
             names = [tasks.create(type="text", model="fake-text", prompt=f"during the outage {i}") for i in range(10)]
-            wait_for(lambda: all(tasks.status(n).get("phase") == "Succeeded" for n in names), 90, interval=1,
-                     what="tasks to keep running while MongoDB is down")
+            wait_for(lambda: {n: tasks.status(n).get("phase") for n in names}, 90, interval=1,
+                     until=lambda phases: set(phases.values()) == {"Succeeded"},
+                     what="tasks to keep running while MongoDB is down", **tasks.watching())
             assert op.metric("gentask_mirror_pending") >= 1
             time.sleep(max(0.0, 30 - (time.monotonic() - started)))
         finally:
             dev.start_component("ferretdb")
-        wait_for(lambda: _mirror_matches(db, _all(tasks)), 60, interval=1, what="the mirror to catch up")
-        wait_for(lambda: op.metric("gentask_mirror_pending") == 0, 30, what="the mirror queue to drain")
+        wait_for(lambda: _mirror_lag(db, _all(tasks)), 60, interval=1, until=lambda lag: not lag,
+                 what="the mirror to catch up (last value: the tasks whose record differs)", **tasks.watching())
+        wait_for(lambda: op.metric("gentask_mirror_pending"), 30, until=lambda n: n == 0,
+                 what="the mirror queue to drain", **tasks.watching())
     finally:
         stop_operator(op)
 
@@ -137,7 +145,7 @@ def test_a_pod_started_twice_for_one_attempt_pays_once(cluster, r_ns, tmp_path):
     from gentask.config import load_settings
     from gentask.storage import ArtifactStore, connect
 
-    tasks = Tasks(cluster, r_ns)          # no operator watches r-*: this test plays the Job's part
+    tasks = Tasks(cluster, r_ns, tmp_path / "w1.log")     # no operator watches r-*: this test plays the Job's part
     name = tasks.create(type="video", provider="volcengine", model="doubao-seedance-1-0-pro-250528",
                         prompt="waves at dusk", params={"duration": 5, "aspectRatio": "16:9"})
     with LocalVendors(job_steps=100000) as vendors:
@@ -147,7 +155,8 @@ def test_a_pod_started_twice_for_one_attempt_pays_once(cluster, r_ns, tmp_path):
                "ARK_API_KEY": s.ark_api_key.get_secret_value(), "LOG_LEVEL": "info"}
         cmd = [sys.executable, "-m", "gentask", "worker", "run", f"{r_ns}/{name}"]
         first = subprocess.Popen(cmd, env=env, stdout=open(tmp_path / "w1.log", "wb"), stderr=subprocess.STDOUT)
-        submitted = wait_for(lambda: tasks.status(name).get("providerTaskID"), 30, what="the vendor job id")
+        submitted = tasks.wait_status(name, lambda s: s.get("providerTaskID"), 30,
+                                      what="to get its vendor job id")["providerTaskID"]
         time.sleep(0.5)
         first.kill()
         first.wait()
@@ -176,13 +185,14 @@ def test_saturated_node_runs_critical_before_default_before_low(cluster, r_ns, t
     core.patch_node("gentask-node", hold)
     op = start_operator(cluster, tmp_path / "op.log", GENTASK_WATCH_NAMESPACES=r_ns,
                         GENTASK_WORKER_CPU_REQUEST="8")                         # one task at a time
-    tasks = Tasks(cluster, r_ns)
+    tasks = Tasks(cluster, r_ns, op.log)
     try:
         names = {p: tasks.create(f"{p}-task", type="text", model="fake-text", prompt=p, priority=p)
                  for p in ("low", "default", "critical")}
         for name in names.values():
             tasks.wait_phase(name, "Queued", timeout=30)
-        wait_for(lambda: len(core.list_namespaced_pod(r_ns).items) == 3, 30, what="three pending pods")
+        wait_for(lambda: len(core.list_namespaced_pod(r_ns).items), 30, until=lambda n: n == 3,
+                 what="three pending pods", **tasks.watching())
         time.sleep(11)   # past the scheduler's longest backoff: the queue is then ordered by priority alone
         core.patch_node("gentask-node", {"spec": {"taints": None}})
         for name in names.values():
@@ -199,7 +209,7 @@ def test_saturated_node_runs_critical_before_default_before_low(cluster, r_ns, t
 def test_inline_executor_runs_tasks_in_the_operator(cluster, r_ns, tmp_path):
     op = start_operator(cluster, tmp_path / "op.log", GENTASK_WATCH_NAMESPACES=r_ns, GENTASK_EXECUTOR="inline",
                         GENTASK_INLINE_CONCURRENCY="2")
-    tasks = Tasks(cluster, r_ns)
+    tasks = Tasks(cluster, r_ns, op.log)
     try:
         names = [tasks.create(type="image", model="fake-image", prompt=f"inline {i}", params={"size": "64x64"})
                  for i in range(4)]
@@ -214,8 +224,8 @@ def test_inline_executor_runs_tasks_in_the_operator(cluster, r_ns, tmp_path):
 def test_metrics_and_probes(cluster, operator, tasks):
     name = tasks.create(type="text", model="fake-text", prompt="count me")
     tasks.wait_phase(name, "Succeeded", timeout=60)
-    wait_for(lambda: operator.metric("gentask_tasks", phase="Succeeded", type="text", provider="fake") >= 1, 20,
-             what="the tasks gauge")
+    wait_for(lambda: operator.metric("gentask_tasks", phase="Succeeded", type="text", provider="fake"), 20,
+             until=lambda n: n >= 1, what="the tasks gauge", **tasks.watching(name))
     text = operator.metrics()
     for family in ("gentask_task_duration_seconds_bucket", "gentask_task_queue_wait_seconds_bucket",
                    "gentask_mirror_lag_seconds", "gentask_operator_api_writes_total"):

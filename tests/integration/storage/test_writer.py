@@ -10,6 +10,7 @@ import pytest
 
 from gentask.config import Settings
 from gentask.storage import ArtifactStore, MirrorWriter, StorageUnavailable, TaskMirror, connect
+from tests.support.waits import wait_for_async
 
 from ._objects import task_obj
 
@@ -29,12 +30,10 @@ def _writer(target: dict, **options) -> MirrorWriter:
     return MirrorWriter(database=lambda: target["db"], **options)
 
 
-async def _until(check, seconds: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + seconds
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
+async def _drained(writer: MirrorWriter, what: str) -> None:
+    """Until the writer has nothing pending; progress is the pending count moving, the failure shows its stats."""
+    await wait_for_async(lambda: writer.pending, 10, interval=0.02, until=lambda n: n == 0, what=what,
+                         describe=lambda: repr(writer.stats()))
 
 
 async def test_changes_of_one_uid_coalesce_to_the_newest(db):
@@ -45,7 +44,7 @@ async def test_changes_of_one_uid_coalesce_to_the_newest(db):
     writer.delete("u2")
     assert writer.pending == 2
     writer.start()
-    await _until(lambda: writer.pending == 0, what="the changes written")
+    await _drained(writer, "the changes written")
     mirror = TaskMirror(db)
     assert (mirror.get("u1")["resourceVersion"], mirror.get("u1")["phase"]) == (3, "Running")
     record = mirror.get("u2")             # put, then delete: the record is written and marked deleted
@@ -74,7 +73,7 @@ async def test_backoff_while_mongodb_is_away_keeps_every_change(db):
     assert time.monotonic() - started < 0.1
 
     target["db"] = db                                            # MongoDB is back
-    await _until(lambda: writer.pending == 0, what="catching up")
+    await _drained(writer, "catching up")
     assert writer.healthy and writer.lag == 0.0 and writer.mirror is not None
     records, total = TaskMirror(db).list(limit=10)
     assert total == 3 and {r["_id"]: r["phase"] for r in records} == {"t0": "Running", "t1": "Pending",
@@ -107,7 +106,7 @@ async def test_forget_while_away_fails_fast_and_is_applied_later(db):
         await asyncio.wait_for(writer.forget("u1"), 5)
     assert writer.pending == 1
     target["db"] = db
-    await _until(lambda: writer.pending == 0, what="the forget retried")
+    await _drained(writer, "the forget retried")
     assert TaskMirror(db).get("u1") is None
     await writer.stop()
 
