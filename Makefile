@@ -21,6 +21,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed ## create .venv and install gentask with its dev extra
 
 tools: ## build etcd, the control plane, kubectl, FerretDB and helm into $GENTASK_TOOLS_DIR (once)
+	@bash hack/system-packages.sh postgresql containerd runc containernetworking-plugins iptables busybox-static buildah skopeo mmdebstrap
 	@bash hack/build-tools.sh
 
 crds: install ## generate crds/ from gentask.domain
@@ -55,6 +56,7 @@ bench: install tools ## benchmarks: figures into docs/benchmarks.md
 	$(PY) bench/providers.py
 	$(PY) bench/mirror.py
 	$(PY) bench/api.py
+	$(PY) bench/operator.py
 
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 IMAGE ?= ghcr.io/gentask/gentask:$(VERSION)

@@ -3,7 +3,8 @@
 #
 # For machines with a Docker engine, kind, kubectl and helm. It cannot run where no Docker
 # engine runs (the project's development machines and CI): there `make test` runs the same
-# suite against the local cluster, whose process node maps the image to the virtualenv.
+# suite on the local cluster's real node (kubelet + containerd), with the image built by
+# hack/build-image.sh.
 #
 # Steps: create a kind cluster; build the image and load it into the cluster; start a MongoDB
 # in it; run tests/e2e against that kubeconfig (the suite installs the chart with the image,
