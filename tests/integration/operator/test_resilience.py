@@ -197,10 +197,11 @@ def test_saturated_node_runs_critical_before_default_before_low(cluster, r_ns, t
         core.patch_node("gentask-node", {"spec": {"taints": None}})
         for name in names.values():
             tasks.wait_phase(name, "Succeeded", timeout=90)
-        starts = {p: tasks.status(n)["startTime"] for p, n in names.items()}
-        assert starts["critical"] <= starts["default"] <= starts["low"], starts
-        order = sorted(names, key=lambda p: tasks.get(names[p])["status"]["completionTime"])
-        assert order == ["critical", "default", "low"]
+        # The API server keeps these times in whole seconds, and a fake task takes about one, so two
+        # may share a second: the order shows as one slot handed on, each task starting no earlier
+        # than the one before it finished.
+        times = {p: (tasks.status(n)["startTime"], tasks.status(n)["completionTime"]) for p, n in names.items()}
+        assert times["critical"][1] <= times["default"][0] and times["default"][1] <= times["low"][0], times
     finally:
         core.patch_node("gentask-node", {"spec": {"taints": None}})
         stop_operator(op)
