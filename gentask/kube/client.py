@@ -106,7 +106,9 @@ class KubeClient:
         self._failures += (aiohttp.ClientError,)
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(ssl=self.connection.ssl, limit=pool, keepalive_timeout=60),
-            timeout=aiohttp.ClientTimeout(total=timeout, connect=self._connect_timeout),
+            # sock_connect, not connect: aiohttp's connect also counts the wait for a free pooled
+            # connection, so a burst of requests would time out while the API server is fine
+            timeout=aiohttp.ClientTimeout(total=timeout, sock_connect=self._connect_timeout),
             json_serialize=_dumps,
         )
 

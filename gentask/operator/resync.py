@@ -1,4 +1,4 @@
-"""The periodic resync: repair what a missed event could leave (the mirror, TTL timers)."""
+"""The periodic resync: repair what a missed event could leave (unstarted tasks, the mirror, TTL timers)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from gentask.domain.reasons import Phase
 from gentask.operator.context import OperatorContext
-from gentask.operator.reconcile import parse_task
+from gentask.operator.reconcile import parse_task, reconcile_task
 from gentask.operator.ttl import schedule_ttl
 
 log = logging.getLogger("gentask.operator")
@@ -25,7 +25,7 @@ def _is_glob(pattern: str) -> bool:
 
 
 async def resync(ctx: OperatorContext) -> dict[str, int]:
-    """Repair what a missed event could leave: the mirror, expired TTLs, a vanished Job."""
+    """Repair what a missed event could leave: a task never started, the mirror, expired TTLs, a vanished Job."""
     patterns = ctx.settings.watch_namespaces
     if patterns and not any(_is_glob(p) for p in patterns):
         tasks: list[dict[str, Any]] = []
@@ -37,8 +37,21 @@ async def resync(ctx: OperatorContext) -> dict[str, int]:
         tasks = [t for t in items
                  if not patterns or any(fnmatch.fnmatch(t["metadata"]["namespace"], p) for p in patterns)]
     live = {t["metadata"]["uid"]: t for t in tasks}
+    started = 0
     for raw in tasks:
         phase = Phase.parse((raw.get("status") or {}).get("phase"))
+        unstarted = phase in (None, Phase.PENDING) or (phase is Phase.QUEUED and ctx.executor is None
+                                                       and raw["metadata"]["uid"] not in ctx.jobs_ensured)
+        if unstarted and not raw["metadata"].get("deletionTimestamp"):
+            # Kopf does not retry an event handler that failed (a burst that timed the client out, an
+            # API server that refused a write): without this such a task would wait for its next change,
+            # which never comes. Starting twice is harmless: the Queued write is guarded by resourceVersion.
+            try:
+                task, spec_error = parse_task(raw)
+                await reconcile_task(ctx, task, raw, spec_error)
+                started += 1
+            except Exception as exc:  # noqa: BLE001 - the next round tries again; one task must not stop the rest
+                log.warning("resync could not start task %s: %s", raw["metadata"].get("name"), exc)
         if phase is not None and phase.terminal:
             try:
                 schedule_ttl(ctx, parse_task(raw)[0])
@@ -51,7 +64,7 @@ async def resync(ctx: OperatorContext) -> dict[str, int]:
     gone = [uid for uid in (known or {}) if uid not in live]
     for uid in gone:
         ctx.mirror.delete(uid)
-    return {"tasks": len(tasks), "mirrored_again": len(stale), "marked_deleted": len(gone)}
+    return {"tasks": len(tasks), "started": started, "mirrored_again": len(stale), "marked_deleted": len(gone)}
 
 
 async def _mirrored(ctx: OperatorContext, patterns: list[str], tasks: list[dict[str, Any]]) -> dict[str, int] | None:

@@ -234,3 +234,45 @@ def test_metrics_and_probes(cluster, operator, tasks):
     import urllib.request
     with urllib.request.urlopen(f"http://127.0.0.1:{operator.metrics_port}/readyz") as r:
         assert r.status == 200
+
+
+def test_a_task_whose_first_look_failed_is_started_by_the_resync(cluster, r_ns, tmp_path):
+    """Kopf never retries an event handler: a task whose first reconcile failed (here the API server
+    refuses its Queued write) waits for no new event; the resync must start it."""
+    adm = client.AdmissionregistrationV1Api(cluster.api)
+    policy = f"test-refuse-status-{r_ns}"
+    adm.create_validating_admission_policy({"metadata": {"name": policy}, "spec": {
+        "failurePolicy": "Fail",
+        "matchConstraints": {"resourceRules": [{"apiGroups": ["gentask.io"], "apiVersions": ["*"],
+                                                "operations": ["UPDATE"], "resources": ["generationtasks/status"]}]},
+        "matchConditions": [{"name": "this-namespace", "expression": f"request.namespace == '{r_ns}'"}],
+        "validations": [{"expression": "false", "message": "status writes are refused for this test"}]}})
+    adm.create_validating_admission_policy_binding({"metadata": {"name": policy}, "spec": {
+        "policyName": policy, "validationActions": ["Deny"]}})
+    op = None
+    try:
+        tasks = Tasks(cluster, r_ns)
+        name = tasks.create(type="text", model="fake-text", prompt="start me late")
+
+        def refused() -> bool:
+            try:
+                tasks.api.patch_namespaced_custom_object_status("gentask.io", "v1alpha1", r_ns, "generationtasks",
+                                                                name, {"status": {"message": "probe"}})
+            except client.ApiException as exc:
+                return exc.status in (403, 422) and "refused for this test" in (exc.body or "")
+            return False
+        wait_for(refused, 30, until=bool, what="the test's admission policy to refuse status writes")
+        op = start_operator(cluster, tmp_path / "op.log", GENTASK_WATCH_NAMESPACES=r_ns, GENTASK_RESYNC_SECONDS="3")
+        tasks = Tasks(cluster, r_ns, op.log)
+        wait_for(lambda: (tmp_path / "op.log").read_text(errors="replace").count("reconcile failed"), 60,
+                 until=lambda n: n >= 1, what="the operator's first look at the task to fail")
+        assert tasks.status(name).get("phase") in (None, "Pending")
+    finally:
+        adm.delete_validating_admission_policy_binding(policy)
+        adm.delete_validating_admission_policy(policy)
+    try:
+        status = tasks.wait_phase(name, "Succeeded", timeout=60)      # nothing changed the task: the resync did it
+        assert status["attempts"] == 1
+    finally:
+        if op is not None:
+            stop_operator(op)
