@@ -87,7 +87,11 @@ class Settings(BaseSettings):
     inline_concurrency: int = Field(4, ge=1, le=256, validation_alias=_env("GENTASK_INLINE_CONCURRENCY"))
     metrics_port: int = Field(9090, ge=0, le=65535, validation_alias=_env("GENTASK_METRICS_PORT"),
                               description="operator metrics and probes; 0 turns them off")
-    resync_seconds: float = Field(60.0, ge=1, le=86400, validation_alias=_env("GENTASK_RESYNC_SECONDS"))
+    resync_seconds: float = Field(60.0, ge=1, le=86400, validation_alias=_env("GENTASK_RESYNC_SECONDS"),
+                                  description="how often the operator re-lists unfinished tasks")
+    audit_seconds: float = Field(600.0, ge=1, le=86400, validation_alias=_env("GENTASK_AUDIT_SECONDS"),
+                                 description="how often (and once at start) it pages through every task: "
+                                             "TTL timers, the mirror, records of tasks deleted behind its back")
     worker_cpu_request: str = Field("50m", validation_alias=_env("GENTASK_WORKER_CPU_REQUEST"))
     worker_memory_request: str = Field("128Mi", validation_alias=_env("GENTASK_WORKER_MEMORY_REQUEST"))
     worker_memory_limit: str = Field("512Mi", validation_alias=_env("GENTASK_WORKER_MEMORY_LIMIT"))

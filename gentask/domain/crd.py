@@ -129,6 +129,9 @@ def build_crd() -> dict[str, Any]:
                 "storage": True,
                 "subresources": {"status": {}},
                 "additionalPrinterColumns": [{"name": n, "type": t, "jsonPath": p} for n, t, p in columns],
+                # Field selectors the API server evaluates itself: the operator and the worker pool
+                # watch only unfinished tasks (status.phase!=Succeeded,...), however many have finished.
+                "selectableFields": [{"jsonPath": p} for p in SELECTABLE_FIELDS],
                 "schema": {"openAPIV3Schema": {
                     "type": "object",
                     "description": "An image, a video or a text to generate with an AI provider, run as a Job.",
@@ -148,6 +151,9 @@ def build_crd() -> dict[str, Any]:
             }],
         },
     }
+
+
+SELECTABLE_FIELDS = (".status.phase", ".spec.priority", ".spec.userID")
 
 
 def render() -> str:

@@ -220,6 +220,19 @@ class KubeClient:
         params = {"labelSelector": label_selector} if label_selector else {}
         return await self._list(task_path(namespace), params, page)
 
+    async def task_pages(self, namespace: str | None, *, field_selector: str | None = None,
+                         page: int = LIST_PAGE) -> AsyncIterator[list[Object]]:
+        """The tasks of a namespace (all when None), one page at a time: memory stays one page,
+        however many tasks there are. field_selector: e.g. names.UNFINISHED (selectableFields)."""
+        params = {"limit": str(page), **({"fieldSelector": field_selector} if field_selector else {})}
+        while True:
+            doc = await self.request("GET", task_path(namespace), params=params)
+            yield doc.get("items") or []
+            token = (doc.get("metadata") or {}).get("continue")
+            if not token:
+                return
+            params["continue"] = token
+
     def watch_tasks(self, namespace: str, resource_version: str) -> AsyncIterator[tuple[str, Object]]:
         """(event type, task) from resource_version on, with bookmarks, until the server ends it.
 

@@ -13,6 +13,12 @@ LABEL_COMPONENT = "app.kubernetes.io/component"
 MANAGED_BY = {"app.kubernetes.io/name": "gentask", "app.kubernetes.io/managed-by": "gentask-operator"}
 WORKER_CONTAINER = "worker"
 
+# Server-side field selectors (the CRD declares .status.phase a selectableField): watches and
+# lists of unfinished tasks only, so a finished task costs a watcher nothing, however many there are.
+UNFINISHED = "status.phase!=Succeeded,status.phase!=Failed,status.phase!=Cancelled"
+# Jobs without a succeeded pod (running, or failed for good): a completed Job leaves the operator's watch.
+UNSUCCESSFUL_JOBS = "status.successful=0"
+
 # The worker's exit codes: what tells the Job to stop (podFailurePolicy FailJob) or to retry.
 EXIT_OK = 0
 EXIT_RETRY = 1        # infrastructure trouble (API server, artifact store): the Job may try again

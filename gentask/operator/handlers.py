@@ -18,12 +18,12 @@ from gentask.config import load_settings
 from gentask.domain.task import GROUP, PLURAL, VERSION
 from gentask.kube.client import KubeClient
 from gentask.kube.config import Connection, load_connection
-from gentask.kube.names import LABEL_TASK
+from gentask.kube.names import LABEL_TASK, UNFINISHED, UNSUCCESSFUL_JOBS
 from gentask.logs import setup_logging
 from gentask.operator import jobs, reconcile, resync
 from gentask.operator.context import OperatorContext
 from gentask.operator.metrics import Metrics
-from gentask.operator.observe import forget
+from gentask.operator.observe import after_leaving
 from gentask.operator.server import serve
 from gentask.storage import MirrorWriter
 
@@ -34,6 +34,7 @@ log = logging.getLogger("gentask.operator")
 # next event. At most KUBE_POOL requests at once (the thread pool before allowed about 6).
 KUBE_TIMEOUT: float | None = None
 KUBE_POOL = 16
+LIST_CHUNK = 500
 
 
 async def connection_info(connection: Connection) -> kopf.ConnectionInfo:
@@ -68,6 +69,13 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.batching.idle_timeout = 1.0
     settings.batching.batch_window = 0.05
     settings.networking.error_backoffs = [1, 2, 5, 10]
+    # Only unfinished tasks and unfinished Jobs, filtered by the API server: finished ones cost the
+    # operator no memory and no event at start, however many there are (the resync's audit pages
+    # through them for TTLs and the mirror). Listings come a page at a time.
+    settings.watching.field_selectors[GROUP, VERSION, PLURAL] = UNFINISHED
+    settings.watching.field_selectors["batch", "v1", "jobs"] = UNSUCCESSFUL_JOBS
+    settings.watching.label_selectors["batch", "v1", "jobs"] = LABEL_TASK
+    settings.watching.chunk_size = LIST_CHUNK
     metrics = Metrics()
     ctx = OperatorContext(settings=config, kube=KubeClient(load_connection(), timeout=KUBE_TIMEOUT, pool=KUBE_POOL),
                           registry=registry_from_settings(config), metrics=metrics,
@@ -108,10 +116,14 @@ async def task_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: An
     """Every change of a GenerationTask: parsed once, then reconciled; a DELETED one is forgotten."""
     ctx: OperatorContext = memo.ctx
     raw = dict(body)
-    if type == "DELETED":
-        forget(ctx, body["metadata"]["uid"])
-        return
     try:
+        if type == "DELETED":
+            # Gone, or finished: a task that finishes leaves the watch (its field selector), and the
+            # API server says so with DELETED and the task as it was before. Which one, a read tells.
+            now = await after_leaving(ctx, raw)
+            if now is None:
+                return
+            raw = now
         task, spec_error = reconcile.parse_task(raw)
         await reconcile.reconcile_task(ctx, task, raw, spec_error)
     except Exception as exc:  # noqa: BLE001 - try again on the next event or resync
@@ -123,4 +135,6 @@ async def task_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: An
 async def job_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """Every change of a task's Job: what its pod could not report."""
     ctx: OperatorContext = memo.ctx
+    # DELETED also when a Job completes (it leaves the watch's field selector): reconcile_job reads
+    # the task first, finished then, and only for an unfinished task checks that the Job is gone.
     await jobs.reconcile_job(ctx, dict(body), deleted=type == "DELETED")

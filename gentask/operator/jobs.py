@@ -50,6 +50,9 @@ async def reconcile_job(ctx: OperatorContext, job: dict[str, Any], deleted: bool
     owner = next((o for o in meta.owner_references if o.kind == KIND), None)
     if owner is None or not meta.namespace:
         return
+    cond = _job_condition(job)
+    if not deleted and (cond is None or cond["type"] == "Complete"):
+        return          # running, or done: the worker reported (no read of the task for every Job change)
     try:
         raw = await ctx.kube.get_task(meta.namespace, owner.name)
     except KubeError as exc:
@@ -65,7 +68,6 @@ async def reconcile_job(ctx: OperatorContext, job: dict[str, Any], deleted: bool
     if deleted:
         await job_deleted(ctx, task)
         return
-    cond = _job_condition(job)
     if cond is None or cond["type"] == "Complete":
         return
     reason, message = cond.get("reason") or "", cond.get("message") or ""

@@ -7,6 +7,7 @@ from typing import Any
 
 from gentask.domain.reasons import Phase
 from gentask.domain.task import GenerationTask
+from gentask.kube.errors import KubeError
 from gentask.operator.context import OperatorContext
 from gentask.operator.writes import record_event
 
@@ -54,6 +55,25 @@ async def _record_transitions(ctx: OperatorContext, task: GenerationTask, previo
     tried = f" after {attempts} attempt{'s' if attempts != 1 else ''}" if attempts else ""
     message = status.message or f"task is {phase.value}"
     await record_event(ctx, task, reason, f"{message}{tried}", warning=phase is Phase.FAILED)
+
+
+async def after_leaving(ctx: OperatorContext, raw: Mapping[str, Any]) -> dict[str, Any] | None:
+    """A task left the watch: the task as it is now if it finished, None (and forgotten) if it is gone.
+
+    The operator watches unfinished tasks only (kube.names.UNFINISHED), so the API server reports a
+    task that finishes as DELETED, with its content from before. One read tells the two apart."""
+    meta = raw.get("metadata") or {}
+    uid = meta.get("uid") or ""
+    try:
+        now = await ctx.kube.get_task(meta.get("namespace") or "", meta.get("name") or "")
+    except KubeError as exc:
+        if not exc.not_found:
+            raise
+        now = None
+    if now is None or (now.get("metadata") or {}).get("uid") != uid:
+        forget(ctx, uid)            # deleted (a task of the same name made since is another task)
+        return None
+    return now
 
 
 def forget(ctx: OperatorContext, uid: str) -> None:

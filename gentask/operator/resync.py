@@ -1,4 +1,14 @@
-"""The periodic resync: repair what a missed event could leave (unstarted tasks, the mirror, TTL timers)."""
+"""The periodic repair: start what a missed event left unstarted; audit TTLs and the mirror.
+
+Two rounds, both a page of tasks at a time, so memory stays one page however many tasks exist:
+
+- the resync (every GENTASK_RESYNC_SECONDS) lists unfinished tasks only (the field selector the
+  watch uses) and starts any a missed event left waiting;
+- the audit (once at start, then every GENTASK_AUDIT_SECONDS) pages through every task: TTL
+  timers of finished tasks are armed (the watch never shows them), whatever MongoDB lacks or has
+  older is mirrored again (no faster than the writer drains), and records of tasks that are gone
+  are marked deleted.
+"""
 
 from __future__ import annotations
 
@@ -6,43 +16,56 @@ import asyncio
 import fnmatch
 import logging
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 from pydantic import ValidationError
 
 from gentask.domain.reasons import Phase
+from gentask.kube.errors import KubeError
+from gentask.kube.names import UNFINISHED
 from gentask.operator.context import OperatorContext
+from gentask.operator.observe import forget
 from gentask.operator.reconcile import parse_task, reconcile_task
 from gentask.operator.ttl import schedule_ttl
 
 log = logging.getLogger("gentask.operator")
 
 GLOB = "*?["
+# The audit hands the mirror writer more only while fewer than this many changes wait in it: what
+# waits is held in memory, and on a slow MongoDB the whole history must not be.
+MIRROR_BACKLOG = 1000
 
 
 def _is_glob(pattern: str) -> bool:
     return any(ch in pattern for ch in GLOB)
 
 
-async def resync(ctx: OperatorContext) -> dict[str, int]:
-    """Repair what a missed event could leave: a task never started, the mirror, expired TTLs, a vanished Job."""
+async def _pages(ctx: OperatorContext, field_selector: str | None) -> AsyncIterator[list[dict[str, Any]]]:
+    """The tasks of the watched namespaces (GENTASK_WATCH_NAMESPACES: names or globs), a page at a time."""
     patterns = ctx.settings.watch_namespaces
     if patterns and not any(_is_glob(p) for p in patterns):
-        tasks: list[dict[str, Any]] = []
         for ns in patterns:
-            items, _ = await ctx.kube.list_tasks(ns)
-            tasks += items
-    else:   # everything, or glob patterns as Kopf takes them: list once, keep what they match
-        items, _ = await ctx.kube.list_tasks(None)
-        tasks = [t for t in items
-                 if not patterns or any(fnmatch.fnmatch(t["metadata"]["namespace"], p) for p in patterns)]
-    live = {t["metadata"]["uid"]: t for t in tasks}
-    started = 0
-    for raw in tasks:
-        phase = Phase.parse((raw.get("status") or {}).get("phase"))
-        unstarted = phase in (None, Phase.PENDING) or (phase is Phase.QUEUED and ctx.executor is None
-                                                       and raw["metadata"]["uid"] not in ctx.jobs_ensured)
-        if unstarted and not raw["metadata"].get("deletionTimestamp"):
+            async for page in ctx.kube.task_pages(ns, field_selector=field_selector):
+                yield page
+        return
+    async for page in ctx.kube.task_pages(None, field_selector=field_selector):
+        if patterns:    # glob patterns as Kopf takes them: list once, keep what they match
+            page = [t for t in page if any(fnmatch.fnmatch(t["metadata"]["namespace"], p) for p in patterns)]
+        yield page
+
+
+async def resync(ctx: OperatorContext) -> dict[str, int]:
+    """Start every unfinished task a missed event left unstarted."""
+    tasks = started = 0
+    async for page in _pages(ctx, UNFINISHED):
+        for raw in page:
+            tasks += 1
+            phase = Phase.parse((raw.get("status") or {}).get("phase"))
+            unstarted = phase in (None, Phase.PENDING) or (phase is Phase.QUEUED and ctx.executor is None
+                                                           and raw["metadata"]["uid"] not in ctx.jobs_ensured)
+            if not unstarted or raw["metadata"].get("deletionTimestamp"):
+                continue
             # Kopf does not retry an event handler that failed (a burst that timed the client out, an
             # API server that refused a write): without this such a task would wait for its next change,
             # which never comes. Starting twice is harmless: the Queued write is guarded by resourceVersion.
@@ -52,31 +75,85 @@ async def resync(ctx: OperatorContext) -> dict[str, int]:
                 started += 1
             except Exception as exc:  # noqa: BLE001 - the next round tries again; one task must not stop the rest
                 log.warning("resync could not start task %s: %s", raw["metadata"].get("name"), exc)
-        if phase is not None and phase.terminal:
-            try:
-                schedule_ttl(ctx, parse_task(raw)[0])
-            except ValidationError as exc:      # a status the models refuse: its events say so
-                log.warning("resync cannot read task %s: %s", raw["metadata"].get("name"), exc)
-    known = await _mirrored(ctx, patterns, tasks)
-    stale = [t for uid, t in live.items() if known is None or known.get(uid) != int(t["metadata"]["resourceVersion"])]
-    for raw in stale:              # only what MongoDB lacks or has older
-        ctx.mirror.put(raw)
-    gone = [uid for uid in (known or {}) if uid not in live]
-    for uid in gone:
-        ctx.mirror.delete(uid)
-    return {"tasks": len(tasks), "started": started, "mirrored_again": len(stale), "marked_deleted": len(gone)}
+    return {"tasks": tasks, "started": started}
 
 
-async def _mirrored(ctx: OperatorContext, patterns: list[str], tasks: list[dict[str, Any]]) -> dict[str, int] | None:
-    """The uid -> resourceVersion of the live records of the watched namespaces; None if unreadable."""
-    mirror = ctx.mirror.mirror
-    if mirror is None:
-        return None
+async def audit(ctx: OperatorContext) -> dict[str, int]:
+    """Every task, a page at a time: TTL timers armed, the mirror repaired, records of gone tasks marked.
+
+    The mirror's uid -> resourceVersion map is read while the tasks are paged through (on a
+    large history MongoDB takes a while); what only uids and versions are kept of meanwhile. The
+    tasks MongoDB lacks or has older are then read again, a page at a time, and mirrored no faster
+    than the writer drains."""
+    reading = asyncio.ensure_future(_mirrored(ctx))
+    versions: dict[str, int] = {}
+    armed = 0
     try:
+        async for page in _pages(ctx, None):
+            for raw in page:
+                uid = raw["metadata"]["uid"]
+                versions[uid] = int(raw["metadata"]["resourceVersion"])
+                phase = Phase.parse((raw.get("status") or {}).get("phase"))
+                if phase is None or not phase.terminal:
+                    continue        # the watch has it
+                spec = raw.get("spec") or {}      # counted in gentask_tasks, as if watched
+                ctx.metrics.observe_task(uid, phase.value, str(spec.get("type")), str(spec.get("provider")))
+                if uid not in ctx.ttl_timers:
+                    try:
+                        schedule_ttl(ctx, parse_task(raw)[0])
+                        armed += 1
+                    except ValidationError as exc:      # a status the models refuse: its events say so
+                        log.warning("audit cannot read task %s: %s", raw["metadata"].get("name"), exc)
+        known = await reading
+    finally:
+        reading.cancel()
+    if known is None:
+        return {"tasks": len(versions), "ttl_armed": armed, "mirrored_again": 0, "marked_deleted": 0}
+    stale = {uid for uid, version in versions.items() if known.get(uid) != version}
+    mirrored = 0
+    if stale:
+        async for page in _pages(ctx, None):
+            for raw in page:
+                if raw["metadata"]["uid"] in stale:
+                    ctx.mirror.put(raw)
+                    mirrored += 1
+            while ctx.mirror.pending > MIRROR_BACKLOG:
+                if not ctx.mirror.healthy:      # MongoDB went away: the next audit repairs the rest
+                    log.info("audit stops mirroring: MongoDB is unavailable (%s)", ctx.mirror.last_error)
+                    return {"tasks": len(versions), "ttl_armed": armed, "mirrored_again": mirrored,
+                            "marked_deleted": 0}
+                await asyncio.sleep(0.2)
+    gone = [uid for uid in known if uid not in versions and await _really_gone(ctx, uid)]
+    for uid in gone:
+        forget(ctx, uid)
+    return {"tasks": len(versions), "ttl_armed": armed, "mirrored_again": mirrored, "marked_deleted": len(gone)}
+
+
+async def _really_gone(ctx: OperatorContext, uid: str) -> bool:
+    """A record the listing did not show: gone, unless it was made while the audit paged (one read)."""
+    record = await asyncio.to_thread(ctx.mirror.open_mirror().get, uid)
+    if not record:
+        return False
+    try:
+        now = await ctx.kube.get_task(record.get("namespace") or "", record.get("name") or "")
+    except KubeError as exc:
+        if exc.not_found:
+            return True
+        raise
+    return (now.get("metadata") or {}).get("uid") != uid
+
+
+async def _mirrored(ctx: OperatorContext) -> dict[str, int] | None:
+    """The uid -> resourceVersion of the live records of the watched namespaces; None if unreadable
+    (MongoDB away: the audit then leaves the mirror to the next one; the writer keeps what the
+    watch gives it)."""
+    patterns = ctx.settings.watch_namespaces
+    try:
+        mirror = await asyncio.to_thread(ctx.mirror.open_mirror)
         if not patterns:
             everything: dict[str, int] = await asyncio.to_thread(mirror.uids)
             return everything
-        names = {t["metadata"]["namespace"] for t in tasks} | {p for p in patterns if not _is_glob(p)}
+        names = {p for p in patterns if not _is_glob(p)}
         if any(_is_glob(p) for p in patterns):
             names |= {n["metadata"]["name"] for n in await ctx.kube.list_namespaces()
                       if any(fnmatch.fnmatch(n["metadata"]["name"], p) for p in patterns)}
@@ -84,18 +161,23 @@ async def _mirrored(ctx: OperatorContext, patterns: list[str], tasks: list[dict[
         for ns in names:
             known.update(await asyncio.to_thread(mirror.uids, ns))
         return known
-    except Exception as exc:  # noqa: BLE001 - MongoDB down: everything goes through the queue
-        log.info("resync could not read the mirror: %s", exc)
+    except Exception as exc:  # noqa: BLE001 - MongoDB down (or refusing): the next audit tries again
+        log.info("audit could not read the mirror: %s", exc)
         return None
 
 
 async def resync_loop(ctx: OperatorContext) -> None:
-    """Resync every GENTASK_RESYNC_SECONDS until cancelled; a failed round is logged, the next one comes."""
+    """The audit at once, then the resync every GENTASK_RESYNC_SECONDS and the audit every
+    GENTASK_AUDIT_SECONDS, until cancelled; a failed round is logged, the next one comes."""
+    audit_due = time.monotonic()
     while True:
-        await asyncio.sleep(ctx.settings.resync_seconds)
-        started = time.monotonic()
+        now = time.monotonic()
+        round_, job = ("audit", audit) if now >= audit_due else ("resync", resync)
+        if round_ == "audit":
+            audit_due = now + ctx.settings.audit_seconds
         try:
-            counts = await resync(ctx)
-            log.info("resync done in %.2fs", time.monotonic() - started, extra=counts)
-        except Exception:  # noqa: BLE001 - a failed resync is logged; the next one runs on time
-            log.exception("resync failed")
+            counts = await job(ctx)
+            log.info("%s done in %.2fs", round_, time.monotonic() - now, extra=counts)
+        except Exception:  # noqa: BLE001 - a failed round is logged; the next one runs on time
+            log.exception("%s failed", round_)
+        await asyncio.sleep(min(ctx.settings.resync_seconds, max(0.0, audit_due - time.monotonic())))

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from gentask.domain.task import GenerationTask
 from gentask.kube.errors import KubeError
 from gentask.operator.context import OperatorContext
+from gentask.operator.observe import forget
 
 log = logging.getLogger("gentask.operator")
 
@@ -35,3 +36,7 @@ async def expire(ctx: OperatorContext, namespace: str, name: str, uid: str) -> N
     except KubeError as exc:
         if not (exc.not_found or exc.conflict):
             log.warning("could not delete expired task %s/%s: %s", namespace, name, exc.reason)
+            return
+    # A finished task is outside the operator's watch: no DELETED event follows, so it is
+    # forgotten (and its record marked deleted) here.
+    forget(ctx, uid)

@@ -276,3 +276,45 @@ def test_a_task_whose_first_look_failed_is_started_by_the_resync(cluster, r_ns, 
     finally:
         if op is not None:
             stop_operator(op)
+
+
+def test_finished_tasks_leave_the_watch_but_keep_their_ttl_and_history(cluster, r_ns, tmp_path):
+    """The operator watches unfinished tasks only. A finished task still expires after its TTL
+    (armed when it finished, and again by the audit of an operator started later), and one deleted
+    with kubectl while no operator watched gets its record marked deleted by the next audit."""
+    url, dbname = _own_db(cluster, r_ns)
+    db = pymongo.MongoClient(cluster.mongo_url)[dbname]
+    env = {"GENTASK_WATCH_NAMESPACES": r_ns, "MONGO_URL": url, "GENTASK_AUDIT_SECONDS": "3"}
+    op = start_operator(cluster, tmp_path / "op.log", **env)
+    tasks = Tasks(cluster, r_ns, op.log)
+    try:
+        short = tasks.create(type="text", model="fake-text", prompt="expire soon", ttlSecondsAfterFinished=3)
+        later = tasks.create(type="text", model="fake-text", prompt="expire later", ttlSecondsAfterFinished=25)
+        kept = tasks.create(type="text", model="fake-text", prompt="deleted by hand")
+        for name in (short, later, kept):
+            tasks.wait_phase(name, "Succeeded", timeout=120)
+        uids = {name: tasks.get(name)["metadata"]["uid"] for name in (short, later, kept)}
+        wait_for(lambda: tasks.status(short).get("phase"), 60, until=lambda p: p == "<deleted>",
+                 what=f"task {short} to be deleted 3 s after it finished", **tasks.watching(short))
+        record = wait_for(lambda: db.tasks.find_one({"_id": uids[short]}), 30, until=lambda r: r and r.get("deleted"),
+                          what="the expired task's record to be marked deleted", **tasks.watching(short))
+        assert record["phase"] == "Succeeded"
+    finally:
+        stop_operator(op)
+    tasks.delete(kept)                  # no operator runs: nobody sees this deletion happen
+    assert tasks.status(later).get("phase") == "Succeeded"
+    op = start_operator(cluster, tmp_path / "op2.log", **env)
+    tasks = Tasks(cluster, r_ns, op.log)
+    try:
+        record = wait_for(lambda: db.tasks.find_one({"_id": uids[kept]}), 60, until=lambda r: r and r.get("deleted"),
+                          what="the audit to mark the record of the task deleted by hand", **tasks.watching())
+        assert record["phase"] == "Succeeded"
+        # the new operator never saw `later` finish: its audit armed the TTL
+        wait_for(lambda: tasks.status(later).get("phase"), 90, until=lambda p: p == "<deleted>",
+                 what=f"task {later} to expire under the restarted operator", **tasks.watching(later))
+        wait_for(lambda: db.tasks.find_one({"_id": uids[later]}), 30, until=lambda r: r and r.get("deleted"),
+                 what="the record of the task expired by the restarted operator to be marked deleted")
+        log = (tmp_path / "op2.log").read_text(errors="replace")
+        assert "reconcile failed" not in log
+    finally:
+        stop_operator(op)
