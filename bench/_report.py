@@ -8,7 +8,8 @@ import platform
 import re
 from pathlib import Path
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
+# GENTASK_BENCH_DOC: write the figures to another file (a trial run, a run of another checkout).
+DOC = Path(os.environ.get("GENTASK_BENCH_DOC") or Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md")
 HEADER = "# Benchmarks\n\nFigures measured on the project's machines; each section names its command and date.\n"
 
 

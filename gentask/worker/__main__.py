@@ -9,12 +9,16 @@ import os
 import signal
 import socket
 import sys
+from typing import TYPE_CHECKING
 
 from gentask.config import SettingsError, load_settings
 from gentask.domain.task import GenerationTask
 from gentask.kube.errors import ConfigError
 from gentask.kube.names import EXIT_PERMANENT, EXIT_RETRY
 from gentask.logs import setup_logging
+
+if TYPE_CHECKING:
+    from gentask.storage import ArtifactStore
 
 log = logging.getLogger("gentask.worker")
 KUBE_TIMEOUT: float | None = None    # as with the kubernetes package before: wait for a slow API server
@@ -24,12 +28,15 @@ async def _main(namespace: str, name: str) -> int:
     from gentask.kube.client import KubeClient
     from gentask.kube.config import load_connection
     from gentask.providers import registry_from_settings
-    from gentask.storage import ArtifactStore, connect
     from gentask.worker.run import Worker
 
     settings = load_settings()
     setup_logging(settings)
-    store = ArtifactStore(connect(settings)) if os.environ.get("MONGO_URL") else None
+
+    def store() -> ArtifactStore | None:
+        """Connected on the first file to keep: a text task never imports pymongo."""
+        from gentask.storage import ArtifactStore, connect
+        return ArtifactStore(connect(settings)) if os.environ.get("MONGO_URL") else None
     connection = load_connection()
     current = asyncio.current_task()
     assert current is not None      # asyncio.run's main task

@@ -17,8 +17,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gentask.config import Settings
 from gentask.domain.catalog import InvalidSpecError, ModelRetiredError
@@ -32,7 +33,9 @@ from gentask.kube.status import status_patch, transition
 from gentask.providers import GenerationFailed, ProviderError, Registry, RetryPolicy, Submitted, generate
 from gentask.providers.base import GenerationResult, Media
 from gentask.providers.download import fetch
-from gentask.storage import ArtifactStore, StorageUnavailable
+
+if TYPE_CHECKING:
+    from gentask.storage import ArtifactStore
 
 log = logging.getLogger("gentask.worker")
 
@@ -42,15 +45,24 @@ EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp", "vi
               "image/gif": "gif", "text/plain": "txt"}
 
 
+def _storage_unavailable() -> type[Exception]:
+    """gentask.storage.StorageUnavailable, imported when an error is being matched: a task that
+    stores no file (a text) never imports pymongo (an `except` clause is evaluated only then)."""
+    from gentask.storage import StorageUnavailable
+    return StorageUnavailable
+
+
 class Worker:
     """One task in one process: claim it, generate, store the files, write the outcome."""
 
-    def __init__(self, kube: KubeClient, settings: Settings, registry: Registry, store: ArtifactStore | None,
+    def __init__(self, kube: KubeClient, settings: Settings, registry: Registry,
+                 store: ArtifactStore | Callable[[], ArtifactStore | None] | None,
                  pod_name: str, policy: RetryPolicy | None = None) -> None:
+        """`store`: the artifact store, or a function that connects it on the first file to keep."""
         self.kube = kube
         self.settings = settings
         self.registry = registry
-        self.store = store
+        self._store_or_factory = store
         self.pod = pod_name
         self.policy = policy or RetryPolicy.from_settings(settings)
         self._last_progress = 0.0
@@ -171,7 +183,7 @@ class Worker:
             return EXIT_PERMANENT
         try:
             stored = await self._store(task.uid, (status.attempts or 1), result)
-        except StorageUnavailable as exc:
+        except _storage_unavailable() as exc:
             await self.report_retry(ns, name, f"artifact store unavailable: {exc}")
             return EXIT_RETRY
         except ProviderError as exc:
@@ -220,11 +232,19 @@ class Worker:
                 out["textArtifact"] = await self._put(uid, attempt, "text", encoded, "text/plain", Media("text/plain"))
         return out
 
+    @property
+    def store(self) -> ArtifactStore | None:
+        """The artifact store, connected on first use when a factory was given."""
+        if callable(self._store_or_factory):
+            self._store_or_factory = self._store_or_factory()
+        return self._store_or_factory
+
     async def _put(self, uid: str, attempt: int, stem: str, data: bytes, mime: str, media: Media) -> dict[str, Any]:
-        if self.store is None:
-            raise StorageUnavailable("no artifact store is configured (MONGO_URL)")
+        store = await asyncio.to_thread(lambda: self.store)
+        if store is None:
+            raise _storage_unavailable()("no artifact store is configured (MONGO_URL)")
         name = f"{uid}/{attempt}/{stem}.{EXTENSIONS.get(mime, 'bin')}"
-        ref = await asyncio.to_thread(self.store.put, name, data, mime_type=mime, task_uid=uid)
+        ref = await asyncio.to_thread(store.put, name, data, mime_type=mime, task_uid=uid)
         entry: dict[str, Any] = {"artifact": ref.name, "mimeType": ref.mime_type, "sizeBytes": ref.size_bytes,
                                  "sha256": ref.sha256}
         if media.url:
