@@ -1,13 +1,16 @@
 """The operator under load: task throughput, queue wait, API writes per task, memory, worker CPU.
 
-    python bench/operator.py [--tasks 1000] [--executors job,inline] [--finished 10000,100000]
-                             [--concurrency 16] [--inline-concurrency 4] [--worker-sample 20]
+    python bench/operator.py [--tasks 1000] [--executors job,inline,pool] [--finished 10000,100000]
+                             [--concurrency 16] [--inline-concurrency 4] [--pool-replicas 2]
+                             [--pool-concurrency 4] [--worker-sample 20]
                              [--settle-budget 600] [--stall 60] [--type text|image]
 
 Starts the local cluster, with its API server audit log on, if none runs in GENTASK_DEVCLUSTER_ROOT
 (default .devcluster), and stops it after. For each executor, on a fresh namespace and MongoDB
 database, with `gentask operator` as its own process (LOG_LEVEL=warning, watching that namespace
-only; stopped by PID after):
+only; stopped by PID after; with the pool executor also --pool-replicas `gentask worker pool`
+processes, each with POD_NAME of its own, their Leases in the run's namespace; their CPU is
+reported as pool-0, pool-1, ...):
 
 - raw creates: the same N GenerationTasks created as fast as --concurrency keep-alive clients can,
   in a namespace no operator watches: the API server's ceiling for this machine and moment;
@@ -75,7 +78,7 @@ from gentask.domain import GROUP, PLURAL, VERSION
 from gentask.domain.reasons import Phase
 from gentask.domain.task import GenerationTask
 from gentask.kube.status import status_patch, transition
-from gentask.storage import connect
+from gentask.storage import connect, record_from_task
 
 ROOT = Path(__file__).resolve().parents[1]
 TICK = os.sysconf("SC_CLK_TCK")
@@ -343,13 +346,15 @@ class MirrorCount:
 
 class Operator:
     def __init__(self, kubeconfig: Path, mongo_url: str, namespaces: list[str], executor: str,
-                 inline_concurrency: int, logfile: Path) -> None:
+                 inline_concurrency: int, logfile: Path, extra_env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.logfile = logfile
-        env = {**os.environ, "KUBECONFIG": str(kubeconfig), "MONGO_URL": mongo_url, "LOG_LEVEL": "warning",
+        env = {**os.environ, "KUBECONFIG": str(kubeconfig), "MONGO_URL": mongo_url,
+               "LOG_LEVEL": os.environ.get("GENTASK_BENCH_LOG_LEVEL", "warning"),
                "GENTASK_METRICS_PORT": str(self.port), "GENTASK_WORKER_IMAGE": "gentask:dev",
                "GENTASK_WATCH_NAMESPACES": ",".join(namespaces), "GENTASK_EXECUTOR": executor,
-               "GENTASK_INLINE_CONCURRENCY": str(inline_concurrency)}
+               "GENTASK_INLINE_CONCURRENCY": str(inline_concurrency), **(extra_env or {})}
+        self.env = env
         with open(logfile, "ab") as out:
             self.proc = subprocess.Popen([sys.executable, "-m", "gentask", "operator"], env=env, stdout=out,
                                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
@@ -403,6 +408,40 @@ class Operator:
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(5)
+
+
+class PoolWorkers:
+    """The pool executor's `gentask worker pool` processes, each its own process group."""
+
+    def __init__(self, env: dict[str, str], replicas: int, concurrency: int, logdir: Path, tag: str) -> None:
+        self.procs: list[subprocess.Popen] = []
+        self.logs = [logdir / f"bench-pool-{tag}-{i}.log" for i in range(replicas)]
+        for i, logfile in enumerate(self.logs):
+            penv = {**env, "POD_NAME": f"bench-pool-{tag}-{i}", "GENTASK_POOL_CONCURRENCY": str(concurrency),
+                    "GENTASK_METRICS_PORT": "0"}
+            with open(logfile, "ab") as out:
+                self.procs.append(subprocess.Popen([sys.executable, "-m", "gentask", "worker", "pool"], env=penv,
+                                                   stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                                   start_new_session=True))
+
+    def pids(self) -> dict[str, int]:
+        return {f"pool-{i}": p.pid for i, p in enumerate(self.procs)}
+
+    def check(self) -> None:
+        for p, logfile in zip(self.procs, self.logs, strict=True):
+            if p.poll() is not None:
+                raise RuntimeError(f"a pool process exited with {p.returncode}; see {logfile}")
+
+    def stop(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGTERM)
+        for p in self.procs:
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait(5)
 
 
 async def settled_rss(pid: int, budget: float = 60.0, window: int = 5) -> tuple[float, float]:
@@ -551,12 +590,19 @@ class Bench:
         mongo_url = self.mongo_url(db)
         ns = self.namespace(f"{self.prefix}-{executor}", secret_mongo=mongo_url)
         logfile = self.dev.root / "logs" / f"bench-operator-{executor}.log"
-        op = Operator(self.state.kubeconfig, mongo_url, [ns], executor, self.args.inline_concurrency, logfile)
+        pool_env = {"GENTASK_POOL_LEASE_NAMESPACE": ns} if executor == "pool" else {}
+        op = Operator(self.state.kubeconfig, mongo_url, [ns], executor, self.args.inline_concurrency, logfile,
+                      extra_env=pool_env)
         log(f"{executor}: operator pid {op.pid} ready (namespace {ns}, database {db}, log {logfile})")
+        pool = (PoolWorkers(op.env, self.args.pool_replicas, self.args.pool_concurrency, logfile.parent,
+                            self.prefix[4:]) if executor == "pool" else None)
+        if pool is not None:
+            log(f"{executor}: {self.args.pool_replicas} pool process(es), pids {pool.pids()}, "
+                f"{self.args.pool_concurrency} slots each")
         watcher, mirror = Watcher(kube, ns), MirrorCount(mongo_url, ns).start()
         pids = {k: v for k, v in self.state.pids.items() if k in (
             "apiserver", "etcd", "controller-manager", "scheduler", "node", "ferretdb", "postgres")}
-        meter = CPU({"operator": op.pid, **pids})
+        meter = CPU({"operator": op.pid, **(pool.pids() if pool is not None else {}), **pids})
         try:
             watcher.start()
             await asyncio.sleep(1.0)
@@ -569,6 +615,8 @@ class Bench:
 
             def finished() -> tuple[bool, int, str]:
                 op.check()
+                if pool is not None:
+                    pool.check()
                 phases = watcher.phases()
                 done = sum(phases[p] for p in TERMINAL)
                 rate = phases["Succeeded"] / max(1e-9, time.time() - t0)
@@ -602,6 +650,8 @@ class Bench:
         finally:
             mirror.stop()
             await watcher.stop()
+            if pool is not None:
+                pool.stop()
             op.stop()
         states = watcher.latest
         succeeded = [nm for nm, o in states.items() if (o.get("status") or {}).get("phase") == "Succeeded"]
@@ -758,8 +808,11 @@ class Bench:
 
     # ---- memory with many finished tasks ----------------------------------------------------------------
 
-    async def seed_finished(self, kube: Kube, ns: str, have: int, want: int) -> float:
-        """Create tasks have..want-1 and patch them Succeeded (no operator runs); seconds it took."""
+    async def seed_finished(self, kube: Kube, ns: str, have: int, want: int, mongo_url: str | None = None) -> float:
+        """Create tasks have..want-1 and patch them Succeeded (no operator runs); seconds it took.
+
+        With mongo_url, their records go into that mirror as the operator would have written them
+        (insert_many of record_from_task), as after a restart: the history is already there."""
         status = dict(self.template_status or {})
         if not status:
             task = GenerationTask.model_validate({"metadata": {"name": "x", "generation": 1},
@@ -769,8 +822,12 @@ class Bench:
             status = status_patch(done)
         count = {"n": 0}
 
+        records: list[dict] = []
+
         async def finish(name: str, _obj: dict) -> None:
-            await kube.patch_status(ns, name, {**status, "jobName": name, "workerPod": f"{name}-x"})
+            obj = await kube.patch_status(ns, name, {**status, "jobName": name, "workerPod": f"{name}-x"})
+            if mongo_url:
+                records.append(record_from_task(obj))
             count["n"] += 1
 
         t0 = time.monotonic()
@@ -790,6 +847,10 @@ class Bench:
             if not job.done():
                 job.cancel()
         await job
+        if records:
+            collection = connect(Settings(mongo_url=mongo_url))["tasks"]
+            for i in range(0, len(records), 1000):
+                await asyncio.to_thread(collection.insert_many, records[i:i + 1000], ordered=False)
         return time.monotonic() - t0
 
     async def finished(self, kube: Kube, sizes: list[int], stalled: Callable[[Stalled], None]) -> list[dict]:
@@ -807,7 +868,7 @@ class Bench:
         return out
 
     async def _finished_step(self, kube: Kube, ns: str, mongo_url: str, have: int, size: int) -> dict:
-        seconds = await self.seed_finished(kube, ns, have, size)
+        seconds = await self.seed_finished(kube, ns, have, size, mongo_url if self.args.finished_mirrored else None)
         log(f"{size:,} finished tasks present: made {size - have:,} in {seconds:.0f} s "
             f"({(size - have) / seconds:.0f} tasks/s, create + status patch each)")
         logfile = self.dev.root / "logs" / f"bench-operator-finished-{size}.log"
@@ -896,7 +957,11 @@ def report(results: dict, args: argparse.Namespace, loads: tuple[float, float], 
              f"{args.concurrency}); the job executor's pods run on the process node"
              + "".join(f" (capacity {r['node_pods']} pods)" for r in runs if r.get("node_pods"))
              + ", the inline executor at "
-             f"GENTASK_INLINE_CONCURRENCY={args.inline_concurrency}.",
+             f"GENTASK_INLINE_CONCURRENCY={args.inline_concurrency}"
+             + (f", the pool executor with {args.pool_replicas} `gentask worker pool` process(es) at "
+                f"GENTASK_POOL_CONCURRENCY={args.pool_concurrency} (their API writes count as the operator's "
+                "in the audit figures: same credentials, same client)" if "pool" in args.executors else "")
+             + ".",
              "",
              "| executor | Succeeded | created → Succeeded | created → mirrored | raw creates | ratio | creates during "
              "the run | queue wait p50 / p99 (watch) | queue wait p50 / p99 (status times) | operator RSS after |",
@@ -963,7 +1028,9 @@ def report(results: dict, args: argparse.Namespace, loads: tuple[float, float], 
                          f"{ws['succeeded']}/{ws['workers']} Succeeded.")
     if results["finished"]:
         lines += ["", "Operator memory with many finished tasks present (job executor, the operator started after "
-                      "they were made; one namespace, watched):", "",
+                      "they were made; one namespace, watched; their records "
+                  + ("already in MongoDB, as after a restart" if args.finished_mirrored else
+                     "not in MongoDB: the operator mirrors them all") + "):", "",
                   "| finished tasks | made in | operator saw all, after its start | mirror changes pending then "
                   "| RSS then (settled, ≤ 60 s) | mirror caught up, after its start | RSS at the end | peak RSS |",
                   "|---|---|---|---|---|---|---|---|"]
@@ -1003,12 +1070,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", type=int, default=1000)
     parser.add_argument("--executors", default="job,inline")
+    parser.add_argument("--finished-mirrored", action=argparse.BooleanOptionalAction, default=True,
+                        help="the finished tasks' records are in MongoDB already (as after a restart); "
+                             "--no-finished-mirrored: the operator must mirror them all")
     parser.add_argument("--finished", default="10000,100000",
                         help="finished-task counts for the memory figures, comma-separated; 0 or '' for none")
     parser.add_argument("--concurrency", type=int, default=16, help="concurrent create clients")
     parser.add_argument("--run-concurrency", type=int,
                         help="concurrent create clients while the operator runs (default: --concurrency)")
     parser.add_argument("--inline-concurrency", type=int, default=Settings.model_fields["inline_concurrency"].default)
+    parser.add_argument("--pool-replicas", type=int, default=2, help="`gentask worker pool` processes (pool executor)")
+    parser.add_argument("--pool-concurrency", type=int, default=Settings.model_fields["pool_concurrency"].default,
+                        help="GENTASK_POOL_CONCURRENCY of each pool process")
     parser.add_argument("--worker-sample", type=int, default=20, help="workers run under wait4 (job executor)")
     parser.add_argument("--settle-budget", type=float, default=600,
                         help="seconds to wait for the mirror to catch up over the finished tasks")
@@ -1017,8 +1090,8 @@ def main() -> None:
     args = parser.parse_args()
     args.executors = [e.strip() for e in args.executors.split(",") if e.strip()]
     args.run_concurrency = args.run_concurrency or args.concurrency
-    if not args.executors or any(e not in ("job", "inline") for e in args.executors):
-        parser.error("--executors: job and/or inline")
+    if not args.executors or any(e not in ("job", "inline", "pool") for e in args.executors):
+        parser.error("--executors: job, inline and/or pool")
     args.finished = sorted({int(x) for x in args.finished.split(",") if x.strip() and int(x) > 0})
     load0 = os.getloadavg()[0]
     dev = DevCluster(Path(os.environ.get("GENTASK_DEVCLUSTER_ROOT", ROOT / ".devcluster")), log=log, audit=True)

@@ -19,7 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "crds": ("gentask.domain.crd", "render the GenerationTask CRD from the domain models"),
     "provider": ("gentask.providers.cli", "try a provider: one generation, saved to a folder"),
     "api": ("gentask.api.__main__", "run the REST API"),
-    "worker": ("gentask.worker.__main__", "run one GenerationTask (what a Job pod runs)"),
+    "worker": ("gentask.worker.__main__", "run one GenerationTask (a Job pod), or the worker pool"),
     "operator": ("gentask.operator.__main__", "run the operator (kopf run -m gentask.operator)"),
 }
 

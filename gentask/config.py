@@ -68,7 +68,9 @@ class Settings(BaseSettings):
     namespace: str = Field("gentask-tasks", pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63,
                            validation_alias=_env("GENTASK_NAMESPACE"),
                            description="namespace where the API creates GenerationTasks")
-    executor: Literal["job", "inline"] = Field("job", validation_alias=_env("GENTASK_EXECUTOR"))
+    executor: Literal["job", "inline", "pool"] = Field("job", validation_alias=_env("GENTASK_EXECUTOR"),
+                                                     description="job: a Job per task; inline: in the operator; "
+                                                                 "pool: a Deployment of workers (gentask worker pool)")
     api_keys: SecretStr | None = Field(None, validation_alias=_env("GENTASK_API_KEYS"),
                                        description="comma-separated key:user[:role]")
     auth_disabled: bool = Field(False, validation_alias=_env("GENTASK_AUTH_DISABLED"))
@@ -85,6 +87,18 @@ class Settings(BaseSettings):
                                     validation_alias=_env("GENTASK_CREDENTIALS_SECRET"),
                                     description="Secret in the task namespace with MONGO_URL and provider keys")
     inline_concurrency: int = Field(4, ge=1, le=256, validation_alias=_env("GENTASK_INLINE_CONCURRENCY"))
+    pool_concurrency: int = Field(4, ge=1, le=256, validation_alias=_env("GENTASK_POOL_CONCURRENCY"),
+                                  description="tasks one `gentask worker pool` process runs at once")
+    pool_lease_namespace: str | None = Field(None, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63,
+                                             validation_alias=_env("GENTASK_POOL_LEASE_NAMESPACE"),
+                                             description="where pool workers keep their Leases (the operator "
+                                                         "reads them); empty: GENTASK_NAMESPACE")
+    pool_lease_seconds: float = Field(30.0, ge=3, le=3600, validation_alias=_env("GENTASK_POOL_LEASE_SECONDS"),
+                                      description="a pool worker whose Lease is this old is dead: its tasks are "
+                                                  "queued again (renewed every third of it)")
+    pool_drain_seconds: float = Field(20.0, ge=0, le=3600, validation_alias=_env("GENTASK_POOL_DRAIN_SECONDS"),
+                                      description="on SIGTERM a pool worker lets its tasks finish this long, "
+                                                  "then hands the rest back to the queue")
     metrics_port: int = Field(9090, ge=0, le=65535, validation_alias=_env("GENTASK_METRICS_PORT"),
                               description="operator metrics and probes; 0 turns them off")
     resync_seconds: float = Field(60.0, ge=1, le=86400, validation_alias=_env("GENTASK_RESYNC_SECONDS"),
@@ -142,12 +156,22 @@ class Settings(BaseSettings):
             raise ValueError("expected a URL starting with mongodb:// or mongodb+srv://")
         return v
 
+    @field_validator("pool_lease_namespace", mode="before")
+    @classmethod
+    def _blank_is_none(cls, v: object) -> object:
+        return None if isinstance(v, str) and not v.strip() else v
+
     @field_validator("providers", "watch_namespaces", mode="before")
     @classmethod
     def _providers(cls, v: object) -> object:
         if isinstance(v, str):
             return [p.strip() for p in v.split(",") if p.strip()]
         return v
+
+    @property
+    def lease_namespace(self) -> str:
+        """Where the worker pool's Leases live: GENTASK_POOL_LEASE_NAMESPACE, else GENTASK_NAMESPACE."""
+        return self.pool_lease_namespace or self.namespace
 
     @property
     def mongo_database(self) -> str:

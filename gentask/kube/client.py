@@ -3,7 +3,7 @@
 One keep-alive aiohttp session with the credentials gentask.kube.config resolves; a generic
 `request` and typed verbs for what gentask does: GenerationTasks (get, create, list with paging,
 watch, merge-patch spec and status, delete with preconditions), Jobs, Events, the per-task worker
-RBAC, namespaces and /version. Failures come out as gentask.kube.errors.KubeError.
+RBAC, the worker pool's Leases, namespaces and /version. Failures come out as gentask.kube.errors.KubeError.
 
 Why aiohttp and not the `kubernetes` package. Measured on the development machine (2 cores, API
 server on the same machine, 16 concurrent creates): the kubernetes package in a thread pool
@@ -67,6 +67,12 @@ def object_path(kind: str, namespace: str, name: str | None = None) -> str:
     """The API path of a namespaced object of a kind gentask creates (see _KINDS)."""
     prefix, plural = _KINDS[kind]
     base = f"{prefix}/namespaces/{namespace}/{plural}"
+    return f"{base}/{name}" if name else base
+
+
+def lease_path(namespace: str, name: str | None = None) -> str:
+    """The API path of a namespace's Leases (coordination.k8s.io/v1), or of one."""
+    base = f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases"
     return f"{base}/{name}" if name else base
 
 
@@ -215,9 +221,14 @@ class KubeClient:
             raise
 
     async def list_tasks(self, namespace: str | None, *, label_selector: str | None = None,
-                         page: int = LIST_PAGE) -> tuple[list[Object], str]:
-        """Every task of a namespace (all when None), read `page` at a time, and the list's resourceVersion."""
+                         page: int = LIST_PAGE, field_selector: str | None = None) -> tuple[list[Object], str]:
+        """Every task of a namespace (all when None), read `page` at a time, and the list's resourceVersion.
+
+        `field_selector` on the CRD's selectableFields (status.phase, spec.priority, spec.userID),
+        evaluated by the API server, e.g. "status.phase=Queued"."""
         params = {"labelSelector": label_selector} if label_selector else {}
+        if field_selector:
+            params["fieldSelector"] = field_selector
         return await self._list(task_path(namespace), params, page)
 
     async def task_pages(self, namespace: str | None, *, field_selector: str | None = None,
@@ -233,13 +244,18 @@ class KubeClient:
                 return
             params["continue"] = token
 
-    def watch_tasks(self, namespace: str, resource_version: str) -> AsyncIterator[tuple[str, Object]]:
+    def watch_tasks(self, namespace: str | None, resource_version: str, *,
+                    field_selector: str | None = None) -> AsyncIterator[tuple[str, Object]]:
         """(event type, task) from resource_version on, with bookmarks, until the server ends it.
 
+        namespace None: every namespace. With `field_selector`, a task that stops matching it comes
+        as DELETED (with its new state), one that starts matching as ADDED.
         Raises WatchExpired when the resourceVersion is too old, ClusterUnavailable when the
         connection breaks."""
         params = {"watch": "true", "resourceVersion": resource_version, "allowWatchBookmarks": "true",
                   "timeoutSeconds": str(WATCH_TIMEOUT_SECONDS)}
+        if field_selector:
+            params["fieldSelector"] = field_selector
         return self.stream(task_path(namespace), params, resource_version)
 
     async def patch_task_spec(self, namespace: str, name: str, spec: Object) -> Object:
@@ -301,6 +317,27 @@ class KubeClient:
         """Record a core/v1 Event."""
         return await self.create_object({**manifest, "kind": "Event", "apiVersion": "v1"})
 
+    # --- Leases (coordination.k8s.io): the worker pool's liveness ----------------------------
+
+    async def list_leases(self, namespace: str, *, label_selector: str | None = None) -> list[Object]:
+        """The Leases of a namespace (matching label_selector)."""
+        params = {"labelSelector": label_selector} if label_selector else {}
+        items, _ = await self._list(lease_path(namespace), params)
+        return items
+
+    async def create_lease(self, namespace: str, manifest: Object) -> Object:
+        """Create a Lease; KubeError (already_exists) when the name is taken."""
+        body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", **manifest}
+        return await self.request("POST", lease_path(namespace), body=body, ok=(201, 200))
+
+    async def patch_lease(self, namespace: str, name: str, patch: Object) -> Object:
+        """Merge-patch a Lease (its holder renews spec.renewTime)."""
+        return await self.request("PATCH", lease_path(namespace, name), body=patch, content_type=MERGE_PATCH)
+
+    async def delete_lease(self, namespace: str, name: str) -> Object:
+        """Delete a Lease; KubeError (not_found) when it is not there."""
+        return await self.request("DELETE", lease_path(namespace, name), ok=(200, 202))
+
     # --- cluster ---------------------------------------------------------------------------
 
     async def list_namespaces(self) -> list[Object]:
@@ -325,4 +362,4 @@ class KubeClient:
         return await self.request("GET", "/version")
 
 
-__all__ = ["KubeClient", "KubeError", "MERGE_PATCH", "object_path", "task_path"]
+__all__ = ["KubeClient", "KubeError", "MERGE_PATCH", "lease_path", "object_path", "task_path"]

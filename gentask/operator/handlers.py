@@ -89,6 +89,9 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         from gentask.storage import ArtifactStore, connect
         ctx.executor = InlineExecutor(ctx, ArtifactStore(connect(config)))
         ctx.executor.start()
+    elif config.executor == "pool":         # the worker pool runs the tasks (gentask.operator.pool)
+        from gentask.operator.pool import PoolExecutor
+        ctx.executor = PoolExecutor()
     if config.metrics_port:
         ctx.background.append(asyncio.create_task(serve(ctx, config.metrics_port)))
     memo.ctx = ctx

@@ -112,9 +112,9 @@ async def start(ctx: OperatorContext, task: GenerationTask, spec_error: str | No
     except ValueError as exc:
         await write_status(ctx, task, transition(task, Phase.FAILED, "InvalidSpec", str(exc)))
         return
-    if ctx.executor is not None:
-        await write_status(ctx, task, transition(task, Phase.QUEUED, "Validated", "queued for the inline executor",
-                                                 attempts=0))
+    if ctx.executor is not None:     # inline, or the worker pool (gentask.operator.pool): no Job
+        message = getattr(ctx.executor, "queued_message", "queued for the inline executor")
+        await write_status(ctx, task, transition(task, Phase.QUEUED, "Validated", message, attempts=0))
         ctx.executor.ensure(task)
         return
     job = job_name(task.name)

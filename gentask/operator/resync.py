@@ -26,6 +26,7 @@ from gentask.kube.errors import KubeError
 from gentask.kube.names import UNFINISHED
 from gentask.operator.context import OperatorContext
 from gentask.operator.observe import forget
+from gentask.operator.pool import requeue_lost
 from gentask.operator.reconcile import parse_task, reconcile_task
 from gentask.operator.ttl import schedule_ttl
 
@@ -75,6 +76,7 @@ async def resync(ctx: OperatorContext) -> dict[str, int]:
                 started += 1
             except Exception as exc:  # noqa: BLE001 - the next round tries again; one task must not stop the rest
                 log.warning("resync could not start task %s: %s", raw["metadata"].get("name"), exc)
+    await requeue_lost(ctx)       # pool executor: tasks of dead pool workers (gentask.operator.pool)
     return {"tasks": tasks, "started": started}
 
 

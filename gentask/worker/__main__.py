@@ -1,4 +1,5 @@
-"""gentask worker run NAMESPACE/NAME: run one GenerationTask (what the task's Job pod runs)."""
+"""gentask worker run NAMESPACE/NAME: run one GenerationTask (what the task's Job pod runs);
+gentask worker pool: the worker pool's long-running process (gentask.worker.pool)."""
 
 from __future__ import annotations
 
@@ -81,7 +82,11 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="cmd", required=True)
     run = sub.add_parser("run", help="run one task")
     run.add_argument("task", help="NAMESPACE/NAME")
+    sub.add_parser("pool", help="run queued tasks until SIGTERM (GENTASK_EXECUTOR=pool; gentask.worker.pool)")
     args = parser.parse_args(argv)
+    if args.cmd == "pool":
+        from gentask.worker.pool import main as pool_main
+        return pool_main([])
     namespace, sep, name = args.task.partition("/")
     if not sep or not namespace or not name:
         parser.error(f"task {args.task!r}: expected NAMESPACE/NAME")

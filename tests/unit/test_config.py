@@ -42,7 +42,7 @@ def test_old_server_variables_are_read(monkeypatch):
     ("AI_TIMEOUT", "0", "greater than 0"),
     ("LOG_KEEP_DAYS", "0", "greater than or equal to 1"),
     ("MONGO_URL", "postgres://x", "mongodb://"),
-    ("GENTASK_EXECUTOR", "thread", "'job' or 'inline'"),
+    ("GENTASK_EXECUTOR", "thread", "'job', 'inline' or 'pool'"),
     ("GENTASK_NAMESPACE", "Bad_NS", "match pattern"),
 ])
 def test_bad_value_names_the_variable_and_what_it_accepts(monkeypatch, name, value, accepted):

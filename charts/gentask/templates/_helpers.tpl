@@ -22,6 +22,10 @@
 {{- printf "%s-operator" (include "gentask.fullname" .) | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
+{{- define "gentask.pool.fullname" -}}
+{{- printf "%s-pool" (include "gentask.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
 {{- define "gentask.api.fullname" -}}
 {{- printf "%s-api" (include "gentask.fullname" .) | trunc 63 | trimSuffix "-" }}
 {{- end }}
