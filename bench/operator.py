@@ -944,9 +944,46 @@ async def bench(args: argparse.Namespace, b: Bench) -> dict:
 
 # ---- the report ---------------------------------------------------------------------------------------
 
+def targets(results: dict) -> list[str]:
+    """The issue's targets beside what this run measured (absent: not measured in this run)."""
+    runs = {r["executor"]: r for r in results["runs"]}
+    rows: list[tuple[str, str, float | None, str, bool | None]] = []
+
+    def add(figure: str, target: str, value: float | None, shown: str, ok: bool | None) -> None:
+        rows.append((figure, target, value, shown, ok))
+    for executor, floor in (("job", 10.0), ("pool", 10.0), ("inline", 150.0)):
+        r = runs.get(executor)
+        v = r["succeeded_per_s"] if r else None
+        add(f"{executor} executor, created → Succeeded", f"≥ {floor:g} tasks/s", v,
+            f"{v:.1f}/s" if v is not None else "-", v >= floor if v is not None else None)
+    r = runs.get("inline")
+    v = r["ratio_to_raw"] if r else None
+    add("inline ÷ raw creates, same run", "≥ 0.3", v, f"{v:.3f}" if v is not None else "-",
+        v >= 0.3 if v is not None else None)
+    for executor in ("job", "pool", "inline"):
+        audit = (runs.get(executor) or {}).get("audit")
+        if not audit:
+            continue
+        own = sum(v for k, v in audit["by_client"].items() if k in ("gentask operator", "workers"))
+        add(f"gentask's writes per task, {executor}", "≤ 5", own, f"{own:.2f}", own <= 5.005)
+    ws = results.get("worker_sample")
+    v = ws["cpu_ms"]["mean"] if ws else None
+    add("worker CPU per fake task (mean)", "≤ 250 ms", v, f"{v:.0f} ms" if v is not None else "-",
+        v <= 250 if v is not None else None)
+    for f in results.get("finished") or []:
+        limit = 200 if f["finished"] <= 10_000 else 600
+        add(f"operator RSS with {f['finished']:,} finished tasks", f"≤ {limit} MB", f["rss_mib"],
+            f"{f['rss_mib']:.0f} MiB", f["rss_mib"] * 1.048576 <= limit)
+    lines = ["| figure | target | measured | met |", "|---|---|---|---|"]
+    for figure, target, _v, shown, ok in rows:
+        lines.append(f"| {figure} | {target} | {shown} | {'-' if ok is None else ('yes' if ok else '**no**')} |")
+    return lines
+
+
 def report(results: dict, args: argparse.Namespace, loads: tuple[float, float], started: bool) -> str:
     runs = results["runs"]
-    lines = [f"Load average (1 min) at start and end: {loads[0]:.1f} and {loads[1]:.1f} on {os.cpu_count()} cores; "
+    lines = ["Targets (the \"Performance at scale\" issue) beside this run's figures:", "", *targets(results), "",
+             f"Load average (1 min) at start and end: {loads[0]:.1f} and {loads[1]:.1f} on {os.cpu_count()} cores; "
              "other work on the machine shares them. The control plane, FerretDB over PostgreSQL, the process node, "
              "the operator, its workers and this script all run on this machine"
              + (", the cluster started by the benchmark with its audit log on." if started else
@@ -1069,7 +1106,7 @@ HOW = (
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", type=int, default=1000)
-    parser.add_argument("--executors", default="job,inline")
+    parser.add_argument("--executors", default="job,inline,pool")
     parser.add_argument("--finished-mirrored", action=argparse.BooleanOptionalAction, default=True,
                         help="the finished tasks' records are in MongoDB already (as after a restart); "
                              "--no-finished-mirrored: the operator must mirror them all")
