@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from gentask.api.auth import KeyRing
+from gentask.api.collector import FreezeSurvivors
 from gentask.api.deps import Services
 from gentask.api.errors import install_handlers
 from gentask.api.index import TaskIndex
@@ -89,6 +90,8 @@ def create_app(settings: Settings | None = None, *, kubeconfig: str | None = Non
         app.state.services = Services(settings=settings, keys=keys, limiter=RateLimiter(
             settings.api_rate_per_user, settings.api_rate_burst), metrics=metrics, storage=storage, index=index,
             tasks=TaskService(settings, client, index, storage, metrics))
+        collector = FreezeSurvivors()      # the index's objects would make every full collection long
+        collector.start()
         watch = asyncio.create_task(index.run(), name="gentask-api-watch")
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(index.synced.wait(), 5)   # serve even if the cluster is not there yet
@@ -102,6 +105,7 @@ def create_app(settings: Settings | None = None, *, kubeconfig: str | None = Non
                 await watch
             await client.close()
             await storage.stop()
+            await collector.stop()
 
     app = FastAPI(title="gentask REST API", version="1", description=DESCRIPTION, lifespan=lifespan,
                   docs_url="/docs", openapi_url="/openapi.json", redoc_url=None)
