@@ -52,6 +52,7 @@ test-unit: install tools ## unit tests only (no cluster)
 
 bench: install tools ## benchmarks: figures into docs/benchmarks.md
 	$(PY) bench/cluster_start.py
+	$(PY) bench/image.py
 	$(PY) bench/pod_start.py
 	$(PY) bench/providers.py
 	$(PY) bench/mirror.py
