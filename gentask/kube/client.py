@@ -249,7 +249,7 @@ class KubeClient:
         """(event type, task) from resource_version on, with bookmarks, until the server ends it.
 
         namespace None: every namespace. With `field_selector`, a task that stops matching it comes
-        as DELETED (with its new state), one that starts matching as ADDED.
+        as DELETED (with its content from before the change), one that starts matching as ADDED.
         Raises WatchExpired when the resourceVersion is too old, ClusterUnavailable when the
         connection breaks."""
         params = {"watch": "true", "resourceVersion": resource_version, "allowWatchBookmarks": "true",
