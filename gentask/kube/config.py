@@ -32,8 +32,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from gentask.kube.errors import ConfigError
 
 SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
@@ -317,6 +315,8 @@ def from_kubeconfig(path: str | os.PathLike[str], context: str | None = None) ->
         text = path.read_text()
     except OSError as exc:
         raise ConfigError(f"cannot read the kubeconfig {path}: {exc.strerror or exc}") from None
+    import yaml  # here: a pod in its cluster reads no kubeconfig, and a worker pod pays every import
+
     try:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as exc:

@@ -8,7 +8,7 @@ import sys
 import textwrap
 
 HEAVY = ("aiohttp", "httpx", "kubernetes", "kopf", "fastapi", "volcengine", "openai", "gentask.providers.volcengine",
-         "gentask.providers.openai", "gentask.api", "gentask.operator", "pymongo", "gridfs", "gentask.storage")
+         "gentask.providers.openai", "gentask.api", "gentask.operator", "pymongo", "gridfs", "gentask.storage", "yaml")
 
 
 def imported_after(code: str) -> set[str]:
