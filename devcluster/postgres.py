@@ -5,7 +5,7 @@ or the folder ``GENTASK_POSTGRES_BIN`` names). Every ``up`` makes a new, throwaw
 ``initdb`` into ``<root>/postgres``, tuned for speed, not durability (fsync, synchronous_commit
 and full_page_writes off), listening on 127.0.0.1 on a free port and on a unix socket in that
 same folder, trust authentication for loopback and the socket only, the database ``ferretdb``
-created for FerretDB. It logs to ``<root>/logs/postgres.log``.
+created for FerretDB with GIN twins of FerretDB's indexes (GIN_TWINS, below). It logs to ``<root>/logs/postgres.log``.
 
 PostgreSQL refuses to run as root: a cluster started by root runs it (initdb included) as the
 ``postgres`` system user the Debian package creates, else as ``nobody``, which then owns the data
@@ -53,6 +53,35 @@ SETTINGS = {
     "dynamic_shared_memory_type": "mmap",  # segments live in the data folder: nothing left in /dev/shm
     "jit": "off",  # steady latency: no LLVM compilation of large scans
 }
+
+
+# FerretDB v1 pushes a query's equality filters down as JSONB containment (`_jsonb->'f' @> '"v"'`),
+# which the btree indexes it makes of a collection's indexes (on `_jsonb->'f'`, and its unique one
+# on `_jsonb->'_id'`) cannot serve: every find, even by _id, scans the table. This event trigger
+# gives each of those btree indexes a GIN twin on its first field, which serves `@>`
+# (https://github.com/FerretDB/FerretDB/issues/4646): a deploy-time step of the database, made
+# once, before FerretDB creates its collections; FerretDB and its clients see no difference.
+GIN_TWINS = r"""
+CREATE OR REPLACE FUNCTION gentask_gin_twins() RETURNS event_trigger LANGUAGE plpgsql AS $fn$
+DECLARE
+  cmd record;
+  tbl regclass;
+  expr text;
+BEGIN
+  FOR cmd IN SELECT objid FROM pg_event_trigger_ddl_commands() WHERE object_type = 'index' LOOP
+    SELECT i.indrelid::regclass, pg_get_indexdef(i.indexrelid, 1, true) INTO tbl, expr
+      FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_am am ON am.oid = c.relam
+     WHERE i.indexrelid = cmd.objid AND am.amname = 'btree';
+    CONTINUE WHEN expr IS NULL OR expr !~ '^\(?_jsonb -> ''[^'']+''::text\)?$';
+    EXECUTE format('CREATE INDEX IF NOT EXISTS %I ON %s USING gin ((%s) jsonb_path_ops)',
+                   left((SELECT relname FROM pg_class WHERE oid = tbl), 40) || '_' || left(md5(expr), 8) || '_gin',
+                   tbl, expr);
+  END LOOP;
+END
+$fn$;
+CREATE EVENT TRIGGER gentask_gin_twins ON ddl_command_end WHEN TAG IN ('CREATE INDEX')
+  EXECUTE FUNCTION gentask_gin_twins();
+"""
 
 
 def bin_dir() -> Path:
@@ -200,6 +229,7 @@ class Postgres:
         while True:  # `ready` in postmaster.pid may come a moment before the first connection is accepted
             try:
                 conn.psql(f"CREATE DATABASE {DATABASE}", database="postgres")
+                conn.psql(GIN_TWINS)
                 return conn.url
             except ClusterError as exc:
                 if time.monotonic() > deadline or "starting up" not in str(exc):

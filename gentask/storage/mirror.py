@@ -3,11 +3,28 @@
 A record is replaced only by a newer view of its task: a higher (phaseRank, resourceVersion).
 On MongoDB the guarded upsert is one atomic document operation. FerretDB v1 evaluates the filter
 and writes the document in two steps, so two writers can both pass the guard; there every write
-to a record first takes a short lease (an insert into `<collection>.leases`, which a unique _id
-makes atomic) and gives it back after.
+to an existing record first takes a short lease (an insert into `<collection>.leases`, which a
+unique _id makes atomic) and gives it back after. A record is first created by an insert, which
+the unique _id makes atomic everywhere.
 
 Names are unique among live records only: Kubernetes lets a name be reused once its resource is
 gone, and the mirror keeps the old record (flagged deleted) beside the new one.
+
+Lists. On MongoDB a list is one query of the records, served by their indexes (filter, sort,
+skip, limit) and a count. FerretDB v1 pushes only equality filters down to PostgreSQL and then
+decodes every matching document in Go and sorts, skips and counts there, at a cost per document
+that makes one user's 2,000 records take seconds (docs/benchmarks.md). So where the server is
+FerretDB (or `timeline=True`) the mirror also keeps a timeline, `<collection>.timeline`: for each
+(namespace, user) a few documents (a task's shard is a hash of its uid) that hold one short
+string per task ("<phaseRank><resourceVersion>|<createdAt ms>|<type>|<phase>" in `e`, keyed by
+uid) and the uids that are deleted (`d`) or forgotten (`f`). A list reads the user's shards
+(one equality query), filters, sorts and counts their entries here, and reads the page's records
+by _id. Every write of a record updates its timeline entry first, under the lease of the
+shard (which covers every uid of it, so it is also the record's lease), then the record: a
+record never runs ahead of its entry, and a resync (which compares the records' resource
+versions) repairs whatever a crash between the two left. On FerretDB over PostgreSQL reads by
+_id and equality filters are index scans only with GIN indexes on FerretDB's JSONB expressions,
+a deploy-time step of the database (docs/architecture.md, "MongoDB mirror").
 """
 
 from __future__ import annotations
@@ -17,7 +34,9 @@ import logging
 import random
 import time
 import uuid
+import zlib
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -35,7 +54,13 @@ LIMIT_MAX = 100
 PHASES = tuple(p.value for p in Phase)
 TYPES = tuple(t.value for t in TaskType)
 LIST_ORDER = [("createdAt", DESCENDING), ("_id", ASCENDING)]
-INDEXES = (
+# tombstone is "" while the resource exists and the uid once it is gone: one live record a name.
+# The name leads: it is what a lookup by name selects on (and what an index on FerretDB's
+# PostgreSQL has to serve). Databases made before keep their namespace_name_unique beside it.
+NAME_INDEX = IndexModel([("name", ASCENDING), ("namespace", ASCENDING), ("tombstone", ASCENDING)],
+                        name="name_namespace_unique", unique=True)
+# the records' list indexes, where the server pages lists (MongoDB)
+LIST_INDEXES = (
     IndexModel([("userID", ASCENDING), ("createdAt", DESCENDING)], name="user_created"),
     IndexModel([("userID", ASCENDING), ("type", ASCENDING), ("createdAt", DESCENDING)], name="user_type_created"),
     # the list's whole sort order after (userID, phase): one phase or several ($in, merged by
@@ -44,11 +69,13 @@ INDEXES = (
                name="user_phase_created_id"),
     IndexModel([("type", ASCENDING), ("createdAt", ASCENDING)], name="type_created"),
     IndexModel([("phase", ASCENDING)], name="phase"),
-    # tombstone is "" while the resource exists and the uid once it is gone: one live record a name
-    IndexModel([("namespace", ASCENDING), ("name", ASCENDING), ("tombstone", ASCENDING)],
-               name="namespace_name_unique", unique=True),
     IndexModel([("createdAt", DESCENDING), ("_id", ASCENDING)], name="created_id"),
 )
+INDEXES = (*LIST_INDEXES, NAME_INDEX)
+TIMELINE_INDEXES = (IndexModel([("user", ASCENDING), ("ns", ASCENDING)], name="user_ns"),)
+TIMELINE_SHARDS = 32      # documents a (namespace, user): each small enough to update cheaply
+_ALL_AT_ONCE = 10_000     # documents in one reply, not FerretDB's first batch of 101 and more after
+_PAGE_READERS = 4         # records of a page read at once where they are read one by one
 # Fields a write never sets with $set: they belong to mark_deleted (or to the first insert).
 _DELETION_FIELDS = ("deleted", "deletedAt", "tombstone")
 
@@ -148,29 +175,61 @@ class TaskMirror:
     record_from_task = staticmethod(record_from_task)
 
     def __init__(self, db: Database[Any], collection: str = "tasks", *, serialize_writes: bool | None = None,
-                 lease_seconds: float = 60.0) -> None:
-        """serialize_writes: take a per-record lease around writes; None = only on FerretDB."""
+                 timeline: bool | None = None, lease_seconds: float = 60.0) -> None:
+        """serialize_writes: take a lease around the writes of a record; None = only on FerretDB.
+        timeline: keep the timeline and list from it; None = only on FerretDB."""
         self.collection = db[collection]
+        self.timeline = db[f"{collection}.timeline"]
         self._leases = db[f"{collection}.leases"]
+        self._meta = db[f"{collection}.meta"]
         self._db = db
         self._serialize = serialize_writes
+        self._timeline = timeline
+        self._ferretdb: bool | None = None
         self._lease_seconds = lease_seconds
 
     # --- writes -------------------------------------------------------------------------------
 
     def ensure_indexes(self) -> list[str]:
-        """Create the indexes the list queries use (idempotent); returns their names."""
+        """Create the indexes the reads use (idempotent); returns their names. With the timeline,
+        also enters the records written before it existed (once: `<collection>.meta` says so)."""
         # one index a command: FerretDB v1.24 drops the connection when one createIndexes
         # command names two indexes that already exist
         with self._errors("creating the tasks indexes"):
-            return [name for index in INDEXES for name in self.collection.create_indexes([index])]
+            if not self._timelined():
+                return [name for index in INDEXES for name in self.collection.create_indexes([index])]
+            names = [name for index in (NAME_INDEX,) for name in self.collection.create_indexes([index])]
+            names += [name for index in TIMELINE_INDEXES for name in self.timeline.create_indexes([index])]
+            if self._meta.find_one({"_id": "timeline"}) is None:
+                fields = ("_id", "namespace", "userID", "type", "phase", "phaseRank", "resourceVersion", "createdAt",
+                          "deleted", "forgotten")
+                found = [d for d in self.collection.find({}, dict.fromkeys(fields, 1), batch_size=_ALL_AT_ONCE)
+                         if "phaseRank" in d]
+                self._enter_all(found)
+                if found:
+                    log.info("entered %d mirrored task(s) written before the timeline existed", len(found))
+                self._meta.update_one({"_id": "timeline"}, {"$set": {"complete": True, "at": _now()}}, upsert=True)
+            return names
+
+    def insert_many(self, records: Sequence[Mapping[str, Any]]) -> None:
+        """Insert new records (record_from_task output) in bulk, and their timeline entries: seeding
+        and imports, never beside a running writer (it is unguarded). DuplicateKeyError names a uid
+        or live name already stored."""
+        if not records:
+            return
+        docs = [{"tombstone": r["_id"] if r.get("deleted") else ""} | dict(r) for r in records]
+        with self._errors(f"inserting {len(docs)} task record(s)"):
+            if self._timelined():
+                self._enter_all(docs)
+            self.collection.insert_many(docs, ordered=False)
 
     def upsert(self, obj: Mapping[str, Any]) -> bool:
         """Mirror a GenerationTask; True when written, False when the stored record is as new or newer."""
         record = record_from_task(obj)
         with self._errors(f"mirroring task {record['namespace']}/{record['name']}"):
             for _ in range(3):
-                with self._exclusive(record["_id"]):
+                with self._exclusive(record):
+                    self._enter(record)           # first: see the module's docstring
                     outcome = self._write(record)
                 if outcome is None:
                     outcome = self._settle_name(record)
@@ -184,21 +243,40 @@ class TaskMirror:
         if when is not None and not isinstance(when, datetime):
             raise ValueError(f"when must be a datetime (the deletion time) or None for now, got {when!r}")
         when = _ms(when) if when else _now()
-        with self._errors(f"marking task {uid} deleted"), self._exclusive(uid):
-            res = self.collection.update_one({"_id": uid, "deleted": False},
-                                             {"$set": {"deleted": True, "deletedAt": when, "tombstone": uid}})
+        with self._errors(f"marking task {uid} deleted"):
+            owner = self._owner(uid)
+            if owner is None:
+                return False
+            with self._exclusive(owner):
+                self._flag(owner, "d")
+                res = self.collection.update_one({"_id": uid, "deleted": False},
+                                                 {"$set": {"deleted": True, "deletedAt": when, "tombstone": uid}})
             return res.matched_count > 0
 
     def forget(self, uid: str, when: datetime | None = None) -> bool:
         """A task its user deleted: the record stays (deleted, forgotten) but leaves the history:
         get, get_by_name and list no longer return it. True when it was visible until now."""
         when = _ms(when) if when else _now()
-        with self._errors(f"forgetting task {uid}"), self._exclusive(uid):
-            visible = self.collection.find_one({"_id": uid, "forgotten": {"$ne": True}}, {"_id": 1}) is not None
-            # upsert: a forget that overtakes the record's first write still hides it for good
-            self.collection.update_one({"_id": uid}, {"$set": {"forgotten": True, "deleted": True, "tombstone": uid}},
-                                       upsert=True)
-            self.collection.update_one({"_id": uid, "deletedAt": {"$exists": False}}, {"$set": {"deletedAt": when}})
+        with self._errors(f"forgetting task {uid}"):
+            owner = self._owner(uid)
+            if owner is None:
+                # a forget that overtakes the record's first write still hides it for good: the
+                # insert is atomic, and the write that comes later finds a record it cannot replace
+                try:
+                    self.collection.insert_one({"_id": uid, "forgotten": True, "deleted": True, "tombstone": uid,
+                                                "deletedAt": when})
+                    return False
+                except DuplicateKeyError:
+                    owner = self._owner(uid)      # that first write came in between
+                    if owner is None:
+                        return False              # ... or another forget
+            with self._exclusive(owner):
+                visible = self.collection.find_one({"_id": uid, "forgotten": {"$ne": True}}, {"_id": 1}) is not None
+                self._flag(owner, "d", "f")
+                self.collection.update_one({"_id": uid}, {"$set": {"forgotten": True, "deleted": True,
+                                                                   "tombstone": uid}})
+                self.collection.update_one({"_id": uid, "deletedAt": {"$exists": False}},
+                                           {"$set": {"deletedAt": when}})
             return visible
 
     def _write(self, record: dict[str, Any], tombstone_at: datetime | None = None) -> bool | None:
@@ -218,9 +296,13 @@ class TaskMirror:
             pass  # the record exists and is not older, or a racing writer inserted it, or the name is taken
         if self.collection.update_one(guard, update).matched_count:
             return True
-        if self.collection.find_one({"_id": record["_id"]}, {"_id": 1}) is not None:
-            return False
-        return None
+        stored = self.collection.find_one({"_id": record["_id"]}, {"deleted": 1, "forgotten": 1})
+        if stored is None:
+            return None
+        if self._timelined() and (stored.get("deleted") or stored.get("forgotten")):
+            # e.g. forgotten before its first write: the entry just written must say so too
+            self._flag(_owner_of(record), *(("d", "f") if stored.get("forgotten") else ("d",)))
+        return False
 
     def _settle_name(self, record: dict[str, Any]) -> bool | None:
         """Another live record holds this (namespace, name): the earlier of the two is gone.
@@ -237,8 +319,74 @@ class TaskMirror:
         if other["resourceVersion"] < record["resourceVersion"]:
             self.mark_deleted(other["_id"], when=record["createdAt"])
             return None
-        with self._exclusive(record["_id"]):
+        with self._exclusive(record):
+            self._enter(record)
+            self._flag(_owner_of(record), "d")
             return self._write(record, tombstone_at=_ms(other["createdAt"]))
+
+    # --- the timeline -------------------------------------------------------------------------
+
+    def _enter(self, record: Mapping[str, Any]) -> None:
+        """The guarded write of a record's timeline entry: an entry as new or newer stays as it is."""
+        if not self._timelined():
+            return
+        shard, key, entry = _shard_id(_owner_of(record)), _key(record["_id"]), _entry(record)
+        guard = {"_id": shard, "$or": [{f"e.{key}": {"$exists": False}}, {f"e.{key}": {"$lt": entry}}]}
+        try:
+            self.timeline.update_one(guard, {"$set": {f"e.{key}": entry, "ns": record["namespace"],
+                                                      "user": record["userID"]}}, upsert=True)
+        except DuplicateKeyError:
+            pass  # the shard exists and its entry is not older
+
+    def _flag(self, owner: tuple[str, str, str], *flags: str) -> None:
+        """Mark a task's timeline entry deleted ("d") and/or forgotten ("f")."""
+        if self._timelined():
+            key = _key(owner[2])
+            self.timeline.update_one({"_id": _shard_id(owner)}, {"$set": {f"{flag}.{key}": True for flag in flags}})
+
+    def _enter_all(self, records: Sequence[Mapping[str, Any]]) -> None:
+        """Unguarded bulk entry, one update a shard (seeding, and records older than the timeline)."""
+        shards: dict[str, dict[str, Any]] = {}
+        for r in records:
+            owner = _owner_of(r)
+            fields = shards.setdefault(_shard_id(owner), {"ns": r["namespace"], "user": r["userID"]})
+            key = _key(r["_id"])
+            fields[f"e.{key}"] = _entry(r)
+            if r.get("deleted"):
+                fields[f"d.{key}"] = True
+            if r.get("forgotten"):
+                fields[f"f.{key}"] = True
+        for shard, fields in shards.items():
+            self.timeline.update_one({"_id": shard}, {"$set": fields}, upsert=True)
+
+    def _owner(self, uid: str) -> tuple[str, str, str] | None:
+        """(namespace, user, uid) of a stored record (they never change), None when none is stored."""
+        doc = self.collection.find_one({"_id": uid}, {"namespace": 1, "userID": 1})
+        if doc is None or "namespace" not in doc:
+            return None
+        return doc["namespace"], doc.get("userID") or "", uid
+
+    def _timeline_page(self, *, user_id: str | None, type: str | None,  # noqa: A002 - the field's name
+                       phases: list[str] | None, namespace: str | None, include_deleted: bool,
+                       limit: int, offset: int) -> tuple[list[str], int]:
+        """The page's uids and the total, from the timeline's entries (sorted and counted here)."""
+        shards: dict[str, Any] = {}
+        if user_id is not None:
+            shards["user"] = user_id
+        if namespace is not None:
+            shards["ns"] = namespace
+        rows: list[tuple[str, str]] = []
+        for doc in self.timeline.find(shards, batch_size=_ALL_AT_ONCE):
+            gone, forgotten = doc.get("d") or {}, doc.get("f") or {}
+            for key, entry in (doc.get("e") or {}).items():
+                if key in forgotten or (key in gone and not include_deleted):
+                    continue
+                _, created, kind, phase = entry.split("|", 3)
+                if (type is None or kind == type) and (phases is None or phase in phases):
+                    rows.append((created, _uid(key)))
+        rows.sort(key=lambda row: row[1])
+        rows.sort(key=lambda row: row[0], reverse=True)  # stable: the uid breaks the ties
+        return [uid for _, uid in rows[offset:offset + limit]], len(rows)
 
     # --- reads --------------------------------------------------------------------------------
 
@@ -261,20 +409,41 @@ class TaskMirror:
 
         `phases` keeps records in any of several phases (one `$in` query, served on MongoDB by
         the index user_phase_created_id); `phase` is the one-phase shorthand."""
-        query = _list_query(user_id=user_id, type=type, phases=_phases(phase, phases), namespace=namespace,
+        chosen = _phases(phase, phases)
+        query = _list_query(user_id=user_id, type=type, phases=chosen, namespace=namespace,
                             include_deleted=include_deleted)
         _check_page(limit, offset)
         with self._errors("listing tasks"):
-            page = [_shaped_doc(doc) for doc in self.collection.find(query).sort(LIST_ORDER).skip(offset).limit(limit)]
-            return page, self.collection.count_documents(query)
+            if not self._timelined():
+                page = [_shaped_doc(d) for d in self.collection.find(query).sort(LIST_ORDER).skip(offset).limit(limit)]
+                return page, self.collection.count_documents(query)
+            ids, total = self._timeline_page(user_id=user_id, type=type, phases=chosen, namespace=namespace,
+                                             include_deleted=include_deleted, limit=limit, offset=offset)
+            # FerretDB pushes no $in down: one read by _id a record, a few at a time
+            with ThreadPoolExecutor(min(_PAGE_READERS, max(1, len(ids)))) as pool:
+                found = list(pool.map(lambda uid: self.collection.find_one({"_id": uid}), ids))
+            # a record is missing only for an instant (its entry is written first)
+            return [_shaped_doc(d) for d in found if d is not None and not d.get("forgotten")], total
 
     def uids(self, namespace: str | None = None) -> dict[str, int]:
-        """Map uid -> resourceVersion of every live record, for a resync to find what it missed."""
+        """Map uid -> resourceVersion of every live record, for a resync to find what it missed.
+
+        Where the mirror keeps a timeline (FerretDB) it is read from there: the same versions (an
+        entry is written before its record) from a few documents instead of every record."""
         query: dict[str, Any] = {"deleted": False}
         if namespace is not None:
             query["namespace"] = namespace
         with self._errors("listing task uids"):
-            return {d["_id"]: d["resourceVersion"] for d in self.collection.find(query, {"resourceVersion": 1})}
+            if not self._timelined():
+                return {d["_id"]: d["resourceVersion"] for d in self.collection.find(query, {"resourceVersion": 1})}
+            found: dict[str, int] = {}
+            shards = {"ns": namespace} if namespace is not None else {}
+            for doc in self.timeline.find(shards, batch_size=_ALL_AT_ONCE):
+                gone = (doc.get("d") or {}).keys() | (doc.get("f") or {}).keys()
+                for key, entry in (doc.get("e") or {}).items():
+                    if key not in gone:
+                        found[_uid(key)] = int(entry.split("|", 1)[0][1:])
+            return found
 
     def count_by_phase(self, *, include_deleted: bool = True) -> dict[str, int]:
         """How many records are in each phase (every phase present, zero when none)."""
@@ -291,48 +460,88 @@ class TaskMirror:
     def _errors(self, doing: str) -> contextlib.AbstractContextManager[None]:
         return translate_errors(self._db.client, doing)
 
+    def _on_ferretdb(self) -> bool:
+        if self._ferretdb is None:
+            self._ferretdb = is_ferretdb(self._db)
+        return self._ferretdb
+
+    def _timelined(self) -> bool:
+        if self._timeline is None:
+            self._timeline = self._on_ferretdb()
+        return self._timeline
+
     def _serializing(self) -> bool:
         if self._serialize is None:
-            self._serialize = is_ferretdb(self._db)
+            self._serialize = self._on_ferretdb()
         return self._serialize
 
     @contextlib.contextmanager
-    def _exclusive(self, uid: str) -> Iterator[None]:
-        """Hold the write lease of one record (only where the server's updates are not atomic)."""
+    def _exclusive(self, of: Mapping[str, Any] | tuple[str, str, str]) -> Iterator[None]:
+        """Hold the write lease of a record (a record, or its (namespace, user, uid)), only where the
+        server's updates are not atomic. With the timeline it is the lease of the record's shard,
+        whose entries share one document."""
         if not self._serializing():
             yield
             return
+        owner = of if isinstance(of, tuple) else _owner_of(of)
+        lease = _shard_id(owner) if self._timelined() else owner[2]
         token = uuid.uuid4().hex
-        self._acquire(uid, token)
+        self._acquire(lease, token)
         try:
             yield
         finally:
             try:
-                self._leases.delete_one({"_id": uid, "owner": token})
+                self._leases.delete_one({"_id": lease, "owner": token})
             except Exception:  # noqa: BLE001 - the lease expires on its own; keep the original error
-                log.warning("could not release the write lease of task %s; it expires in %.0f s",
-                            uid, self._lease_seconds, exc_info=True)
+                log.warning("could not release the write lease %r; it expires in %.0f s",
+                            lease, self._lease_seconds, exc_info=True)
 
-    def _acquire(self, uid: str, token: str) -> None:
+    def _acquire(self, lease: str, token: str) -> None:
         deadline = time.monotonic() + self._lease_seconds + 10
         delay = 0.001
         while True:
             now = _now()
             try:
-                self._leases.insert_one({"_id": uid, "owner": token,
+                self._leases.insert_one({"_id": lease, "owner": token,
                                          "expiresAt": now + timedelta(seconds=self._lease_seconds)})
                 return
             except DuplicateKeyError:
-                held = self._leases.find_one({"_id": uid})
+                held = self._leases.find_one({"_id": lease})
             if held is not None and _ms(held["expiresAt"]) <= now:
-                log.warning("breaking the expired write lease of task %s", uid)
-                self._leases.delete_one({"_id": uid, "owner": held["owner"]})
+                log.warning("breaking the expired write lease %r", lease)
+                self._leases.delete_one({"_id": lease, "owner": held["owner"]})
                 continue
             if time.monotonic() > deadline:
-                raise StorageUnavailable(f"MongoDB kept the write lease of task {uid} busy for more than "
+                raise StorageUnavailable(f"MongoDB kept the write lease {lease!r} busy for more than "
                                          f"{self._lease_seconds + 10:.0f} s")
             time.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, 0.05)
+
+
+def _owner_of(record: Mapping[str, Any]) -> tuple[str, str, str]:
+    return record["namespace"], record.get("userID") or "", record["_id"]
+
+
+def _shard_id(owner: tuple[str, str, str]) -> str:
+    """The timeline document of a task: its (namespace, user) and a hash of its uid."""
+    namespace, user, uid = owner
+    return f"{namespace}\n{user}\n{zlib.crc32(uid.encode()) % TIMELINE_SHARDS}"
+
+
+def _entry(record: Mapping[str, Any]) -> str:
+    """A task's timeline entry; entries of one task compare (as strings) like their versions."""
+    created = int(record["createdAt"].timestamp() * 1000)
+    return (f"{record['phaseRank']}{record['resourceVersion']:020d}|{created:015d}|{record.get('type') or ''}|"
+            f"{record['phase']}")
+
+
+def _key(uid: str) -> str:
+    """A uid as a field name (no dots, no leading $)."""
+    return uid.replace("%", "%25").replace(".", "%2E").replace("$", "%24")
+
+
+def _uid(key: str) -> str:
+    return key.replace("%24", "$").replace("%2E", ".").replace("%25", "%")
 
 
 def _shaped(doc: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -2,9 +2,10 @@
 
 Changes wait in memory, one per task uid: the newest object to upsert (by resourceVersion),
 whether the resource is gone (mark_deleted) and whether its user deleted it (forget, which also
-removes the task's artifacts). A background task on the event loop writes them in a worker
-thread (pymongo blocks); while MongoDB is away it keeps them and retries with exponential
-backoff and jitter, so a MongoDB outage delays the mirror and never blocks or loses a change.
+removes the task's artifacts). A background task on the event loop writes them in worker
+threads (pymongo blocks), several uids at once (`concurrency`); while MongoDB is away it keeps
+them and retries with exponential backoff and jitter, so a MongoDB outage delays the mirror and
+never blocks or loses a change.
 
 MongoDB is optional at start-up: the writer connects on first use, and again after a failure
 at most every `reconnect_seconds`. `open_mirror()` and `open_artifacts()` hand the connected
@@ -28,6 +29,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -46,6 +48,7 @@ BACKOFF_INITIAL = 0.5
 BACKOFF_MAX = 10.0
 RECONNECT_SECONDS = 2.0
 STOP_DRAIN_SECONDS = 5.0
+CONCURRENCY = 4  # uids written at once: each write waits on the server's round trips, not on this process
 
 
 @dataclass
@@ -98,13 +101,19 @@ class MirrorWriter:
     `settings` names the database (MONGO_URL); `database` instead hands one over (tests, or a
     caller that already has one). `max_pending` bounds how many uids may wait: beyond it a
     put() for a new uid is dropped and counted in `dropped` (deletions are never dropped).
+    `concurrency` is how many uids of a batch are written at once (a uid's changes are one write,
+    so they keep their order).
     """
 
     def __init__(self, settings: Settings | None = None, *, database: Callable[[], Database[Any]] | None = None,
                  backoff_initial: float = BACKOFF_INITIAL, backoff_max: float = BACKOFF_MAX,
-                 reconnect_seconds: float = RECONNECT_SECONDS, max_pending: int | None = None) -> None:
+                 reconnect_seconds: float = RECONNECT_SECONDS, max_pending: int | None = None,
+                 concurrency: int = CONCURRENCY) -> None:
         if settings is None and database is None:
             raise ValueError("MirrorWriter needs settings (MONGO_URL) or a database factory")
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise ValueError(f"concurrency must be an integer of 1 or more, got {concurrency!r}")
+        self.concurrency = concurrency
         self._settings, self._database = settings, database
         self.backoff_initial, self.backoff_max = backoff_initial, backoff_max
         self.reconnect_seconds = reconnect_seconds
@@ -303,21 +312,37 @@ class MirrorWriter:
             await self._wakeup.wait()
 
     def _write(self, batch: dict[str, _Change]) -> tuple[dict[str, bool | Exception], StorageUnavailable | None]:
-        """Write a batch in order (worker thread): outcome per uid written, and the failure that stopped it."""
+        """Write a batch (worker threads, `concurrency` uids at once): outcome per uid written, and the
+        failure that stopped it (the uids not started by then stay unwritten)."""
         outcomes: dict[str, bool | Exception] = {}
         try:
             mirror, artifacts = self.open_mirror(), self.open_artifacts()
         except StorageUnavailable as exc:
             return outcomes, exc
-        for uid, change in batch.items():
+        failures: list[StorageUnavailable] = []
+
+        def one(uid: str, change: _Change) -> None:
+            if failures:                        # MongoDB went away: what is not started stays queued
+                return
             try:
                 outcomes[uid] = self._apply(mirror, artifacts, uid, change)
             except StorageUnavailable as exc:
-                self._failed(exc)
-                return outcomes, exc
+                failures.append(exc)
             except Exception as exc:  # noqa: BLE001 - one bad change must not stop the mirror
                 log.exception("mirror write failed; the change is dropped", extra={"uid": uid})
                 outcomes[uid] = exc
+
+        workers = min(self.concurrency, len(batch))
+        if workers <= 1:
+            for uid, change in batch.items():
+                one(uid, change)
+        else:
+            with ThreadPoolExecutor(workers, thread_name_prefix="gentask-mirror-write") as pool:
+                for future in [pool.submit(one, uid, change) for uid, change in batch.items()]:
+                    future.result()
+        if failures:
+            self._failed(failures[0])
+            return outcomes, failures[0]
         self.healthy, self.last_error = True, ""
         return outcomes, None
 

@@ -101,6 +101,6 @@ def test_settings_import_no_settings_library():
     """Every worker pod imports gentask.config: pydantic-settings alone cost it about 0.1 s of CPU."""
     import subprocess
     import sys
-    out = subprocess.run([sys.executable, "-c", "import sys, gentask.config; print('pydantic_settings' in sys.modules)"],
-                         capture_output=True, text=True, check=True)
+    code = "import sys, gentask.config; print('pydantic_settings' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

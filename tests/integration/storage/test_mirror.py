@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import random
 import threading
 import time
 from datetime import datetime
+from pathlib import Path
 
 import pytest
 from kubernetes import client
 
+from devcluster import postgres
 from gentask.domain.task import GROUP, PLURAL, VERSION
 from gentask.storage import TaskMirror
+from gentask.storage.mirror import _shard_id
 
 from ._objects import T0, minutes, task_obj
 
@@ -33,6 +37,7 @@ spec:
   fallbacks: [{provider: openai, model: gpt-image-1.5}]
 """
 SHA = "ab" * 32
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def _status(phase: str) -> dict:
@@ -210,7 +215,17 @@ def test_a_missed_deletion_is_inferred_when_the_name_is_reused(mirror):
     assert [r["_id"] for r in mirror.list()[0]] == ["new"]
 
 
-def test_list_filters_paging_and_stable_order(mirror):
+@pytest.fixture(params=[None, True, False], ids=["server-default", "timeline", "paged-by-server"])
+def paging_mirror(db, request) -> TaskMirror:
+    """The mirror with each way of serving a list: the server's default (the timeline on FerretDB),
+    the timeline, and the server's own sort, skip, limit and count (MongoDB's default)."""
+    m = TaskMirror(db, timeline=request.param)
+    m.ensure_indexes()
+    return m
+
+
+def test_list_filters_paging_and_stable_order(paging_mirror):
+    mirror = paging_mirror
     # 30 tasks of user a, 10 of user b; three tasks share each creation minute, so the order
     # inside a minute comes from _id
     for i in range(40):
@@ -276,15 +291,103 @@ def test_list_accepts_the_bounds(mirror):
     assert len(mirror.list(limit=100)[0]) == 3
 
 
-def test_indexes_exist_and_ensure_is_idempotent(mirror):
+def test_indexes_exist_and_ensure_is_idempotent(paging_mirror):
+    mirror = paging_mirror
     mirror.ensure_indexes()
-    indexes = {ix["name"]: ix for ix in mirror.collection.list_indexes()}
+    records = {ix["name"]: ix for ix in mirror.collection.list_indexes()}
+    assert dict(records["name_namespace_unique"]["key"]) == {"name": 1, "namespace": 1, "tombstone": 1}
+    assert records["name_namespace_unique"].get("unique") is True
+    if mirror._timelined():
+        timeline = {ix["name"]: ix for ix in mirror.timeline.list_indexes()}
+        assert dict(timeline["user_ns"]["key"]) == {"user": 1, "ns": 1}
+        assert "user_created" not in records                      # the records are not what lists read
+        return
     assert {"user_created", "user_type_created", "user_phase_created_id", "type_created", "phase",
-            "namespace_name_unique", "created_id"} <= set(indexes)
-    assert dict(indexes["user_created"]["key"]) == {"userID": 1, "createdAt": -1}
-    assert dict(indexes["user_phase_created_id"]["key"]) == {"userID": 1, "phase": 1, "createdAt": -1, "_id": 1}
-    assert dict(indexes["created_id"]["key"]) == {"createdAt": -1, "_id": 1}
-    assert indexes["namespace_name_unique"].get("unique") is True
+            "created_id"} <= set(records)
+    assert dict(records["user_created"]["key"]) == {"userID": 1, "createdAt": -1}
+    assert dict(records["user_phase_created_id"]["key"]) == {"userID": 1, "phase": 1, "createdAt": -1, "_id": 1}
+    assert dict(records["created_id"]["key"]) == {"createdAt": -1, "_id": 1}
+
+
+def _entries(mirror: TaskMirror) -> dict[str, tuple[str, bool, bool]]:
+    """uid -> (entry, deleted, forgotten) of every timeline entry."""
+    out = {}
+    for doc in mirror.timeline.find():
+        for key, entry in doc.get("e", {}).items():
+            out[key] = (entry, key in doc.get("d", {}), key in doc.get("f", {}))
+    return out
+
+
+def test_the_timeline_follows_every_write_and_lists_only_what_the_records_hold(db):
+    mirror = TaskMirror(db, timeline=True)
+    mirror.ensure_indexes()
+    mirror.upsert(task_obj("u1", 10, "Running", user="ann"))
+    mirror.upsert(task_obj("u1", 9, "Pending", user="ann"))         # older: neither record nor entry moves
+    entry, deleted, forgotten = _entries(mirror)["u1"]
+    assert entry.startswith("2" + "10".zfill(20) + "|") and entry.endswith("|image|Running")
+    assert (deleted, forgotten) == (False, False)
+    shard = mirror.timeline.find_one()
+    assert (shard["ns"], shard["user"]) == ("ns1", "ann")
+    mirror.upsert(task_obj("u1", 12, "Succeeded", user="ann"))
+    assert mirror.list(user_id="ann", phase="Succeeded")[1] == 1
+    mirror.mark_deleted("u1")
+    assert _entries(mirror)["u1"][1:] == (True, False)
+    assert mirror.list(user_id="ann") == ([], 0)
+    assert mirror.list(user_id="ann", include_deleted=True)[1] == 1
+    mirror.forget("u1")
+    assert _entries(mirror)["u1"][1:] == (True, True)
+    assert mirror.list(user_id="ann", include_deleted=True) == ([], 0)
+    # forgotten before its first write: the write that comes later is not listed either
+    assert mirror.forget("early") is False
+    assert mirror.upsert(task_obj("early", 3, "Pending", user="ann")) is False
+    assert mirror.list(user_id="ann", include_deleted=True) == ([], 0)
+    # an entry whose record is not written yet (a writer stopped between the two) is not shown;
+    # the resync's write completes it
+    mirror._enter(TaskMirror.record_from_task(task_obj("ghost", 1, "Pending", user="ann")))
+    assert mirror.list(user_id="ann")[0] == []
+    mirror.upsert(task_obj("ghost", 2, "Queued", user="ann"))
+    page, total = mirror.list(user_id="ann")
+    assert ([r["_id"] for r in page], total, page[0]["phase"]) == (["ghost"], 1, "Queued")
+
+
+def test_uids_with_dots_and_dollars_are_timeline_keys(db):
+    mirror = TaskMirror(db, timeline=True)
+    for i, uid in enumerate(["a.b", "$c", "d%2E", "e"]):
+        mirror.upsert(task_obj(uid, 10 + i, "Running", name=f"img-{i}", created=minutes(i)))
+    page, total = mirror.list()
+    assert ([r["_id"] for r in page], total) == (["e", "d%2E", "$c", "a.b"], 4)
+    assert mirror.mark_deleted("a.b") is True and mirror.list()[1] == 3
+
+
+def test_records_mirrored_before_the_timeline_existed_are_listed(db):
+    old = TaskMirror(db, timeline=False)
+    for i in range(5):
+        old.upsert(task_obj(f"t{i}", 10 + i, "Succeeded", created=minutes(i)))
+    old.mark_deleted("t4")
+    old.forget("t3")
+    old.forget("never-written")
+    mirror = TaskMirror(db, timeline=True)
+    mirror.ensure_indexes()
+    page, total = mirror.list(include_deleted=True)
+    assert ([r["_id"] for r in page], total) == (["t4", "t2", "t1", "t0"], 4)
+    assert mirror.list()[1] == 3
+    mirror.timeline.delete_many({})                            # entered once: not again at every start
+    mirror.ensure_indexes()
+    assert mirror.list()[1] == 0
+
+
+def test_insert_many_seeds_records_and_what_lists_read(paging_mirror):
+    mirror = paging_mirror
+    records = [TaskMirror.record_from_task(task_obj(f"s{i}", 10 + i, "Succeeded", user="bulk", created=minutes(i)))
+               for i in range(30)]
+    mirror.insert_many(records)
+    mirror.insert_many([])
+    page, total = mirror.list(user_id="bulk", limit=3)
+    assert ([r["_id"] for r in page], total) == (["s29", "s28", "s27"], 30)
+    assert mirror.get_by_name("ns1", "img-s5")["resourceVersion"] == 15
+    assert mirror.upsert(task_obj("s5", 99, "Succeeded", user="bulk", created=minutes(5))) is True
+    assert mirror.upsert(task_obj("s6", 1, "Running", user="bulk", created=minutes(6))) is False
+    assert mirror.list(user_id="bulk", phase="Running")[1] == 0
 
 
 def test_uids_and_counts_for_resync(mirror):
@@ -317,11 +420,46 @@ def test_malformed_objects_are_refused_naming_the_field(mirror, mutate, message)
     assert mirror.get("u1") is None
 
 
-def test_a_held_lease_of_a_crashed_writer_expires(db):
+@pytest.mark.parametrize("timeline", [False, True], ids=["record-lease", "shard-lease"])
+def test_a_held_lease_of_a_crashed_writer_expires(db, timeline):
     """A writer that died holding the lease blocks that record only until the lease expires."""
-    m = TaskMirror(db, serialize_writes=True, lease_seconds=1)
-    db["tasks.leases"].insert_one({"_id": "u1", "owner": "dead", "expiresAt": T0})
+    m = TaskMirror(db, serialize_writes=True, timeline=timeline, lease_seconds=1)
+    lease = _shard_id(("ns1", "user123", "u1")) if timeline else "u1"   # a record's shard holds its lease
+    db["tasks.leases"].insert_one({"_id": lease, "owner": "dead", "expiresAt": T0})
     started = time.monotonic()
     assert m.upsert(task_obj("u1", 1, "Pending")) is True
     assert time.monotonic() - started < 5
     assert db["tasks.leases"].count_documents({}) == 0
+
+
+def test_ferretdb_postgresql_serves_equality_filters_from_gin_twins(db, mirror):
+    """The local cluster's PostgreSQL gives FerretDB's btree indexes GIN twins on their first field,
+    so `_id`, name and user lookups are index scans there (devcluster/postgres.py GIN_TWINS)."""
+    pg = postgres.connection(Path(os.environ.get("GENTASK_DEVCLUSTER_ROOT", ROOT / ".devcluster")))
+    if pg is None:
+        pytest.skip("the MongoDB under test is not the local cluster's FerretDB over PostgreSQL")
+    mirror.upsert(task_obj("u1", 1, "Pending"))
+    twins = pg.psql(f"SELECT t.relname, pg_get_indexdef(i.indexrelid) FROM pg_index i "
+                    f"JOIN pg_class t ON t.oid = i.indrelid JOIN pg_namespace n ON n.oid = t.relnamespace "
+                    f"WHERE n.nspname = '{db.name}' AND pg_get_indexdef(i.indexrelid) LIKE '%USING gin%'")
+    fields = {(table.split("_")[0] + ("_timeline" if "_timeline_" in table else ""), defn.split("'")[1])
+              for table, defn in (line.split("|", 1) for line in twins.splitlines())}
+    assert {("tasks", "_id"), ("tasks", "name"), ("tasks_timeline", "_id"), ("tasks_timeline", "user")} <= fields
+
+
+@pytest.mark.parametrize("timeline", [True, False], ids=["timeline", "records"])
+def test_uids_give_each_live_record_its_latest_version_either_way(db, timeline):
+    """The operator's audit compares these with the cluster: from the timeline on FerretDB (a few
+    documents), from the records elsewhere; both must agree."""
+    mirror = TaskMirror(db, timeline=timeline)
+    mirror.ensure_indexes()
+    mirror.upsert(task_obj("a", 3, "Running", namespace="x"))
+    mirror.upsert(task_obj("a", 5, "Succeeded", namespace="x"))
+    mirror.upsert(task_obj("b", 7, "Succeeded", namespace="x"))
+    mirror.upsert(task_obj("c", 9, "Succeeded", namespace="y"))
+    mirror.upsert(task_obj("d", 11, "Failed", namespace="y"))
+    mirror.upsert(task_obj("e", 12, "Failed", namespace="y"))
+    mirror.mark_deleted("d")
+    mirror.forget("e")
+    assert mirror.uids() == {"a": 5, "b": 7, "c": 9}
+    assert mirror.uids("x") == {"a": 5, "b": 7}

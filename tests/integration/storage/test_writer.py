@@ -132,3 +132,24 @@ async def test_stop_gives_up_when_mongodb_stays_away():
     with pytest.raises(StorageUnavailable):
         await forgotten
     assert writer.pending == 0
+
+
+async def test_a_batch_of_many_tasks_is_written_several_at_a_time_and_listed(db):
+    writer = _writer({"db": db}, concurrency=4)
+    for i in range(40):
+        writer.put(task_obj(f"t{i:02d}", 1, "Pending", user="many"))
+    for i in range(0, 40, 2):
+        writer.put(task_obj(f"t{i:02d}", 2, "Running", user="many"))    # coalesces into the same write
+    writer.start()
+    await _drained(writer, "40 tasks written")
+    page, total = TaskMirror(db).list(user_id="many", limit=100)
+    assert total == 40
+    assert {r["_id"]: r["resourceVersion"] for r in page} == {f"t{i:02d}": 2 if i % 2 == 0 else 1 for i in range(40)}
+    assert writer.healthy and writer.lag == 0.0
+    await writer.stop()
+
+
+@pytest.mark.parametrize("concurrency", [0, -1, 1.5, True, "4"])
+def test_concurrency_must_be_a_positive_integer(db, concurrency):
+    with pytest.raises(ValueError, match=f"concurrency must be an integer of 1 or more, got {concurrency!r}"):
+        MirrorWriter(database=lambda: db, concurrency=concurrency)
