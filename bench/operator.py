@@ -78,7 +78,7 @@ from gentask.domain import GROUP, PLURAL, VERSION
 from gentask.domain.reasons import Phase
 from gentask.domain.task import GenerationTask
 from gentask.kube.status import status_patch, transition
-from gentask.storage import connect, record_from_task
+from gentask.storage import TaskMirror, connect, record_from_task
 
 ROOT = Path(__file__).resolve().parents[1]
 TICK = os.sysconf("SC_CLK_TCK")
@@ -312,11 +312,15 @@ class Watcher:
         return Counter((o.get("status") or {}).get("phase") or "Pending" for o in self.latest.values())
 
 
+FINAL = [p.value for p in Phase if p.terminal]
+
+
 class MirrorCount:
     """Polls MongoDB (in a thread) for how many records of a namespace show a final phase."""
 
     def __init__(self, mongo_url: str, ns: str, every: float = 1.0) -> None:
-        self.db = connect(Settings(mongo_url=mongo_url))
+        # counted the way the API counts a list (on FerretDB from the timeline, not every record)
+        self.mirror = TaskMirror(connect(Settings(mongo_url=mongo_url)))
         self.ns, self.every = ns, every
         self.count, self.reached_at = 0, {}
         self.stopping = threading.Event()
@@ -325,7 +329,7 @@ class MirrorCount:
     def _loop(self) -> None:
         while not self.stopping.is_set():
             try:
-                n = self.db["tasks"].count_documents({"namespace": self.ns, "phaseRank": Phase.SUCCEEDED.rank})
+                n = self.mirror.list(namespace=self.ns, phases=FINAL, limit=1)[1]
                 if n != self.count:
                     self.count = n
                 self.reached_at.setdefault(n, time.time())
@@ -847,10 +851,11 @@ class Bench:
             if not job.done():
                 job.cancel()
         await job
-        if records:
-            collection = connect(Settings(mongo_url=mongo_url))["tasks"]
+        if records:      # records and what lists and the audit read (the timeline on FerretDB)
+            mirror = TaskMirror(connect(Settings(mongo_url=mongo_url)))
+            await asyncio.to_thread(mirror.ensure_indexes)
             for i in range(0, len(records), 1000):
-                await asyncio.to_thread(collection.insert_many, records[i:i + 1000], ordered=False)
+                await asyncio.to_thread(mirror.insert_many, records[i:i + 1000])
         return time.monotonic() - t0
 
     async def finished(self, kube: Kube, sizes: list[int], stalled: Callable[[Stalled], None]) -> list[dict]:
