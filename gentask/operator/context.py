@@ -29,5 +29,6 @@ class OperatorContext:
     ttl_timers: dict[str, asyncio.TimerHandle] = field(default_factory=dict)
     jobs_ensured: set[str] = field(default_factory=set)         # uids whose Job this process made or found
     worker_rbac: dict[str, float] = field(default_factory=dict)  # namespace -> when its worker account was ensured
+    worker_rbac_locks: dict[str, asyncio.Lock] = field(default_factory=dict)   # one ensure a namespace at a time
     background: list[asyncio.Task[Any]] = field(default_factory=list)
     ready: bool = False

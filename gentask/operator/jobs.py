@@ -6,6 +6,7 @@ DisruptionTarget) and the worker carries on with the same attempt.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
@@ -29,11 +30,16 @@ WORKER_RBAC_RECHECK = 600.0
 async def ensure_job(ctx: OperatorContext, task: GenerationTask) -> bool:
     """Create the task's Job unless it exists (and, first in a namespace, the namespace's worker
     account). True when the Job was created."""
-    ensured = ctx.worker_rbac.get(task.namespace)
-    if ensured is None or time.monotonic() - ensured > WORKER_RBAC_RECHECK:
-        for manifest in worker_rbac(task.namespace):
-            await create_once(ctx, manifest)
-        ctx.worker_rbac[task.namespace] = time.monotonic()
+    def due() -> bool:
+        ensured = ctx.worker_rbac.get(task.namespace)
+        return ensured is None or time.monotonic() - ensured > WORKER_RBAC_RECHECK
+    if due():
+        # one ensure a namespace at a time: a burst of first tasks would each send the three creates
+        async with ctx.worker_rbac_locks.setdefault(task.namespace, asyncio.Lock()):
+            if due():
+                for manifest in worker_rbac(task.namespace):
+                    await create_once(ctx, manifest)
+                ctx.worker_rbac[task.namespace] = time.monotonic()
     return await create_once(ctx, job_manifest(task, ctx.settings))
 
 

@@ -3,6 +3,9 @@ deleted behind its back; and what a happy task costs in API writes."""
 
 from __future__ import annotations
 
+import ssl
+import urllib.request
+
 import pytest
 from kubernetes import client
 
@@ -85,3 +88,35 @@ def test_a_happy_task_costs_few_writes_and_kopf_leaves_no_trace(cluster, operato
     meta = tasks.get(name)["metadata"]
     assert not meta.get("finalizers")
     assert not [a for a in (meta.get("annotations") or {}) if "kopf" in a]
+
+
+def _service_account_creates(cluster) -> dict[str, float]:
+    """POSTs of serviceaccounts the API server answered, by code, from its own /metrics."""
+    conf = cluster.api.configuration
+    tls = ssl.create_default_context(cafile=conf.ssl_ca_cert)
+    if conf.cert_file:
+        tls.load_cert_chain(conf.cert_file, conf.key_file)
+    token = conf.get_api_key_with_prefix("BearerToken") or conf.get_api_key_with_prefix("authorization")
+    headers = {"Authorization": token} if token else {}
+    with urllib.request.urlopen(urllib.request.Request(conf.host + "/metrics", headers=headers), context=tls,
+                                timeout=30) as answer:
+        text = answer.read().decode()
+    counts: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("apiserver_request_total{") and 'resource="serviceaccounts"' in line \
+                and 'verb="POST"' in line and 'subresource=""' in line:
+            code = line.split('code="', 1)[1].split('"', 1)[0]
+            counts[code] = counts.get(code, 0) + float(line.rsplit(" ", 1)[1])
+    return counts
+
+
+def test_a_burst_of_first_tasks_makes_the_worker_account_once(cluster, operator, tasks):
+    """Twenty tasks arrive at once in a namespace the operator has not served: its worker account
+    is made by one create each, not one per task that found it missing (refused with 409)."""
+    before = _service_account_creates(cluster)
+    names = [tasks.create(type="text", model="fake-text", prompt=f"burst {i}") for i in range(20)]
+    for name in names:
+        tasks.wait_phase(name, "Succeeded", timeout=120)
+    after = _service_account_creates(cluster)
+    spent = {code: after.get(code, 0) - before.get(code, 0) for code in after}
+    assert spent.get("201", 0) == 1 and spent.get("409", 0) == 0, spent
