@@ -23,6 +23,23 @@ from tests.support.waits import file_progress, wait_for, watching
 
 TERMINAL = ("Succeeded", "Failed", "Cancelled")
 
+# One task of each type with its fake model and what its artifact's bytes must start with: every
+# executor's suite runs these (job in test_lifecycle, pool in test_pool).
+EVERY_TYPE = pytest.mark.parametrize("type_,model,params,check", [
+    ("image", "fake-image", {"size": "256x256"}, lambda b: b.startswith(b"\x89PNG")),
+    ("video", "fake-video", {"duration": 1, "aspectRatio": "16:9"}, lambda b: b[4:8] == b"ftyp"),
+    ("text", "fake-text", {"maxTokens": 12}, None),
+])
+
+
+def artifact_bytes(cluster: Cluster, name: str) -> bytes:
+    """The bytes of a stored artifact, read from the cluster's MongoDB."""
+    from gentask.config import load_settings
+    from gentask.storage import ArtifactStore, connect
+    stream = ArtifactStore(connect(load_settings(mongo_url=cluster.mongo_url))).open(name)
+    assert stream is not None, f"artifact {name} is not in the store"
+    return stream.read()
+
 
 def free_port() -> int:
     with socket.socket() as s:

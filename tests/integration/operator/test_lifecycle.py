@@ -10,23 +10,11 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from gentask.kube.names import WORKER_ACCOUNT
+from tests.integration.operator.conftest import EVERY_TYPE, artifact_bytes
 from tests.support.waits import wait_for
 
 
-def artifact_bytes(cluster, name: str) -> bytes:
-    from gentask.config import load_settings
-    from gentask.storage import ArtifactStore, connect
-    store = ArtifactStore(connect(load_settings(mongo_url=cluster.mongo_url)))
-    stream = store.open(name)
-    assert stream is not None, f"artifact {name} is not in the store"
-    return stream.read()
-
-
-@pytest.mark.parametrize("type_,model,params,check", [
-    ("image", "fake-image", {"size": "256x256"}, lambda b: b.startswith(b"\x89PNG")),
-    ("video", "fake-video", {"duration": 1, "aspectRatio": "16:9"}, lambda b: b[4:8] == b"ftyp"),
-    ("text", "fake-text", {"maxTokens": 12}, None),
-])
+@EVERY_TYPE
 def test_success_for_every_type_with_artifacts(cluster, tasks, type_, model, params, check):
     name = tasks.create(type=type_, model=model, prompt="a red fox in the snow", params=params, priority="critical")
     status = tasks.wait_phase(name, "Succeeded", "Failed", timeout=120)

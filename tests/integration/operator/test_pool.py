@@ -23,7 +23,14 @@ import pytest
 from kubernetes import client
 
 from tests.integration.conftest import wait_default_account
-from tests.integration.operator.conftest import Tasks, log_tail, start_operator, stop_operator
+from tests.integration.operator.conftest import (
+    EVERY_TYPE,
+    Tasks,
+    artifact_bytes,
+    log_tail,
+    start_operator,
+    stop_operator,
+)
 from tests.support.waits import file_progress, wait_for
 
 MODULE = uuid.uuid4().hex[:6]
@@ -138,19 +145,7 @@ def claims(*pools: PoolProcess) -> Counter:
     return Counter(line["task"].split("/", 1)[1] for p in pools for line in p.said("task claimed"))
 
 
-def artifact_bytes(cluster, name: str) -> bytes:
-    from gentask.config import load_settings
-    from gentask.storage import ArtifactStore, connect
-    stream = ArtifactStore(connect(load_settings(mongo_url=cluster.mongo_url))).open(name)
-    assert stream is not None, f"artifact {name} is not in the store"
-    return stream.read()
-
-
-@pytest.mark.parametrize("type_,model,params,check", [
-    ("image", "fake-image", {"size": "256x256"}, lambda b: b.startswith(b"\x89PNG")),
-    ("video", "fake-video", {"duration": 1, "aspectRatio": "16:9"}, lambda b: b[4:8] == b"ftyp"),
-    ("text", "fake-text", {"maxTokens": 12}, None),
-])
+@EVERY_TYPE
 def test_every_type_succeeds_with_artifacts_and_no_job(cluster, pool_operator, pools, p_ns, type_, model, params,
                                                        check):
     pool = pools(p_ns)
