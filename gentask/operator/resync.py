@@ -29,6 +29,7 @@ from gentask.operator.observe import forget
 from gentask.operator.pool import requeue_lost
 from gentask.operator.reconcile import parse_task, reconcile_task
 from gentask.operator.ttl import schedule_ttl
+from gentask.worker.pool import in_scope, namespaces_of
 
 log = logging.getLogger("gentask.operator")
 
@@ -45,15 +46,9 @@ def _is_glob(pattern: str) -> bool:
 async def _pages(ctx: OperatorContext, field_selector: str | None) -> AsyncIterator[list[dict[str, Any]]]:
     """The tasks of the watched namespaces (GENTASK_WATCH_NAMESPACES: names or globs), a page at a time."""
     patterns = ctx.settings.watch_namespaces
-    if patterns and not any(_is_glob(p) for p in patterns):
-        for ns in patterns:
-            async for page in ctx.kube.task_pages(ns, field_selector=field_selector):
-                yield page
-        return
-    async for page in ctx.kube.task_pages(None, field_selector=field_selector):
-        if patterns:    # glob patterns as Kopf takes them: list once, keep what they match
-            page = [t for t in page if any(fnmatch.fnmatch(t["metadata"]["namespace"], p) for p in patterns)]
-        yield page
+    for ns in namespaces_of(patterns):      # exact names one by one; globs (or all): one listing
+        async for page in ctx.kube.task_pages(ns, field_selector=field_selector):
+            yield page if ns is not None else [t for t in page if in_scope(t["metadata"]["namespace"], patterns)]
 
 
 async def resync(ctx: OperatorContext) -> dict[str, int]:
