@@ -19,12 +19,13 @@ FerretDB (or `timeline=True`) the mirror also keeps a timeline, `<collection>.ti
 string per task ("<phaseRank><resourceVersion>|<createdAt ms>|<type>|<phase>" in `e`, keyed by
 uid) and the uids that are deleted (`d`) or forgotten (`f`). A list reads the user's shards
 (one equality query), filters, sorts and counts their entries here, and reads the page's records
-by _id. Every write of a record updates its timeline entry first, under the lease of the
-shard (which covers every uid of it, so it is also the record's lease), then the record: a
-record never runs ahead of its entry, and a resync (which compares the records' resource
-versions) repairs whatever a crash between the two left. On FerretDB over PostgreSQL reads by
-_id and equality filters are index scans only with GIN indexes on FerretDB's JSONB expressions,
-a deploy-time step of the database (docs/architecture.md, "MongoDB mirror").
+by _id. Every write of a record writes the record first, then its timeline entry, both under
+the lease of the shard (which covers every uid of it, so it is also the record's lease): an
+entry never runs ahead of its record. The operator's audit reads the versions from the timeline
+(`uids`), so a writer killed between the two leaves an entry older than the cluster's resource,
+which the audit mirrors again: the record's write is then a no-op and the entry catches up.
+On FerretDB over PostgreSQL reads by _id and equality filters are index scans only with GIN
+indexes on FerretDB's JSONB expressions, a deploy-time step of the database (docs/architecture.md, "MongoDB mirror").
 """
 
 from __future__ import annotations
@@ -229,8 +230,9 @@ class TaskMirror:
         with self._errors(f"mirroring task {record['namespace']}/{record['name']}"):
             for _ in range(3):
                 with self._exclusive(record):
-                    self._enter(record)           # first: see the module's docstring
                     outcome = self._write(record)
+                    if outcome is not None:
+                        self._enter(record)       # after the record: see the module's docstring
                 if outcome is None:
                     outcome = self._settle_name(record)
                 if outcome is not None:
@@ -300,7 +302,8 @@ class TaskMirror:
         if stored is None:
             return None
         if self._timelined() and (stored.get("deleted") or stored.get("forgotten")):
-            # e.g. forgotten before its first write: the entry just written must say so too
+            # e.g. forgotten before its first write: its entry, made here, must say so too
+            self._enter(record)
             self._flag(_owner_of(record), *(("d", "f") if stored.get("forgotten") else ("d",)))
         return False
 
@@ -320,9 +323,10 @@ class TaskMirror:
             self.mark_deleted(other["_id"], when=record["createdAt"])
             return None
         with self._exclusive(record):
+            outcome = self._write(record, tombstone_at=_ms(other["createdAt"]))
             self._enter(record)
             self._flag(_owner_of(record), "d")
-            return self._write(record, tombstone_at=_ms(other["createdAt"]))
+            return outcome
 
     # --- the timeline -------------------------------------------------------------------------
 
@@ -428,8 +432,9 @@ class TaskMirror:
     def uids(self, namespace: str | None = None) -> dict[str, int]:
         """Map uid -> resourceVersion of every live record, for a resync to find what it missed.
 
-        Where the mirror keeps a timeline (FerretDB) it is read from there: the same versions (an
-        entry is written before its record) from a few documents instead of every record."""
+        Where the mirror keeps a timeline (FerretDB) it is read from there, from a few documents
+        instead of every record: an entry is written after its record, so a version read here is
+        never newer than the record's, and what a crash left behind shows as older."""
         query: dict[str, Any] = {"deleted": False}
         if namespace is not None:
             query["namespace"] = namespace
