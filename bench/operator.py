@@ -785,6 +785,10 @@ class Bench:
                 argv = [expand(c, env) for c in (container.command or image.entrypoint)] + \
                        [expand(a, env) for a in (container.args or [])]
                 argv[0] = shutil.which(argv[0], path=env["PATH"]) or argv[0]
+                if self.args.worker_profile:        # where a worker's CPU goes: pstats files, one a worker
+                    self.args.worker_profile.mkdir(parents=True, exist_ok=True)
+                    argv = [sys.executable, "-m", "cProfile", "-o",
+                            str(self.args.worker_profile / f"{name}.prof"), *argv]
                 t = time.monotonic()
                 with open(pod_dir / f"{container.name}.log", "ab") as out:
                     proc = subprocess.Popen(argv, env=env, cwd=pod_dir, stdout=out, stderr=subprocess.STDOUT,
@@ -1125,6 +1129,8 @@ def main() -> None:
     parser.add_argument("--pool-concurrency", type=int, default=Settings.model_fields["pool_concurrency"].default,
                         help="GENTASK_POOL_CONCURRENCY of each pool process")
     parser.add_argument("--worker-sample", type=int, default=20, help="workers run under wait4 (job executor)")
+    parser.add_argument("--worker-profile", type=Path, default=None,
+                        help="run the sampled workers under cProfile, one pstats file each in this folder")
     parser.add_argument("--settle-budget", type=float, default=600,
                         help="seconds to wait for the mirror to catch up over the finished tasks")
     parser.add_argument("--stall", type=float, default=60, help="a wait without progress this long fails")
