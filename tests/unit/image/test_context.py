@@ -121,8 +121,8 @@ def test_the_wheel_builds_from_the_build_context(tmp_path: Path):
     wheel = next((tmp_path / "dist").glob("gentask-*.whl"))
     with zipfile.ZipFile(wheel) as zf:
         names = set(zf.namelist())
-        for module in ("gentask/cli.py", "gentask/api/app.py", "gentask/operator/handlers.py",
-                       "gentask/worker/run.py", "gentask/storage/__init__.py"):
+        for module in ("gentask/cli/__init__.py", "gentask/cli/task.py", "gentask/api/app.py",
+                       "gentask/operator/handlers.py", "gentask/worker/run.py", "gentask/storage/__init__.py"):
             assert module in names, f"{module} is not in the wheel"
         shipped_dev = sorted(n for n in names if n.startswith(("devcluster/", "tests/")) or "/testing/" in n)
         assert not shipped_dev, f"development code in the wheel: {shipped_dev[:5]}"

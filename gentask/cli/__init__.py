@@ -1,8 +1,9 @@
 """The `gentask` command: one entry point for every component.
 
+    gentask task create|get|wait|watch|list|cancel|delete|download   tasks over the REST API
     gentask crds [--check]              render the CRD from gentask.domain
     gentask provider try ...            one generation against a configured provider
-    gentask operator | api | worker     (the components, as they land)
+    gentask operator | api | worker     the components
 
 Each subcommand's module is imported only when it is used, so `gentask worker` does not
 load FastAPI and `gentask api` does not load Kopf. The local cluster is development tooling
@@ -16,6 +17,7 @@ import sys
 
 # subcommand -> (module with main(argv) -> int, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
+    "task": ("gentask.cli.task", "create, wait for, list and download tasks over the REST API"),
     "crds": ("gentask.domain.crd", "render the GenerationTask CRD from the domain models"),
     "provider": ("gentask.providers.cli", "try a provider: one generation, saved to a folder"),
     "api": ("gentask.api.__main__", "run the REST API"),

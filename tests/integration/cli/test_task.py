@@ -1,0 +1,217 @@
+"""`gentask task …` against the real API, with the operator running the tasks on the local cluster.
+
+Each command runs as a user runs it (`python -m gentask task …`, URL and key from GENTASK_URL
+and GENTASK_API_KEY); the assertions are what the user sees: stdout, stderr, the exit code and
+the files written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pty
+import select
+import subprocess
+import sys
+import time
+
+import pymongo
+import pytest
+import yaml
+from bson import Binary
+
+from gentask.cli.task import (
+    EXIT_CANCELLED,
+    EXIT_CORRUPT,
+    EXIT_FAILED,
+    EXIT_REFUSED,
+    EXIT_TIMEOUT,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+)
+from tests.integration.api.conftest import KEYS, free_port, launch
+from tests.integration.operator.conftest import Tasks, operator  # noqa: F401 - the fixture
+from tests.support.waits import wait_for
+
+
+@pytest.fixture(scope="module")
+def cli_api(cluster, tmp_path_factory, operator):  # noqa: F811 - the operator fixture, imported
+    """An API over a namespace the session's operator serves, mirroring where the workers write."""
+    from kubernetes import client
+
+    from tests.integration.conftest import wait_default_account
+    core = client.CoreV1Api(cluster.api)
+    ns = f"t-cli-{os.getpid() % 10000}-{int(time.time()) % 100000}"
+    core.create_namespace({"metadata": {"name": ns, "labels": {"gentask.io/test": "true"}}})
+    wait_default_account(cluster, ns)
+    core.create_namespaced_secret(ns, {"metadata": {"name": "gentask-credentials"},
+                                       "stringData": {"MONGO_URL": cluster.mongo_url}})
+    api = launch(cluster, ns, mongo_url=cluster.mongo_url, api_max_unfinished_per_user=0)
+    yield api
+    api.stop()
+    core.delete_namespace(ns, propagation_policy="Background")
+
+
+def gentask(api, *args: str, key: str | None = KEYS["alice"], timeout: float = 300,
+            url: str | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "GENTASK_URL": url or api.url}
+    env.pop("GENTASK_API_KEY", None)
+    if key is not None:
+        env["GENTASK_API_KEY"] = key
+    return subprocess.run([sys.executable, "-m", "gentask", "task", *args], env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def _json(proc: subprocess.CompletedProcess) -> dict:
+    assert proc.returncode == 0, f"exit {proc.returncode}: {proc.stderr}"
+    return json.loads(proc.stdout)
+
+
+def test_create_wait_get_list_download_delete(cli_api, tmp_path):
+    made = gentask(cli_api, "create", "image", "a red fox in the snow", "--provider", "fake", "--model", "fake-image",
+                   "--size", "64x64", "--wait")
+    assert made.returncode == 0, made.stderr
+    assert "status:" in made.stdout and "completed (Succeeded" in made.stdout
+    task_id = next(line.split()[-1] for line in made.stdout.splitlines() if line.startswith("task_id:"))
+    # not a terminal: plain lines, one a change, the last one Succeeded
+    lines = made.stderr.strip().splitlines()
+    assert lines[0] == f"created {task_id}" and lines[-1].split()[:2] == [task_id, "Succeeded"]
+    assert "\r" not in made.stderr and "\x1b" not in made.stderr
+
+    task = _json(gentask(cli_api, "get", task_id, "-o", "json"))
+    assert (task["task_id"], task["status"], task["model"]) == (task_id, "completed", "fake-image")
+    as_yaml = yaml.safe_load(gentask(cli_api, "get", task_id, "-o", "yaml").stdout)
+    assert as_yaml["task_id"] == task_id
+    page = _json(gentask(cli_api, "list", "--type", "image", "-o", "json"))
+    assert task_id in [t["task_id"] for t in page["tasks"]]
+    table = gentask(cli_api, "list", "--type", "image")
+    assert table.stdout.splitlines()[0].split() == ["TASK_ID", "TYPE", "PHASE", "MODEL", "USER", "AGE"]
+    assert any(line.split()[:3] == [task_id, "image", "Succeeded"] for line in table.stdout.splitlines())
+
+    got = gentask(cli_api, "download", task_id, "--dir", str(tmp_path / "out"))
+    assert got.returncode == 0, got.stderr
+    artifact = task["result"]["artifacts"][0]
+    kept = tmp_path / "out" / artifact["name"]
+    assert hashlib.sha256(kept.read_bytes()).hexdigest() == artifact["sha256"]
+    assert kept.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "(checked)" in got.stdout
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [artifact["name"]]    # no .part left
+
+    assert gentask(cli_api, "delete", task_id).returncode == 0
+    gone = gentask(cli_api, "get", task_id)
+    assert gone.returncode == EXIT_REFUSED and "404" in gone.stderr and task_id in gone.stderr
+
+
+def test_wait_exits_by_the_outcome_failed_and_cancelled(cli_api):
+    failed = gentask(cli_api, "create", "text", "no [fail:content_rejected]", "--provider", "fake",
+                     "--model", "fake-text", "--set", "retries=0", "--wait")
+    assert failed.returncode == EXIT_FAILED, failed.stderr
+    assert "failed (Failed, ContentRejected)" in failed.stdout
+    slow = _json(gentask(cli_api, "create", "text", "slow [latency:120s]", "--provider", "fake", "--model",
+                         "fake-text", "-o", "json"))
+    assert gentask(cli_api, "cancel", slow["task_id"]).returncode == 0
+    cancelled = gentask(cli_api, "wait", slow["task_id"], "-o", "json")
+    assert cancelled.returncode == EXIT_CANCELLED, cancelled.stderr
+    assert json.loads(cancelled.stdout)["status"] == "cancelled"
+
+
+def test_wait_gives_up_after_its_timeout_and_the_task_goes_on(cli_api):
+    slow = _json(gentask(cli_api, "create", "text", "slow [latency:120s]", "--provider", "fake", "--model",
+                         "fake-text", "-o", "json"))
+    gave_up = gentask(cli_api, "wait", slow["task_id"], "--timeout", "1")
+    assert gave_up.returncode == EXIT_TIMEOUT
+    assert "--timeout" in gave_up.stderr and f"gentask task wait {slow['task_id']}" in gave_up.stderr
+    assert _json(gentask(cli_api, "get", slow["task_id"], "-o", "json"))["status"] in ("pending", "processing")
+    gentask(cli_api, "cancel", slow["task_id"])
+
+
+def test_watch_prints_every_change_as_json_lines(cli_api):
+    made = _json(gentask(cli_api, "create", "text", "write a haiku", "--provider", "fake", "--model", "fake-text",
+                         "-o", "json"))
+    watched = gentask(cli_api, "watch", made["task_id"], "-o", "json")
+    assert watched.returncode == 0, watched.stderr
+    states = [json.loads(line) for line in watched.stdout.splitlines()]
+    order = ["Pending", "Queued", "Running", "Succeeded"]
+    phases = [order.index(s["phase"]) for s in states]
+    assert phases == sorted(phases) and states[-1]["phase"] == "Succeeded"
+    assert states[-1]["result"]["text_result"]
+
+
+def test_a_terminal_gets_one_live_line(cli_api):
+    """On a TTY the progress is redrawn in place (carriage return, erase line) and ends with a tick."""
+    made = _json(gentask(cli_api, "create", "text", "write a haiku [latency:2s]", "--provider", "fake", "--model",
+                         "fake-text", "-o", "json"))
+    master, slave = pty.openpty()
+    env = {**os.environ, "GENTASK_URL": cli_api.url, "GENTASK_API_KEY": KEYS["alice"], "TERM": "xterm"}
+    proc = subprocess.Popen([sys.executable, "-m", "gentask", "task", "wait", made["task_id"]], env=env,
+                            stdout=subprocess.PIPE, stderr=slave, text=False)
+    os.close(slave)
+    seen = b""
+    while True:
+        ready, _, _ = select.select([master], [], [], 1)
+        if ready:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            seen += chunk
+        elif proc.poll() is not None:
+            break
+    out, _ = proc.communicate(timeout=60)
+    os.close(master)
+    assert proc.returncode == 0, seen
+    assert b"\r\x1b[2K" in seen and "✓".encode() in seen and b"Succeeded" in seen
+    assert b"status:" in out
+
+
+def test_usage_errors_say_what_is_wrong(cli_api):
+    missing = gentask(cli_api, "create", "image")
+    assert missing.returncode == EXIT_USAGE and "the following arguments are required: prompt" in missing.stderr
+    bad_set = gentask(cli_api, "create", "text", "hi", "--provider", "fake", "--model", "fake-text", "--set", "x")
+    assert bad_set.returncode == EXIT_USAGE and "--set takes FIELD=VALUE" in bad_set.stderr
+    bad_url = gentask(cli_api, "list", url="ftp://example")
+    assert bad_url.returncode == EXIT_USAGE and "--url must be an http(s) URL" in bad_url.stderr
+    unknown = gentask(cli_api, "frobnicate")
+    assert unknown.returncode == EXIT_USAGE and "invalid choice: 'frobnicate'" in unknown.stderr
+
+
+def test_the_api_refusing_and_the_api_away_have_their_own_exit_codes(cli_api):
+    no_key = gentask(cli_api, "list", key="not-a-key")
+    assert no_key.returncode == EXIT_REFUSED and "401" in no_key.stderr
+    bad_size = gentask(cli_api, "create", "image", "a fox", "--provider", "fake", "--model", "fake-image",
+                       "--size", "3x3")
+    assert bad_size.returncode == EXIT_REFUSED
+    assert "size:" in bad_size.stderr and "accepted:" in bad_size.stderr       # the field and what it takes
+    away = gentask(cli_api, "list", url=f"http://127.0.0.1:{free_port()}")
+    assert away.returncode == EXIT_UNREACHABLE and "cannot reach the API" in away.stderr
+    others = _json(gentask(cli_api, "create", "text", "mine", "--provider", "fake", "--model", "fake-text",
+                           "-o", "json"))
+    stranger = gentask(cli_api, "get", others["task_id"], key=KEYS["bob"])
+    assert stranger.returncode == EXIT_REFUSED and "404" in stranger.stderr
+
+
+def test_a_download_that_does_not_match_its_sha256_is_not_kept(cli_api, cluster, tmp_path):
+    made = gentask(cli_api, "create", "image", "a fox", "--provider", "fake", "--model", "fake-image",
+                   "--size", "64x64", "--wait", "-o", "json")
+    task = _json(made)
+    uid = Tasks(cluster, cli_api.namespace).get(task["task_id"])["metadata"]["uid"]
+    db = pymongo.MongoClient(cluster.mongo_url).get_default_database()
+    entry = wait_for(lambda: db["artifacts.catalog"].find_one({"taskUID": uid}), 30, what="the artifact's entry")
+    chunk = db["artifacts.chunks"].find_one({"files_id": entry["fileId"], "n": 0})
+    altered = bytes(chunk["data"][:-1]) + bytes([chunk["data"][-1] ^ 0xFF])
+    db["artifacts.chunks"].update_one({"_id": chunk["_id"]}, {"$set": {"data": Binary(altered)}})
+    got = gentask(cli_api, "download", task["task_id"], "--dir", str(tmp_path))
+    assert got.returncode == EXIT_CORRUPT and "does not match" in got.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_text_from_the_api_cannot_drive_the_terminal(cli_api):
+    made = _json(gentask(cli_api, "create", "text", "red \x1b[31mtext\x1b[0m \x07bell", "--provider", "fake",
+                         "--model", "fake-text", "-o", "json"))
+    shown = gentask(cli_api, "get", made["task_id"])
+    assert shown.returncode == 0 and "\x1b" not in shown.stdout and "\x07" not in shown.stdout
+    assert "red  [31mtext" in shown.stdout
+    # the JSON output keeps the prompt exactly: it is data, not display
+    assert _json(gentask(cli_api, "get", made["task_id"], "-o", "json"))["prompt"] == "red \x1b[31mtext\x1b[0m \x07bell"
