@@ -229,7 +229,7 @@ class DevCluster:
                 f"--service-account-signing-key-file={pki / 'sa.key'}", f"--service-cluster-ip-range={SERVICE_CIDR}",
                 "--allow-privileged=true", "--profiling=false", "--v=1",
                 "--event-ttl=1h", "--max-requests-inflight=800", "--max-mutating-requests-inflight=400",
-                *self._audit_flags()])
+                *self._audit_flags(), *self._kubelet_flags()])
             self._wait(state, "apiserver", lambda: self._healthy(state), timeout)
             kubeconfig = str(state.kubeconfig)
             self._start(state, "controller-manager", [
@@ -309,6 +309,17 @@ class DevCluster:
     def _node_ready(self, state: State) -> bool:
         doc = json.loads(self._get(state, "/api/v1/nodes/gentask-node"))
         return any(c["type"] == "Ready" and c["status"] == "True" for c in doc["status"].get("conditions", []))
+
+    def _kubelet_flags(self) -> list[str]:
+        """How the API server reaches the process node's log endpoint (`kubectl logs`); the real
+        node's flags come with its namespaces (realnode.wrap)."""
+        if self._real is not None:
+            return []
+        pki = self.root / "pki"
+        return ["--kubelet-preferred-address-types=InternalIP",
+                f"--kubelet-client-certificate={pki / 'apiserver-kubelet-client.crt'}",
+                f"--kubelet-client-key={pki / 'apiserver-kubelet-client.key'}",
+                f"--kubelet-certificate-authority={pki / 'ca.crt'}"]
 
     def _audit_flags(self) -> list[str]:
         """With audit: the policy file (writes only, Metadata level) and the API server's flags for it."""

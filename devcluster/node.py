@@ -9,7 +9,10 @@ scheduler binds to it and runs each container's command/args as a process group 
   and is retried;
 * the pod's service account gets a kubeconfig built from a TokenRequest bound to the pod
   (KUBECONFIG points at it), so what the pod may do is what RBAC allows;
-* stdout and stderr go to ``<root>/pods/<namespace>_<pod>_<uid8>/<container>.log``;
+* stdout and stderr go to ``<root>/pods/<namespace>_<pod>_<uid8>/<container>.log``, and the
+  kubelet's log endpoint (``GET /containerLogs/NS/POD/CONTAINER``, TLS with the cluster's kubelet
+  certificate, client certificates of the cluster's CA only) serves them, so `kubectl logs`
+  works through the API server;
 * phase, container states, restart counts and exit codes are written to the pod's status;
 * deletion is honoured: SIGTERM to the process group, SIGKILL after the grace period, then the
   pod object is removed as a kubelet removes it; spec.activeDeadlineSeconds is enforced.
@@ -25,6 +28,7 @@ node's user, without isolation. This is a test harness, not a sandbox.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fnmatch
 import json
 import logging
@@ -33,14 +37,17 @@ import queue
 import re
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import yaml
 from kubernetes import client, config, watch
@@ -303,6 +310,8 @@ class ProcessNode:
         self.stopping = threading.Event()
         self.pods_dir = root / "pods"
         self.pods_dir.mkdir(parents=True, exist_ok=True)
+        self.log_port = 0
+        self._log_server: ThreadingHTTPServer | None = None
 
     # ---- node registration, lease -------------------------------------------------------
 
@@ -327,7 +336,7 @@ class ProcessNode:
                          "kernelVersion": os.uname().release, "osImage": "gentask process node",
                          "containerRuntimeVersion": "process://1", "kubeletVersion": "v1.36.3",
                          "kubeProxyVersion": "", "operatingSystem": "linux", "architecture": "amd64"},
-            "daemonEndpoints": {"kubeletEndpoint": {"Port": 0}},
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": self.log_port}},
         }
 
     def register(self) -> None:
@@ -401,6 +410,83 @@ class ProcessNode:
                     time.sleep(1.0)
 
     # ---- the sync loop -------------------------------------------------------------------------
+
+    # ---- the kubelet's log endpoint ------------------------------------------------------------
+
+    def serve_logs(self, pki: Path) -> None:
+        """Serve container logs as a kubelet does, to clients with a certificate of the cluster's CA
+        (the API server's kubelet client); on a free loopback port, written into the Node's status."""
+        if not all((pki / f).is_file() for f in ("kubelet.crt", "kubelet.key", "ca.crt")):
+            log.warning("no kubelet certificate in %s: container logs are not served (`kubectl logs` fails)", pki)
+            return
+        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        tls.load_cert_chain(pki / "kubelet.crt", pki / "kubelet.key")
+        tls.load_verify_locations(pki / "ca.crt")
+        tls.verify_mode = ssl.CERT_REQUIRED
+        node = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+                log.debug("log endpoint: " + format, *args)
+
+            def do_GET(self) -> None:  # noqa: N802 - the base class's name
+                node._serve_log(self)
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        server.daemon_threads = True
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
+        self._log_server = server
+        self.log_port = server.server_address[1]
+        threading.Thread(target=server.serve_forever, name="log-endpoint", daemon=True).start()
+        log.info("container logs served on 127.0.0.1:%d", self.log_port)
+
+    def _serve_log(self, request: BaseHTTPRequestHandler) -> None:
+        url = urlsplit(request.path)
+        parts = [unquote(p) for p in url.path.strip("/").split("/")]
+        if len(parts) != 4 or parts[0] != "containerLogs":
+            request.send_error(404, "only /containerLogs/NAMESPACE/POD/CONTAINER is served here")
+            return
+        namespace, pod, container = parts[1:]
+        query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+        run = next((r for r in self.runs.values() if (r.namespace, r.name) == (namespace, pod)), None)
+        pattern = f"{glob_escape(namespace)}_{glob_escape(pod)}_*/{glob_escape(container)}.log"
+        files = sorted(self.pods_dir.glob(pattern), key=lambda f: f.stat().st_mtime)
+        if run is not None:
+            files = [run.dir / f"{container}.log"] if (run.dir / f"{container}.log").exists() else []
+        if not files:
+            request.send_error(404, f"container {container!r} of pod {namespace}/{pod} has no log on this node")
+            return
+        path = files[-1]
+        data = path.read_bytes()
+        if query.get("tailLines", "").isdigit():
+            lines = data.splitlines(keepends=True)
+            data = b"".join(lines[-int(query["tailLines"]):]) if int(query["tailLines"]) else b""
+        if query.get("limitBytes", "").isdigit():
+            data = data[:int(query["limitBytes"])]
+        request.send_response(200)
+        request.send_header("Content-Type", "text/plain")
+        request.end_headers()
+        with contextlib.suppress(OSError):     # the client went away
+            request.wfile.write(data)
+            if query.get("follow") != "true":
+                return
+            offset = path.stat().st_size
+            while not self.stopping.is_set():
+                size = path.stat().st_size if path.exists() else offset
+                if size > offset:
+                    with path.open("rb") as f:
+                        f.seek(offset)
+                        request.wfile.write(f.read(size - offset))
+                        request.wfile.flush()
+                    offset = size
+                elif not self._running(namespace, pod, container):
+                    return
+                time.sleep(0.2)
+
+    def _running(self, namespace: str, pod: str, container: str) -> bool:
+        run = next((r for r in self.runs.values() if (r.namespace, r.name) == (namespace, pod)), None)
+        proc = run.procs.get(container) if run is not None else None
+        return bool(proc and proc.popen and proc.popen.poll() is None)
 
     def run(self) -> None:
         self._kill_leftovers()
@@ -680,6 +766,9 @@ class ProcessNode:
 
     def shutdown(self) -> None:
         self.stopping.set()
+        if self._log_server is not None:
+            self._log_server.shutdown()
+            self._log_server.server_close()
         for run in self.runs.values():
             self._kill(run, signal.SIGTERM)
         deadline = time.monotonic() + 5
@@ -690,6 +779,11 @@ class ProcessNode:
             self._kill(run, signal.SIGKILL)
             for proc in run.procs.values():
                 (run.dir / f"{proc.name}.pid").unlink(missing_ok=True)
+
+
+def glob_escape(text: str) -> str:
+    """`text` matched literally in a glob pattern."""
+    return re.sub(r"([*?\[])", r"[\1]", text)
 
 
 def parse_taint(text: str) -> dict[str, str]:
@@ -725,6 +819,8 @@ def main(argv: list[str] | None = None) -> int:
                        server=cluster["server"], ca_file=ca, taints=args.taint,
                        labels=dict(item.split("=", 1) for item in args.label),
                        images=ImageMap.load(args.images))
+    if ca is not None:
+        node.serve_logs(ca.parent)      # the cluster's pki folder: ca.crt beside kubelet.crt
 
     def stop(signum: int, _frame: Any) -> None:
         node.stopping.set()

@@ -196,3 +196,24 @@ def test_deletion_sends_sigterm_then_sigkill_after_the_grace_period(cluster, nam
     assert "got SIGTERM" in cluster.pod_log(namespace, "polite")
     assert polite_s < 2.0, "a pod that exits on SIGTERM goes at once"
     assert 1.8 <= stubborn_s < 10, "a pod that ignores SIGTERM is killed after its 2 s grace period"
+
+
+def test_kubectl_logs_reads_a_process_pod_through_the_api_server(cluster, namespace):
+    """The process node serves the kubelet's log endpoint: `kubectl logs` (whole, --tail, -f) works."""
+    core = client.CoreV1Api(cluster.api)
+    code = "import time\nfor i in range(3):\n    print(f'line {i}', flush=True)\n    time.sleep(0.5)\n"
+    core.create_namespaced_pod(namespace, {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "talker"},
+                                           "spec": {"restartPolicy": "Never", "containers": [
+                                               {"name": "main", "image": PY, "command": ["python", "-c", code]}]}})
+    wait_for(lambda: core.read_namespaced_pod("talker", namespace).status.phase, 60,
+             until=lambda phase: phase in ("Running", "Succeeded", "Failed"), what="pod talker to start",
+             **watching(cluster, namespace))
+    followed = cluster.kubectl("logs", "-f", "talker", "-n", namespace)       # returns when the pod ends
+    assert followed.returncode == 0, followed.stderr
+    assert followed.stdout.splitlines() == ["line 0", "line 1", "line 2"]
+    wait_for(lambda: core.read_namespaced_pod("talker", namespace).status.phase, 60,
+             until=lambda phase: phase == "Succeeded", what="pod talker to succeed", **watching(cluster, namespace))
+    tail = cluster.kubectl("logs", "--tail=1", "talker", "-n", namespace, check=True)
+    assert tail.stdout == "line 2\n"
+    missing = cluster.kubectl("logs", "talker", "-c", "nope", "-n", namespace)
+    assert missing.returncode != 0 and "nope" in missing.stderr
