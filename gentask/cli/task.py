@@ -177,13 +177,13 @@ class Progress:
         if self.live:
             mark = "✓" if task.get("status") == "completed" else "✗" if _finished(task) else SPINNER[self.frame]
             self.frame = (self.frame + 1) % len(SPINNER)
-            self.out.write(f"\r\x1b[2K{mark} {_printable(line)[:200]}")
+            self.out.write(f"\r\x1b[2K{mark} {printable(line)[:200]}")
             self.drawn = True
             if _finished(task):
                 self.out.write("\n")
                 self.drawn = False
         else:
-            self.out.write(_printable(line) + "\n")
+            self.out.write(printable(line) + "\n")
         self.out.flush()
 
     def close(self) -> None:
@@ -193,7 +193,7 @@ class Progress:
             self.out.flush()
 
 
-def _printable(text: str, *, lines: bool = False) -> str:
+def printable(text: str, *, lines: bool = False) -> str:
     """No terminal control characters from the API's text (a prompt or a message) reach the screen;
     `lines` keeps the line breaks of a generated text."""
     return "".join(c if c.isprintable() or (lines and c == "\n") else " " for c in text)
@@ -226,7 +226,8 @@ def _age(created: Any) -> str:
     return f"{seconds}s"
 
 
-def _table(rows: list[list[str]]) -> str:
+def text_table(rows: list[list[str]]) -> str:
+    """Rows as columns padded to their widest cell (the first row is the header)."""
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows)
 
@@ -244,7 +245,7 @@ def render(data: Any, output: str, *, kind: str) -> str:
                   str(t.get("user_id")), _age(t.get("created_at"))] for t in data.get("tasks") or []]
         shown = len(rows) - 1
         footer = f"{shown} of {data.get('total')} (offset {data.get('offset', 0)})"
-        return _table([[_printable(cell) for cell in row] for row in rows]) + "\n" + footer
+        return text_table([[printable(cell) for cell in row] for row in rows]) + "\n" + footer
     if kind == "task":
         fields = [("task_id", data.get("task_id")), ("type", data.get("type")),
                   ("status", f"{data.get('status')} ({data.get('phase')}"
@@ -260,9 +261,9 @@ def render(data: Any, output: str, *, kind: str) -> str:
         if result.get("text_result"):
             fields.append(("text", result["text_result"]))
         width = max(len(k) for k, _ in fields)
-        return "\n".join(f"{k + ':':<{width + 1}} {_printable(str(v), lines=k == 'text')}" for k, v in fields
+        return "\n".join(f"{k + ':':<{width + 1}} {printable(str(v), lines=k == 'text')}" for k, v in fields
                          if v not in (None, ""))
-    return _printable(" ".join(f"{k}={v}" for k, v in (data or {}).items()))
+    return printable(" ".join(f"{k}={v}" for k, v in (data or {}).items()))
 
 
 # --- the commands ---------------------------------------------------------------------------------
@@ -322,7 +323,7 @@ def cmd_watch(api: Api, args: argparse.Namespace, out: IO[str], err: IO[str]) ->
     task: dict[str, Any] = {}
     for task in follow(api, args.task_id, timeout=args.timeout):
         if args.output == "table":
-            out.write(_printable(f"{task.get('task_id')}  {task.get('phase')}  {task.get('message') or ''}".rstrip())
+            out.write(printable(f"{task.get('task_id')}  {task.get('phase')}  {task.get('message') or ''}".rstrip())
                       + "\n")
         else:
             out.write(json.dumps(task, ensure_ascii=False) + "\n")

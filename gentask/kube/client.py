@@ -53,6 +53,7 @@ _KINDS: dict[str, tuple[str, str]] = {
     "RoleBinding": ("/apis/rbac.authorization.k8s.io/v1", "rolebindings"),
     "Job": ("/apis/batch/v1", "jobs"),
     "Event": ("/api/v1", "events"),
+    "Pod": ("/api/v1", "pods"),
 }
 
 
@@ -204,6 +205,33 @@ class KubeClient:
                     yield str(kind), obj
         except self._failures as exc:
             raise ClusterUnavailable(f"the watch on the Kubernetes API server broke ({type(exc).__name__})") from exc
+
+    async def text(self, path: str, params: Mapping[str, str] | None = None) -> str:
+        """One GET of a text answer (a pod's log); KubeError as `request`."""
+        headers = {**await self._headers(), "Accept": "text/plain, */*"}
+        try:
+            status, answer_headers, raw = await self._send("GET", path, None, params, headers)
+        except self._failures as exc:
+            raise ClusterUnavailable(f"the Kubernetes API server is unreachable ({type(exc).__name__})") from exc
+        if status != 200:
+            raise error_from_answer(status, raw, _retry_after(answer_headers))
+        return raw.decode("utf-8", errors="replace")
+
+    async def text_stream(self, path: str, params: Mapping[str, str]) -> AsyncIterator[bytes]:
+        """A GET whose answer goes on (a followed pod log), chunk by chunk until the server ends it."""
+        if self._session is None:
+            raise TypeError("a light KubeClient cannot stream: make it with light=False")
+        timeout = self._aiohttp.ClientTimeout(total=None, sock_connect=self._connect_timeout)
+        try:
+            async with self._session.get(self.connection.host + path, params=params, timeout=timeout,
+                                         headers={**await self._headers(), "Accept": "text/plain, */*"},
+                                         **self._extra()) as resp:
+                if resp.status != 200:
+                    raise error_from_answer(resp.status, await resp.read(), _retry_after(resp.headers))
+                async for chunk in resp.content.iter_any():
+                    yield chunk
+        except self._failures as exc:
+            raise ClusterUnavailable(f"the stream from the Kubernetes API server broke ({type(exc).__name__})") from exc
 
     # --- GenerationTasks ------------------------------------------------------------------
 
