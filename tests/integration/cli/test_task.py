@@ -215,3 +215,31 @@ def test_text_from_the_api_cannot_drive_the_terminal(cli_api):
     assert "red  [31mtext" in shown.stdout
     # the JSON output keeps the prompt exactly: it is data, not display
     assert _json(gentask(cli_api, "get", made["task_id"], "-o", "json"))["prompt"] == "red \x1b[31mtext\x1b[0m \x07bell"
+
+
+def test_under_tmux_the_wait_is_one_live_line_on_the_screen(cli_api, tmp_path):
+    """A real terminal (tmux): the progress line is redrawn in place while the task runs, and ends ✓."""
+    server = f"gentask-test-{os.getpid()}"          # our own tmux server: stopped by name below, no other
+    tmux = ["tmux", "-L", server]
+    command = (f"{sys.executable} -m gentask task create text 'a haiku [latency:4s]' --provider fake "
+               f"--model fake-text --wait > {tmp_path / 'out.txt'}; echo EXIT=$?; sleep 600")
+    subprocess.run([*tmux, "new-session", "-d", "-s", "cli", "-x", "150", "-y", "12",
+                    "-e", f"GENTASK_URL={cli_api.url}", "-e", f"GENTASK_API_KEY={KEYS['alice']}",
+                    "-e", "TERM=xterm-256color", command], check=True)
+    try:
+        def screen() -> str:
+            return subprocess.run([*tmux, "capture-pane", "-p", "-t", "cli"], capture_output=True, text=True,
+                                  check=True).stdout
+        running = wait_for(screen, 120, interval=0.2, until=lambda s: " Running " in s,
+                           what="the live line to show Running")
+        live = [line for line in running.splitlines() if " Running " in line]
+        assert len(live) == 1 and live[0][0] in "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏", running
+        assert live[0].split()[1].startswith("txt-") and live[0].split()[3].endswith("s")   # id, phase, elapsed
+        done = wait_for(screen, 120, interval=0.2, until=lambda s: "EXIT=" in s, what="the command to end")
+        assert "EXIT=0" in done
+        ticks = [line for line in done.splitlines() if line.startswith("✓ ")]
+        assert len(ticks) == 1 and " Succeeded " in ticks[0], done
+        assert not any(" Running " in line for line in done.splitlines()), done    # redrawn, not scrolled
+        assert "completed (Succeeded" in (tmp_path / "out.txt").read_text()
+    finally:
+        subprocess.run([*tmux, "kill-server"], capture_output=True)
