@@ -131,7 +131,9 @@ class ArtifactLink(BaseModel):
     """A stored file of a task, with its download link on this API."""
 
     name: str = Field(description="file name of the artifact, e.g. image-0.png")
-    url: str = Field(description="download link on this API (needs the API key)")
+    url: str = Field(description="absolute signed download link on this API: works without any header (in an "
+                                 "<img src>, in plain curl) until it expires (GENTASK_API_LINK_SECONDS); "
+                                 "see docs/api.md, Signed links")
     kind: Literal["image", "video", "text"]
     mime_type: str | None = None
     size_bytes: int | None = None
@@ -142,7 +144,7 @@ class ArtifactLink(BaseModel):
 class TaskResultView(BaseModel):
     """What a task produced, as the old server gave it, plus the stored files."""
 
-    image_url: str | None = Field(None, description="the first image: the vendor's URL, else the artifact link")
+    image_url: str | None = Field(None, description="the first image: the vendor's URL, else the signed artifact link")
     image_urls: list[str] = Field(default_factory=list)
     video_url: str | None = None
     text_result: str | None = None
