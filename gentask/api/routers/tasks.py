@@ -123,7 +123,7 @@ async def cancel_task(task_id: str, caller: CallerDep, tasks: TasksDep, links: L
     return answer(Envelope[TaskView](success=True, data=view, message="cancel requested"))
 
 
-# Served with their own type only when no browser runs these: anything else is a download.
+# Types a browser shows without running anything: served as stored. Any other type is a download.
 INLINE_TYPES = frozenset({"image/png", "image/jpeg", "image/webp", "image/gif", "video/mp4", "text/plain"})
 _FILENAME_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
