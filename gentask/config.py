@@ -20,6 +20,9 @@ from pydantic_core import ErrorDetails
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
+LINK_KEY_MIN = 32                    # characters of one GENTASK_API_LINK_KEYS entry
+LINK_SECONDS_MIN, LINK_SECONDS_MAX = 60, 7 * 86400
+
 
 def parse_duration(value: object) -> float:
     """Seconds from a number or a Go-style duration ("30s", "2m", "1500ms"), as the old server took."""
@@ -164,6 +167,17 @@ class Settings(BaseModel):
     api_mirror_creates: bool = Field(True, validation_alias=_env("GENTASK_API_MIRROR_CREATES"),
                                      description="the API also mirrors each task it creates, so that lists show it "
                                                  "at once (the operator mirrors every change anyway)")
+    api_public_url: str | None = Field(None, max_length=2048, validation_alias=_env("GENTASK_API_PUBLIC_URL"),
+                                       description="absolute base of the links the API gives out, e.g. "
+                                                   "https://gentask.example.com; empty: each request's own base URL")
+    api_link_keys: SecretStr | None = Field(None, validation_alias=_env("GENTASK_API_LINK_KEYS"),
+                                            description="comma-separated keys that sign artifact links (HMAC-SHA256), "
+                                                        "at least 32 characters each: the first signs, every one "
+                                                        "verifies; empty: a key made at start, known to this process "
+                                                        "only")
+    api_link_seconds: int = Field(3600, ge=LINK_SECONDS_MIN, le=LINK_SECONDS_MAX,
+                                  validation_alias=_env("GENTASK_API_LINK_SECONDS"),
+                                  description="how long a signed artifact link stays valid (rounded up to a minute)")
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -193,10 +207,39 @@ class Settings(BaseModel):
             raise ValueError("expected a URL starting with mongodb:// or mongodb+srv://")
         return v
 
-    @field_validator("pool_lease_namespace", mode="before")
+    @field_validator("pool_lease_namespace", "api_public_url", "api_link_keys", mode="before")
     @classmethod
     def _blank_is_none(cls, v: object) -> object:
         return None if isinstance(v, str) and not v.strip() else v
+
+    @field_validator("api_public_url")
+    @classmethod
+    def _public_url(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        v = v.strip().rstrip("/")
+        scheme, _, rest = v.partition("://")
+        if scheme not in ("http", "https") or not rest or any(c in v for c in "?#") or any(c.isspace() for c in v):
+            raise ValueError("expected an absolute http:// or https:// URL without query or fragment, "
+                             "e.g. https://gentask.example.com or https://example.com/gentask")
+        return v
+
+    @field_validator("api_link_keys")
+    @classmethod
+    def _link_keys(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is None:
+            return None
+        keys = [k.strip() for k in v.get_secret_value().split(",")]
+        for position, key in enumerate(keys, start=1):
+            if len(key) < LINK_KEY_MIN:    # never the key itself: the message may be logged
+                raise ValueError(f"expected comma-separated keys of at least {LINK_KEY_MIN} characters each; "
+                                 f"entry {position} has {len(key)} (make one with: openssl rand -hex 32)")
+        return SecretStr(",".join(keys))
+
+    @property
+    def link_keys(self) -> list[str]:
+        """The keys of GENTASK_API_LINK_KEYS, the signing one first; empty when none is set."""
+        return self.api_link_keys.get_secret_value().split(",") if self.api_link_keys is not None else []
 
     @field_validator("providers", "watch_namespaces", mode="before")
     @classmethod
@@ -224,6 +267,7 @@ class Settings(BaseModel):
         found = [s.get_secret_value() for s in values if s is not None and s.get_secret_value()]
         if self.api_keys is not None:
             found += [item.split(":", 1)[0] for item in self.api_keys.get_secret_value().split(",") if item]
+        found += self.link_keys
         return sorted({s for s in found if len(s) >= 4}, key=len, reverse=True)
 
 

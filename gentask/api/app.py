@@ -22,6 +22,7 @@ from gentask.api.metrics import Metrics, MetricsMiddleware
 from gentask.api.middleware import BodyLimitMiddleware
 from gentask.api.routers import health, models, tasks
 from gentask.api.service import TaskService
+from gentask.api.signing import LinkSigner
 from gentask.config import Settings, SettingsError, load_settings
 from gentask.kube.tasks import TaskClient, load_connection
 from gentask.storage import MirrorWriter
@@ -53,8 +54,8 @@ def _openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
             schema.setdefault("components", {})["securitySchemes"] = SECURITY_SCHEMES
             for path, operations in schema["paths"].items():
                 if path.startswith("/api/"):
-                    for operation in operations.values():
-                        operation["security"] = [{"bearer": []}, {"apiKey": []}]
+                    for operation in operations.values():     # a route may say otherwise (openapi_extra)
+                        operation.setdefault("security", [{"bearer": []}, {"apiKey": []}])
             app.openapi_schema = schema
         return app.openapi_schema
     return build
@@ -71,6 +72,7 @@ def create_app(settings: Settings | None = None, *, kubeconfig: str | None = Non
     except ValueError as exc:
         raise SettingsError(f"invalid setting {exc}") from None
     metrics = Metrics()
+    links = LinkSigner.from_settings(settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -79,6 +81,10 @@ def create_app(settings: Settings | None = None, *, kubeconfig: str | None = Non
                         "every /api request will be refused with 401")
         if settings.auth_disabled:
             log.warning("authentication is OFF (GENTASK_AUTH_DISABLED): every caller acts as admin")
+        if links.ephemeral:
+            log.warning("no link signing key is configured (GENTASK_API_LINK_KEYS): artifact links are signed "
+                        "with a key made at start, so they stop working when this process restarts and other "
+                        "API replicas refuse them (403); set GENTASK_API_LINK_KEYS (the chart always does)")
         client = TaskClient(load_connection(kubeconfig), timeout=settings.api_kube_timeout)
         index = TaskIndex(client, settings.namespace)
         storage = MirrorWriter(settings, max_pending=MIRROR_PENDING_MAX)
@@ -89,7 +95,7 @@ def create_app(settings: Settings | None = None, *, kubeconfig: str | None = Non
         metrics.gauges["gentask_api_mirror_lag_seconds"] = lambda: round(storage.lag, 3)
         app.state.services = Services(settings=settings, keys=keys, limiter=RateLimiter(
             settings.api_rate_per_user, settings.api_rate_burst), metrics=metrics, storage=storage, index=index,
-            tasks=TaskService(settings, client, index, storage, metrics))
+            tasks=TaskService(settings, client, index, storage, metrics), links=links)
         collector = FreezeSurvivors()      # the index's objects would make every full collection long
         collector.start()
         watch = asyncio.create_task(index.run(), name="gentask-api-watch")

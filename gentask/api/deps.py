@@ -16,6 +16,7 @@ from gentask.api.index import TaskIndex
 from gentask.api.limits import RateLimiter
 from gentask.api.metrics import Metrics
 from gentask.api.service import TaskService
+from gentask.api.signing import LinkSigner
 from gentask.config import Settings
 from gentask.storage import MirrorWriter
 
@@ -31,6 +32,7 @@ class Services:
     storage: MirrorWriter
     index: TaskIndex
     tasks: TaskService
+    links: LinkSigner
 
 
 async def get_services(request: Request) -> Services:
@@ -43,6 +45,12 @@ async def get_tasks(request: Request) -> TaskService:
     """The task service."""
     tasks: TaskService = request.app.state.services.tasks
     return tasks
+
+
+async def get_links(request: Request) -> LinkSigner:
+    """The signer of artifact links."""
+    links: LinkSigner = request.app.state.services.links
+    return links
 
 
 async def get_settings(request: Request) -> Settings:
@@ -80,6 +88,7 @@ ServicesDep = Annotated[Services, Depends(get_services)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 CallerDep = Annotated[Caller, Depends(get_caller)]
 TasksDep = Annotated[TaskService, Depends(get_tasks)]
+LinksDep = Annotated[LinkSigner, Depends(get_links)]
 IdempotencyKeyDep = Annotated[str | None, Header(
     alias="Idempotency-Key", pattern=IDEMPOTENCY_KEY_PATTERN,
     description="the same key and body return the same task; the same key with another body is 409")]

@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, computed_field
 
 from gentask.domain.task import PROMPT_MAX, RETRIES_MAX, TIMEOUT_MAX, TIMEOUT_MIN, TTL_MAX, Priority
 
@@ -131,7 +131,9 @@ class ArtifactLink(BaseModel):
     """A stored file of a task, with its download link on this API."""
 
     name: str = Field(description="file name of the artifact, e.g. image-0.png")
-    url: str = Field(description="download link on this API (needs the API key)")
+    url: str = Field(description="absolute signed download link on this API: works without any header (in an "
+                                 "<img src>, in plain curl) until it expires (GENTASK_API_LINK_SECONDS); "
+                                 "see docs/api.md, Signed links")
     kind: Literal["image", "video", "text"]
     mime_type: str | None = None
     size_bytes: int | None = None
@@ -142,7 +144,7 @@ class ArtifactLink(BaseModel):
 class TaskResultView(BaseModel):
     """What a task produced, as the old server gave it, plus the stored files."""
 
-    image_url: str | None = Field(None, description="the first image: the vendor's URL, else the artifact link")
+    image_url: str | None = Field(None, description="the first image: the vendor's URL, else the signed artifact link")
     image_urls: list[str] = Field(default_factory=list)
     video_url: str | None = None
     text_result: str | None = None
@@ -158,9 +160,14 @@ class ModelRefView(BaseModel):
 
 
 class TaskView(BaseModel):
-    """A task as clients see it: what was asked, the phase and its old status word, the result."""
+    """A task as clients see it: what was asked, the phase and its old status word, the result.
+
+    The old server's fields (task_id, type, status, created, updated, image_url, video_url,
+    text_result, and id in list entries) sit at the top level, where its clients read them,
+    beside gentask's richer ones."""
 
     task_id: str = Field(description="the GenerationTask's name")
+    id: str = Field(description="the same as task_id: the old server's list entries named it id")
     user_id: str
     type: str
     provider: str
@@ -178,9 +185,23 @@ class TaskView(BaseModel):
     fallbacks: list[ModelRefView] = Field(default_factory=list)
     cancel_requested: bool = False
     result: TaskResultView | None = None
-    created_at: datetime | None = None
-    started_at: datetime | None = None
-    completed_at: datetime | None = None
+    created_at: datetime | None = Field(None, description="RFC 3339, UTC")
+    started_at: datetime | None = Field(None, description="RFC 3339, UTC")
+    completed_at: datetime | None = Field(None, description="RFC 3339, UTC")
+    # the old server's fields, where its clients read them
+    created: datetime | None = Field(None, description="the old server's name of created_at (RFC 3339, UTC)")
+    updated: datetime | None = Field(None, description="the last change, as the old server had it: completed_at "
+                                                       "once finished, else started_at, else created_at")
+    image_url: str | None = Field(None, description="result.image_url, where the old server put it")
+    video_url: str | None = Field(None, description="result.video_url, where the old server put it")
+    text_result: str | None = Field(None, description="result.text_result, where the old server put it")
+
+    _uid: str = PrivateAttr("")       # the task's uid: what its artifact links are signed for
+
+    @property
+    def uid(self) -> str:
+        """The uid of the task this view shows (not part of the answer)."""
+        return self._uid
 
 
 class TaskPage(BaseModel):
@@ -190,6 +211,12 @@ class TaskPage(BaseModel):
     total: int
     limit: int
     offset: int
+
+    @computed_field(description="tasks on this page, as the old server's lists had it")  # type: ignore[prop-decorator]
+    @property
+    def count(self) -> int:
+        """How many tasks this page holds."""
+        return len(self.tasks)
 
 
 class DeletedTask(BaseModel):

@@ -311,9 +311,15 @@ class TaskService:
 
     # --- artifacts ----------------------------------------------------------------------
 
-    async def artifact(self, caller: Caller, task_id: str, name: str) -> tuple[ArtifactStream, Mapping[str, Any]]:
-        """(an open ArtifactStream, the result's entry for it)."""
+    async def artifact(self, caller: Caller, task_id: str, name: str,
+                       uid: str | None = None) -> tuple[ArtifactStream, Mapping[str, Any]]:
+        """(an open ArtifactStream, the result's entry for it).
+
+        `uid` (a signed link's, already verified): the file of that task only; a task that has
+        reused the name since is not the one the link was made for."""
         found = await self.find(caller, task_id)
+        if uid is not None and found.uid != uid:
+            raise NotFound(f"task {task_id!r} not found: the task this link was made for no longer exists")
         entry = find_artifact(found.record.get("result"), name)
         if entry is None:
             raise NotFound(f"task {task_id!r} has no artifact {echo(name)!r}")

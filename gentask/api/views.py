@@ -106,8 +106,10 @@ def task_view(rec: Mapping[str, Any], full_text: str | None = None) -> TaskView:
         phase = Phase.PENDING.value
     task_id = rec.get("name") or ""
     served = rec.get("servedBy")
-    return TaskView.model_validate({
-        "task_id": task_id, "user_id": rec.get("userID") or "", "type": rec.get("type") or "",
+    result = result_view(task_id, rec.get("result"), full_text)
+    created, started, completed = rec.get("createdAt"), rec.get("startTime"), rec.get("completionTime")
+    view = TaskView.model_validate({
+        "task_id": task_id, "id": task_id, "user_id": rec.get("userID") or "", "type": rec.get("type") or "",
         "provider": rec.get("provider") or "", "model": rec.get("model") or "", "prompt": rec.get("prompt") or "",
         "priority": rec.get("priority") or "default", "status": OLD_STATUS[phase], "phase": phase,
         "reason": rec.get("reason"), "message": rec.get("message") or None,
@@ -117,10 +119,15 @@ def task_view(rec: Mapping[str, Any], full_text: str | None = None) -> TaskView:
         "params": {to_snake(k): v for k, v in (rec.get("params") or {}).items()},
         "fallbacks": [f for f in rec.get("fallbacks") or [] if isinstance(f, Mapping)],
         "cancel_requested": bool(rec.get("cancel")),
-        "result": result_view(task_id, rec.get("result"), full_text),
-        "created_at": rec.get("createdAt"), "started_at": rec.get("startTime"),
-        "completed_at": rec.get("completionTime"),
+        "result": result,
+        "created_at": created, "started_at": started, "completed_at": completed,
+        # the old server's fields: created, updated (its last change) and the result's at the top
+        "created": created, "updated": completed or started or created,
+        "image_url": result["image_url"] if result else None, "video_url": result["video_url"] if result else None,
+        "text_result": result["text_result"] if result else None,
     })
+    view._uid = str(rec.get("_id") or "")
+    return view
 
 
 def owner_of(rec: Mapping[str, Any]) -> str:

@@ -149,3 +149,8 @@ capabilities:
   emptyDir:
     sizeLimit: 256Mi
 {{- end }}
+
+{{/* The Secret with the artifact link keys: the one given, else the one the chart makes. */}}
+{{- define "gentask.api.linksSecret" -}}
+{{- default (printf "%s-links" (include "gentask.api.fullname" .) | trunc 63 | trimSuffix "-") .Values.api.links.existingSecret }}
+{{- end }}

@@ -7,7 +7,7 @@ import yaml
 from tests.support.helm import CHART, CRD_NAME, ROOT, helm, render
 
 SECRET_KEYS = {"MONGO_URL", "ARK_API_KEY", "VOLCENGINE_ACCESS_KEY", "VOLCENGINE_SECRET_KEY", "OPENAI_API_KEY",
-               "GENTASK_API_KEYS"}
+               "GENTASK_API_KEYS", "GENTASK_API_LINK_KEYS"}
 
 
 def by_kind(docs: list[dict], kind: str) -> list[dict]:
@@ -124,8 +124,11 @@ def test_api_deployment_and_service():
 
 
 def test_secrets_only_by_reference_never_as_values():
-    docs = render("--set", "api.auth.existingSecret=keys")
+    docs = render("--set", "api.auth.existingSecret=keys", "--set", "api.links.existingSecret=links")
     assert not by_kind(docs, "Secret") and not by_kind(docs, "ConfigMap")
+    # the one Secret the chart makes holds a key it generates, never one from values (test_links_render)
+    made = render("--set", "api.auth.existingSecret=keys")
+    assert [s["metadata"]["name"] for s in by_kind(made, "Secret")] == ["t-gentask-api-links"]
     for dep in by_kind(docs, "Deployment"):
         for name, entry in env_of(dep).items():
             if name in SECRET_KEYS:
