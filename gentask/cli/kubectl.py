@@ -2,7 +2,7 @@
 
     kubectl gentask create image "a red fox" --provider fake --model fake-image --param size=512x512 --wait
     kubectl gentask get [NAME]        kubectl gentask describe NAME     kubectl gentask logs NAME [-f]
-    kubectl gentask cancel NAME
+    kubectl gentask cancel NAME       kubectl gentask open NAME   (the task's page in the web console)
 
 It talks to the API server as kubectl does (--kubeconfig, --context, -n; else KUBECONFIG or
 ~/.kube/config and the context's namespace), so it can do what the caller's RBAC allows and no
@@ -23,6 +23,7 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
+from urllib.parse import quote
 
 from pydantic import ValidationError
 
@@ -308,7 +309,19 @@ async def cmd_cancel(kube: KubeClient, args: argparse.Namespace, out: IO[str], e
     return EXIT_OK
 
 
-COMMANDS = {"create": cmd_create, "get": cmd_get, "describe": cmd_describe, "logs": cmd_logs, "cancel": cmd_cancel}
+async def cmd_open(kube: KubeClient, args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
+    """Print the console's page of the task (the task must exist; the console needs the owner's API key)."""
+    task = await _get(kube, args.namespace, args.task)
+    base = (args.url or "").rstrip("/")
+    if not base:
+        raise CliError(EXIT_USAGE, "where is the console? give the API's URL: --url https://gentask.example.com, "
+                                   "or GENTASK_URL")
+    out.write(f"{base}/console/#/task/{quote(task['metadata']['name'], safe='')}\n")
+    return EXIT_OK
+
+
+COMMANDS = {"create": cmd_create, "get": cmd_get, "describe": cmd_describe, "logs": cmd_logs, "cancel": cmd_cancel,
+            "open": cmd_open}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -347,12 +360,16 @@ def parser() -> argparse.ArgumentParser:
     get.add_argument("task", nargs="?")
     get.add_argument("-o", "--output", choices=("table", "json", "yaml"), default="table")
     for name, text in (("describe", "status, conditions, Events, the Job and its pods"),
-                       ("logs", "the log of the task's worker pod"), ("cancel", "cancel a task that has not finished")):
+                       ("logs", "the log of the task's worker pod"), ("cancel", "cancel a task that has not finished"),
+                       ("open", "print the link to the task's page in the web console")):
         p = sub.add_parser(name, parents=[common], help=text)
         p.add_argument("task")
         if name == "logs":
             p.add_argument("-f", "--follow", action="store_true")
             p.add_argument("--tail", type=int, help="the last N lines only")
+        if name == "open":
+            p.add_argument("--url", default=os.environ.get("GENTASK_URL"),
+                           help="the API's public URL, where the console is (GENTASK_URL)")
     return top
 
 

@@ -24,6 +24,7 @@ BIN = Path(sys.executable).parent          # where `kubectl-gentask` is installe
 def kubectl(cluster, *args: str, kubeconfig: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "KUBECONFIG": str(kubeconfig or cluster.kubeconfig),
            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env.pop("GENTASK_URL", None)
     return subprocess.run([str(tools_dir() / "bin" / "kubectl"), *args], env=env, capture_output=True, text=True,
                           timeout=timeout)
 
@@ -59,6 +60,11 @@ def test_create_wait_get_describe_logs(cluster, tasks_ns, operator):  # noqa: F8
     assert "haiku" in logs.stdout and logs.stdout.strip()       # the worker's log names its task
     tail = kubectl(cluster, "gentask", "logs", "haiku", "--tail", "1", "-n", tasks_ns)
     assert len(tail.stdout.strip().splitlines()) == 1
+
+    link = kubectl(cluster, "gentask", "open", "haiku", "--url", "https://gentask.example.com/", "-n", tasks_ns)
+    assert link.returncode == 0 and link.stdout == "https://gentask.example.com/console/#/task/haiku\n"
+    nowhere = kubectl(cluster, "gentask", "open", "haiku", "-n", tasks_ns)
+    assert nowhere.returncode == EXIT_USAGE and "GENTASK_URL" in nowhere.stderr
 
 
 def test_cancel_and_what_cannot_be_cancelled(cluster, tasks_ns, operator):  # noqa: F811 - fixtures
