@@ -11,6 +11,7 @@ from pydantic import BaseModel
 from gentask.api.auth import Caller
 from gentask.api.deps import CallerDep, IdempotencyKeyDep, TasksDep
 from gentask.api.schemas import (
+    NO_NUL,
     DeletedTask,
     Envelope,
     ErrorEnvelope,
@@ -172,7 +173,7 @@ async def get_artifact(task_id: str, name: str, caller: CallerDep, tasks: TasksD
             summary="Page through a user's tasks (newest first)")
 async def list_tasks(
     caller: CallerDep, tasks: TasksDep,
-    user_id: Annotated[str | None, Query(min_length=1, max_length=128,
+    user_id: Annotated[str | None, Query(min_length=1, max_length=128, pattern=NO_NUL["pattern"],
                                          description="the caller's own user id, or any (admin)")] = None,
     type: Annotated[Literal["image", "video", "text"] | None, Query(description="task type")] = None,
     status: Annotated[OldStatus | None, Query(description="pending | processing | completed | failed | "

@@ -112,6 +112,8 @@ def test_fallbacks_are_models_of_the_type_and_a_text_holds_no_nul():
     for field in ("prompt", "user_id"):
         nul = {**body, field: "a\x00b"}
         assert not check.is_valid(nul) and not server_accepts(TaskType.IMAGE, nul)
+    listed = DOCUMENT["paths"]["/api/v1/ai/tasks"]["get"]["parameters"]
+    assert next(p for p in listed if p["name"] == "user_id")["schema"]["anyOf"][0]["pattern"] == r"^[^\x00]*$"
     for boolean in ({"n": True}, {"seed": "7"}, {"timeout": False}):
         assert not check.is_valid({**body, **boolean}) and not server_accepts(TaskType.IMAGE, {**body, **boolean})
 
