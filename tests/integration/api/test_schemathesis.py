@@ -3,10 +3,10 @@ says, and every schema-valid request accepted.
 
 The document is the app's own, built with the settings the launched API runs with (so narrowed
 to the providers it enables; the test checks that the API serves this very document), and every
-route of the app is fuzzed, routes added later too. Every built-in
-check runs, positive_data_acceptance included, in a form that knows the few rules the document
-declares it cannot state (`x-gentask-checked-by-server`): a 422 whose every error is one of those
-is the documented answer, any other refusal of a schema-valid request fails. Operations whose
+route of the app is fuzzed, routes added later too. Every built-in check runs, with
+positive_data_acceptance in a form that knows the few rules the document declares it cannot state
+(`x-gentask-checked-by-server`): a 422 whose every error is one of those is the documented answer,
+any other refusal of a schema-valid request fails. Operations whose
 success is a `text/event-stream` are left out: a stream that never ends is no request-response
 case (their own tests follow them).
 
@@ -15,8 +15,8 @@ MAX_EXAMPLES generated ones), then the stateful phase, which follows the documen
 create to the task's result, cancel and delete, and from a result to its first artifact. There
 the test plays the worker for images and texts: it completes each such task as soon as it is
 created, with a stored file, so that results have artifacts to download and a cancel meets a
-finished task (409); videos stay pending. Rate limits and the
-unfinished-task cap are off for the run (the launched API's settings).
+finished task (409); videos stay pending. Rate limits and the unfinished-task cap are off for the
+run (the launched API's settings).
 """
 
 from __future__ import annotations
