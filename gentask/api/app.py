@@ -21,6 +21,7 @@ from gentask.api.limits import RateLimiter
 from gentask.api.metrics import Metrics, MetricsMiddleware
 from gentask.api.middleware import BodyLimitMiddleware
 from gentask.api.routers import health, models, tasks
+from gentask.api.schemas import restrict_providers
 from gentask.api.service import TaskService
 from gentask.api.signing import LinkSigner
 from gentask.config import Settings, SettingsError, load_settings
@@ -46,11 +47,13 @@ SECURITY_SCHEMES = {
 
 
 def _openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
-    """The generated document, plus the API-key schemes on every /api operation."""
+    """The generated document, narrowed to the enabled providers, plus the API-key schemes on every /api
+    operation."""
     def build() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = get_openapi(title=app.title, version=app.version, description=app.description,
                                  routes=app.routes)
+            restrict_providers(schema, app.state.settings.providers)   # the catalog as this server offers it
             schema.setdefault("components", {})["securitySchemes"] = SECURITY_SCHEMES
             for path, operations in schema["paths"].items():
                 if path.startswith("/api/"):

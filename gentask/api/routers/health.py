@@ -10,7 +10,8 @@ from fastapi.responses import PlainTextResponse
 from gentask.api.deps import Services, ServicesDep
 from gentask.api.errors import APIError, Unavailable
 from gentask.api.faults import RETRY_AFTER, storage_errors
-from gentask.api.schemas import Envelope, ErrorEnvelope, Readiness
+from gentask.api.routers.tasks import error_responses
+from gentask.api.schemas import Envelope, Readiness
 
 router = APIRouter(tags=["health"])
 
@@ -24,7 +25,7 @@ async def healthz() -> Envelope[dict[str, str]]:
 
 
 @router.get("/readyz", response_model=Envelope[Readiness], summary="Readiness: the cluster watch is live",
-            responses={503: {"model": ErrorEnvelope, "description": "the cluster is unreachable"}})
+            responses={503: {**error_responses(503)[503], "description": "not ready: the cluster watch is down"}})
 async def readyz(services: ServicesDep) -> Envelope[Readiness]:
     """Ready while the task watch is live. MongoDB is reported, not required: creates and results
     work without it (lists answer 503), so a MongoDB outage must not take the API out of service."""

@@ -17,6 +17,7 @@ from pydantic import BaseModel
 from gentask.api.auth import ANONYMOUS, Caller
 from gentask.api.deps import CallerDep, IdempotencyKeyDep, LinksDep, TasksDep, get_caller
 from gentask.api.schemas import (
+    NO_NUL,
     DeletedTask,
     Envelope,
     ErrorEnvelope,
@@ -33,22 +34,64 @@ from gentask.api.signing import LinkSigner
 from gentask.api.views import artifact_name
 from gentask.domain.task import TaskType
 
-router = APIRouter(prefix="/api/v1/ai", tags=["tasks"])
+PREFIX = "/api/v1/ai"
+router = APIRouter(prefix=PREFIX, tags=["tasks"])
+
+
+RETRY_AFTER_HEADER = {"Retry-After": {"description": "seconds to wait before trying again", "required": True,
+                                      "schema": {"type": "integer", "minimum": 1}}}
+HEADERS = {401: {"WWW-Authenticate": {"description": 'Bearer realm="gentask"', "required": True,
+                                      "schema": {"type": "string"}}},
+           429: RETRY_AFTER_HEADER, 503: RETRY_AFTER_HEADER}
 
 
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
-    """The OpenAPI entries of the error answers an operation may give."""
-    words = {400: "malformed JSON, or an unknown provider or model (the supported ones are listed)",
+    """The OpenAPI entries of the error answers an operation may give (with their headers)."""
+    words = {400: "malformed JSON, or a provider or model this server does not serve: unknown, of another "
+                  "task type, retired (its successor is named) or not enabled (GENTASK_PROVIDERS); errors "
+                  "lists the supported ones",
              401: "missing or unknown API key", 403: "user_id is not the caller's",
              404: "no such task, or not the caller's", 409: "conflict (see message)",
-             413: "request body too large", 422: "invalid field: errors lists field, value and accepted values",
-             429: "rate limit or unfinished-task cap reached; see Retry-After",
+             413: "request body larger than GENTASK_API_MAX_BODY_BYTES (default 131072 bytes)",
+             422: "invalid field, or a parameter value the model does not take: errors lists field, value "
+                  "and accepted values",
+             429: "rate limit (GENTASK_API_RATE_PER_USER) or unfinished-task cap reached; see Retry-After",
              503: "the cluster or MongoDB is unreachable; see Retry-After"}
-    return {code: {"model": ErrorEnvelope, "description": words[code]} for code in codes}
+    return {code: {"model": ErrorEnvelope, "description": words[code], **({"headers": HEADERS[code]}
+                                                                        if code in HEADERS else {})}
+            for code in codes}
 
 
+# Every /api operation: 401 (the key) and 429 (the rate limit) come from the caller dependency.
 CREATE_ERRORS = error_responses(400, 401, 403, 409, 413, 422, 429, 503)
-TASK_ERRORS = error_responses(401, 404, 422, 429, 503)
+TASK_ERRORS = error_responses(401, 404, 429, 503)
+
+
+def _operation(method: str, path: str) -> str:
+    """An OpenAPI link's operationRef: the operation of this router at `path` (JSON Pointer escaped)."""
+    return "#/paths/" + (PREFIX + path).replace("~", "~0").replace("/", "~1") + "/" + method
+
+
+# Where a created task leads (OpenAPI links): clients, and the stateful phase of the schemathesis
+# test, follow these with the task_id of the answer.
+_TASK_ID = {"task_id": "$response.body#/data/task_id"}
+TASK_LINKS = {
+    "GetTaskResult": {"operationRef": _operation("get", "/task/result/{task_id}"), "parameters": _TASK_ID,
+                      "description": "the created task's status and result"},
+    "CancelTask": {"operationRef": _operation("post", "/task/{task_id}/cancel"), "parameters": _TASK_ID,
+                   "description": "cancel it"},
+    "DeleteTask": {"operationRef": _operation("delete", "/task/{task_id}"), "parameters": _TASK_ID,
+                   "description": "delete it"},
+}
+CREATE_RESPONSES = {200: {"description": "the task, pending", "links": TASK_LINKS, "headers": {
+    "Idempotent-Replayed": {"description": "true when an Idempotency-Key found the task it made before",
+                            "schema": {"type": "string", "enum": ["true"]}}}}, **CREATE_ERRORS}
+# a result names the task's files: each one's download
+RESULT_RESPONSES = {200: {"description": "the task", "links": {
+    **TASK_LINKS, "GetArtifact": {"operationRef": _operation("get", "/task/{task_id}/artifacts/{name}"),
+                                  "description": "download its first stored file",
+                                  "parameters": {**_TASK_ID, "name": "$response.body#/data/result/artifacts/0/name"}},
+}}, **TASK_ERRORS}
 
 
 def answer(envelope: BaseModel, headers: dict[str, str] | None = None) -> Response:
@@ -73,7 +116,7 @@ async def _create(type_: TaskType, body: TaskRequest, caller: Caller, tasks: Tas
                   {"Idempotent-Replayed": "true"} if replayed else None)
 
 
-@router.post("/image/task", response_model=Envelope[TaskView], responses=CREATE_ERRORS,
+@router.post("/image/task", response_model=Envelope[TaskView], responses=CREATE_RESPONSES,
              summary="Create an image task")
 async def create_image_task(body: ImageTaskRequest, caller: CallerDep, tasks: TasksDep, links: LinksDep,
                             request: Request, idempotency_key: IdempotencyKeyDep = None) -> Response:
@@ -81,7 +124,7 @@ async def create_image_task(body: ImageTaskRequest, caller: CallerDep, tasks: Ta
     return await _create(TaskType.IMAGE, body, caller, tasks, idempotency_key, links, request)
 
 
-@router.post("/video/task", response_model=Envelope[TaskView], responses=CREATE_ERRORS,
+@router.post("/video/task", response_model=Envelope[TaskView], responses=CREATE_RESPONSES,
              summary="Create a video task")
 async def create_video_task(body: VideoTaskRequest, caller: CallerDep, tasks: TasksDep, links: LinksDep,
                             request: Request, idempotency_key: IdempotencyKeyDep = None) -> Response:
@@ -89,7 +132,7 @@ async def create_video_task(body: VideoTaskRequest, caller: CallerDep, tasks: Ta
     return await _create(TaskType.VIDEO, body, caller, tasks, idempotency_key, links, request)
 
 
-@router.post("/text/task", response_model=Envelope[TaskView], responses=CREATE_ERRORS,
+@router.post("/text/task", response_model=Envelope[TaskView], responses=CREATE_RESPONSES,
              summary="Create a text task")
 async def create_text_task(body: TextTaskRequest, caller: CallerDep, tasks: TasksDep, links: LinksDep,
                            request: Request, idempotency_key: IdempotencyKeyDep = None) -> Response:
@@ -97,7 +140,7 @@ async def create_text_task(body: TextTaskRequest, caller: CallerDep, tasks: Task
     return await _create(TaskType.TEXT, body, caller, tasks, idempotency_key, links, request)
 
 
-@router.get("/task/result/{task_id}", response_model=Envelope[TaskView], responses=TASK_ERRORS,
+@router.get("/task/result/{task_id}", response_model=Envelope[TaskView], responses=RESULT_RESPONSES,
             summary="A task's status and result")
 async def get_task_result(task_id: str, caller: CallerDep, tasks: TasksDep, links: LinksDep,
                           request: Request) -> Response:
@@ -115,7 +158,7 @@ async def delete_task(task_id: str, caller: CallerDep, tasks: TasksDep) -> Respo
 
 
 @router.post("/task/{task_id}/cancel", response_model=Envelope[TaskView],
-             responses={**TASK_ERRORS, **error_responses(409)}, summary="Cancel a task that has not finished")
+             responses={**TASK_ERRORS, **error_responses(409, 413)}, summary="Cancel a task that has not finished")
 async def cancel_task(task_id: str, caller: CallerDep, tasks: TasksDep, links: LinksDep,
                       request: Request) -> Response:
     """Ask the operator to stop a task that has not finished."""
@@ -160,8 +203,11 @@ stored (inline); any other is served as application/octet-stream with
     200: {"description": "the file: an allowlisted type as stored, anything else as application/octet-stream "
                          "(attachment)",
           "content": {t: {"schema": {"type": "string", "format": "binary"}}
-                      for t in (*sorted(INLINE_TYPES), "application/octet-stream")}},
-    **TASK_ERRORS,
+                      for t in (*sorted(INLINE_TYPES), "application/octet-stream")},
+          "headers": {"ETag": {"description": "the file's SHA-256, quoted", "schema": {"type": "string"}},
+                      "Content-Length": {"description": "the file's size", "required": True,
+                                         "schema": {"type": "integer", "minimum": 0}}}},
+    **TASK_ERRORS, **error_responses(422),
     403: {"model": ErrorEnvelope, "description": "a signed link that has expired (the message says when), or "
                                                  "whose signature does not match its task, file and expiry"}},
     summary="Download a produced file (with the API key, or through a signed link without any header)",
@@ -196,13 +242,14 @@ async def get_artifact(
             summary="Page through a user's tasks (newest first)")
 async def list_tasks(
     caller: CallerDep, tasks: TasksDep, links: LinksDep, request: Request,
-    user_id: Annotated[str | None, Query(min_length=1, max_length=128,
+    user_id: Annotated[str | None, Query(min_length=1, max_length=128, pattern=NO_NUL["pattern"],
                                          description="the caller's own user id, or any (admin)")] = None,
     type: Annotated[Literal["image", "video", "text"] | None, Query(description="task type")] = None,
     status: Annotated[OldStatus | None, Query(description="pending | processing | completed | failed | "
                                                            "cancelled")] = None,
-    limit: Annotated[int, Query(ge=1, le=100, description="page size, at most 100")] = 20,
-    offset: Annotated[int, Query(ge=0, le=1_000_000, description="tasks to skip")] = 0,
+    limit: Annotated[int, Query(ge=1, le=100, description="page size: 1..100")] = 20,
+    offset: Annotated[int, Query(ge=0, le=1_000_000, description="tasks to skip: 0..1000000 whatever the "
+                                 "filters; past the last task the page is empty")] = 0,
 ) -> Response:
     """A page of the caller's history from MongoDB, filtered by type and status."""
     page = await tasks.list(caller, user_id=user_id, type_=type, status=status, limit=limit, offset=offset)
