@@ -54,12 +54,16 @@ def stream_responses(*codes: int, one_task: bool) -> dict[int | str, dict[str, A
     """The OpenAPI entries of a stream route: the event format, 204 for a task stream, the errors."""
     out: dict[int | str, dict[str, Any]] = {200: {
         "description": FORMAT, "content": {"text/event-stream": {
-            "schema": {"type": "string", "description": "server-sent events; see the description"},
-            "itemSchema": ITEM_SCHEMA, "example": EXAMPLE}}}}
+            # OpenAPI 3.2: `itemSchema` is one event, `schema` the whole stream
+            "schema": {"type": "array", "items": ITEM_SCHEMA}, "itemSchema": ITEM_SCHEMA, "example": EXAMPLE}}}}
     if one_task:
         out[204] = {"description": "resumed (Last-Event-ID) after the task's final event: nothing more will "
                                    "come (an EventSource stops reconnecting)"}
-    return {**out, **error_responses(*codes)}
+    for code, entry in error_responses(*codes).items():
+        # as JSON: given as a model, FastAPI would file the envelope under the route's text/event-stream
+        out[code] = {"description": entry["description"] + (" or event streams" if code == 429 else ""),
+                     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorEnvelope"}}}}
+    return out
 
 
 LastEventIdHeader = Annotated[str | None, Header(
