@@ -152,12 +152,13 @@ class EventHub:
         self._by_owner: dict[str, set[Subscriber]] = {}
         self._everyone: set[Subscriber] = set()
         self._per_user: Counter[str] = Counter()
+        self._open = 0
         self._deleted: deque[Change] = deque(maxlen=DELETIONS_KEPT)
         self.events_sent = 0
         self.resyncs = 0
 
     def __len__(self) -> int:
-        return sum(self._per_user.values())
+        return self._open
 
     # --- fed by the index ---------------------------------------------------------------
 
@@ -226,6 +227,7 @@ class EventHub:
         else:
             self._everyone.add(sub)
         self._per_user[key] += 1
+        self._open += 1
         return sub
 
     def unsubscribe(self, sub: Subscriber) -> None:
@@ -243,6 +245,7 @@ class EventHub:
         if sub.owner is not None and not self._by_owner.get(sub.owner):
             self._by_owner.pop(sub.owner, None)
         self._per_user[sub.key] -= 1
+        self._open -= 1
         if self._per_user[sub.key] <= 0:
             del self._per_user[sub.key]
 
