@@ -141,3 +141,14 @@ async def test_closing_the_hub_ends_every_stream_and_refuses_new_ones():
     assert all(b"shutting down" in chunk for chunk in await asyncio.gather(*pending))
     with pytest.raises(Unavailable):
         hub.subscribe("alice")
+
+
+async def test_a_new_list_after_the_watch_broke_tells_the_streams_what_it_missed():
+    index, hub = _hub()
+    for rv, name in ((5, "same"), (6, "moved"), (7, "gone")):
+        watched(index, hub, _obj(name, rv))
+    sub = hub.subscribe("alice")
+    index._replace([_obj("same", 5), _obj("moved", 9, phase="Succeeded"), _obj("new", 10)], "12")
+    assert [(c.name, c.version, c.deleted) for c in sub.take()] == [
+        ("moved", 9, False), ("new", 10, False), ("gone", 12, True)]
+    assert hub.watermark == 12
