@@ -146,6 +146,20 @@ def test_the_progress_message_and_each_phase_arrive(alice, worker):
     assert events[-1].data["status"] == "cancelled"
 
 
+def test_a_task_stream_resumed_with_last_event_id_goes_on_from_there(alice, worker):
+    task_id = create(alice, "text")["task_id"]
+    with Stream(alice, task_events(task_id)) as s:
+        (pending,) = s.wait(lambda ev: len(ev) == 1, "the task's state now")
+    worker.run(task_id)                                   # while the client is away
+    worker.wait_result(alice, task_id, lambda d: d.get("phase") == "Running", "running", 10)
+    with Stream(alice, task_events(task_id), headers={"Last-Event-ID": pending.id}) as s:
+        s.wait(lambda ev: len(ev) == 1, "the change missed")
+        worker.succeed_text(task_id, "done")
+        events = s.wait_end("the task's end")
+    assert [e.data["phase"] for e in events] == ["Running", "Succeeded"]
+    assert int(events[0].id) > int(pending.id)
+
+
 def test_a_task_only_the_history_has_gives_its_record_then_the_end(api, alice, worker):
     task_id = create(alice, "text")["task_id"]
     worker.succeed_text(task_id, "kept in the history")
