@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import httpx
 import pytest
@@ -260,10 +259,8 @@ def test_stopping_the_server_ends_the_streams(start_api):
     try:
         s = Stream(own, EVENTS)
         wait_for(lambda: gauge(api, "gentask_api_sse_streams"), 10, until=lambda n: n == 1, what="the stream open")
-        began = time.monotonic()
-        api.stop()
+        api.stop()                                # joins the server's thread for up to 15 s
         assert not api.thread.is_alive(), "the server still waits for the open stream"
-        assert time.monotonic() - began < 5
         s.wait_end("the server's shutdown")
         assert any("shutting down" in c for c in s.comments), s.describe()
     finally:
@@ -285,10 +282,11 @@ def test_sigterm_ends_the_streams_of_gentask_api(cluster, namespace, tmp_path):
         s = Stream(c, EVENTS)
         assert s.response.status_code == 200
         s.wait(lambda ev: True, "the stream to start")
-        began = time.monotonic()
         proc.send_signal(signal.SIGTERM)
-        code = proc.wait(15)
-        assert time.monotonic() - began < 5, "SIGTERM waited for the open stream"
+        try:
+            code = proc.wait(15)
+        except subprocess.TimeoutExpired:
+            raise AssertionError("after SIGTERM the API still waits for the open stream") from None
         assert code in (0, -signal.SIGTERM), log.read_text()[-3000:]
         s.wait_end("the server's shutdown")
     finally:
