@@ -27,7 +27,7 @@ import asyncio
 import logging
 import signal
 from collections import Counter, OrderedDict, deque
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncGenerator, Callable, Iterable, Mapping
 from typing import Any
 
 import uvicorn
@@ -111,7 +111,11 @@ class Subscriber:
         return self.owner is None or owner == self.owner
 
     def offer(self, change: Change) -> bool:
-        """Queue a change (replacing the task's older one); False when the backlog overflowed."""
+        """Queue a change (replacing the task's older one); False when the backlog overflows.
+
+        Once it has, nothing more is queued: the stream resyncs from the index when it next reads."""
+        if self.overflowed:
+            return True
         pending = self.pending
         pending.pop(change.name, None)
         pending[change.name] = change
@@ -279,7 +283,7 @@ class EventHub:
         return out
 
     async def stream(self, sub: Subscriber, first: list[Change], *, since: int | None,
-                     one_task: bool) -> AsyncIterator[bytes]:
+                     one_task: bool) -> AsyncGenerator[bytes, None]:
         """The bytes of a stream: `retry:`, the first events, then each change as it comes, `: ping` when
         idle; a stream of one task ends after its final event; every stream ends when the hub closes,
         and after `lifetime` seconds (the client reconnects with Last-Event-ID, authenticated again)."""
