@@ -53,10 +53,12 @@ def operated(cluster, module_namespace, tmp_path_factory):
     op = start_operator(cluster, tmp_path_factory.mktemp("sse-operator") / "operator.log",
                         GENTASK_WATCH_NAMESPACES=module_namespace, GENTASK_EXECUTOR="inline",
                         MONGO_URL=mongo_url(cluster), GENTASK_RESYNC_SECONDS="2")
-    api = launch(cluster, module_namespace)
-    yield api
-    api.stop()
-    stop_operator(op)
+    try:
+        api = launch(cluster, module_namespace)
+        yield api
+        api.stop()
+    finally:
+        stop_operator(op)
 
 
 def test_a_task_stream_follows_the_task_to_its_result_and_ends(operated):
