@@ -84,7 +84,8 @@ DOCUMENT = create_app(Settings(api_keys="k:u", **SETTINGS)).openapi()
 
 @pytest.fixture(scope="module")
 def fuzzed(cluster, module_namespace):
-    api = launch(cluster, module_namespace, **SETTINGS)
+    # event streams end after half a second here, so that a call of GET /api/v1/ai/events returns
+    api = launch(cluster, module_namespace, **{**SETTINGS, "api_sse_max_seconds": 0.5})
     yield api
     answered = httpx.get(f"{api.url}/metrics", timeout=30).text.splitlines()
     print("\n".join(line for line in answered if line.startswith("gentask_api_requests_total{")))
