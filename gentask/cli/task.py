@@ -2,6 +2,7 @@
 
     gentask task create image "a red fox in the snow" --provider fake --model fake-image --size 512x512 --wait
     gentask task get|wait|watch|cancel|delete|download TASK_ID
+    gentask task watch                (every change of all your tasks, from the API's event stream)
     gentask task list [--user-id U] [--type image] [--status completed] [--limit 20] [--offset 0]
 
 The API and the key come from --url/--api-key or GENTASK_URL/GENTASK_API_KEY (default
@@ -22,7 +23,7 @@ import os
 import posixpath
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urljoin, urlsplit
@@ -141,9 +142,35 @@ def _finished(task: Mapping[str, Any]) -> bool:
 
 def follow(api: Api, task_id: str, *, timeout: float | None, clock: Callable[[], float] = time.monotonic,
            sleep: Callable[[float], None] = time.sleep) -> Iterator[dict[str, Any]]:
-    """Every new state of the task (phase or message changed) until it has finished; CliError on timeout."""
-    start, interval, last = clock(), POLL_MIN, None
-    while True:
+    """Every new state of the task (phase or message changed) until it has finished; CliError on timeout.
+
+    The task's event stream tells each change as it happens (resumed with Last-Event-ID when the
+    connection drops); an API without event streams is polled instead."""
+    start = clock()
+    task = api.call("GET", f"{PREFIX}/task/result/{task_id}")
+    yield task
+    if _finished(task):
+        return
+    last = (task.get("phase"), task.get("message"))
+
+    def left() -> float | None:
+        return None if timeout is None else timeout - (clock() - start)
+
+    def give_up(task: Mapping[str, Any]) -> CliError:
+        return CliError(EXIT_TIMEOUT, f"task {task_id} is still {task.get('phase')} after {timeout:g} s "
+                                      f"(--timeout); it goes on: `gentask task wait {task_id}` follows it again")
+    streamed = yield from _streamed(api, task_id, last, left)
+    if streamed is not None:
+        if not _finished(streamed):
+            raise give_up(streamed)
+        return
+    interval = POLL_MIN
+    while True:                                     # no event stream here: poll
+        remaining = left()
+        if remaining is not None and remaining <= 0:
+            raise give_up(task)
+        sleep(interval if remaining is None else min(interval, remaining))
+        interval = min(POLL_MAX, interval * 1.5)
         task = api.call("GET", f"{PREFIX}/task/result/{task_id}")
         seen = (task.get("phase"), task.get("message"))
         if seen != last:
@@ -151,11 +178,76 @@ def follow(api: Api, task_id: str, *, timeout: float | None, clock: Callable[[],
             yield task
         if _finished(task):
             return
-        if timeout is not None and clock() - start >= timeout:
-            raise CliError(EXIT_TIMEOUT, f"task {task_id} is still {task.get('phase')} after {timeout:g} s "
-                                         f"(--timeout); it goes on: `gentask task wait {task_id}` follows it again")
-        sleep(interval)
-        interval = min(POLL_MAX, interval * 1.5)
+
+
+def _streamed(api: Api, task_id: str, last: tuple[Any, Any], left: Callable[[], float | None]
+              ) -> Generator[dict[str, Any], None, dict[str, Any] | None]:
+    """The task's changes from its event stream; returns the last state seen (finished, or when the
+    time ran out), or None when the API has no event stream (the caller polls)."""
+    url, event_id, state, drops = f"{api.url}{PREFIX}/task/{task_id}/events", None, None, 0
+    while True:
+        remaining = left()
+        if remaining is not None and remaining <= 0:
+            return state or {"phase": last[0]}
+        headers = {**api.headers, "Accept": "text/event-stream"}
+        if event_id:
+            headers["Last-Event-ID"] = event_id
+        read = 60.0 if remaining is None else max(0.1, min(60.0, remaining))
+        try:
+            with api.http.stream("GET", url, headers=headers, timeout=httpx.Timeout(30, read=read)) as response:
+                if response.status_code == 204:           # resumed after the final event
+                    return state
+                if response.status_code == 404 and state is None and drops == 0:
+                    return None                           # no such route here: an older API
+                if response.status_code != 200:
+                    response.read()
+                    try:
+                        body = response.json()
+                    except ValueError:
+                        body = None
+                    raise api._refused(response, body)
+                for event in _events(response.iter_lines()):
+                    event_id = event.get("id") or event_id
+                    if event.get("event") != "task":
+                        continue
+                    task = json.loads(event["data"])
+                    state = task if isinstance(task, dict) else state
+                    if not isinstance(task, dict):
+                        continue
+                    seen = (task.get("phase"), task.get("message"))
+                    if seen != last:
+                        last = seen
+                        yield task
+                    if _finished(task):
+                        return task
+        except httpx.ReadTimeout:
+            continue                                      # quiet for a while: check the clock, go on
+        except httpx.HTTPError as exc:
+            drops += 1
+            if drops > 5:
+                raise CliError(EXIT_UNREACHABLE, f"the event stream of {task_id} at {api.url} keeps breaking "
+                                                 f"({exc})") from exc
+            time.sleep(min(5.0, 0.5 * drops))
+
+
+def _events(lines: Iterator[str]) -> Iterator[dict[str, str]]:
+    """text/event-stream lines -> events ({id, event, data}); comments (heartbeats) and retry: skipped."""
+    event: dict[str, str] = {}
+    data: list[str] = []
+    for line in lines:
+        if not line:
+            if data:
+                yield {**event, "data": "\n".join(data), "event": event.get("event", "message")}
+            event, data = {}, []
+            continue
+        if line.startswith(":"):
+            continue
+        name, _, value = line.partition(":")
+        value = value[1:] if value.startswith(" ") else value
+        if name == "data":
+            data.append(value)
+        elif name in ("id", "event"):
+            event[name] = value
 
 
 class Progress:
@@ -319,16 +411,57 @@ def cmd_wait(api: Api, args: argparse.Namespace, out: IO[str], err: IO[str]) -> 
 
 
 def cmd_watch(api: Api, args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
-    """Every change on stdout, one line (or JSON object) a change; the exit code is the outcome's."""
-    task: dict[str, Any] = {}
-    for task in follow(api, args.task_id, timeout=args.timeout):
+    """Every change on stdout, one line (or JSON object) a change. One task: until it ends, the exit
+    code its outcome's. No task: every change of the caller's tasks (an admin's: --user-id's, or
+    everyone's) until --timeout or Ctrl-C."""
+    def show(task: Mapping[str, Any]) -> None:
         if args.output == "table":
             out.write(printable(f"{task.get('task_id')}  {task.get('phase')}  {task.get('message') or ''}".rstrip())
                       + "\n")
         else:
             out.write(json.dumps(task, ensure_ascii=False) + "\n")
         out.flush()
+    if args.task_id is None:
+        return _watch_all(api, args, show)
+    task: dict[str, Any] = {}
+    for task in follow(api, args.task_id, timeout=args.timeout):
+        show(task)
     return OUTCOME.get(str(task.get("status")), EXIT_OK)
+
+
+def _watch_all(api: Api, args: argparse.Namespace, show: Callable[[Mapping[str, Any]], None]) -> int:
+    start, event_id, drops = time.monotonic(), None, 0
+    params = {"user_id": args.user_id} if args.user_id else {}
+    while True:
+        remaining = None if args.timeout is None else args.timeout - (time.monotonic() - start)
+        if remaining is not None and remaining <= 0:
+            return EXIT_OK
+        headers = {**api.headers, "Accept": "text/event-stream", **({"Last-Event-ID": event_id} if event_id else {})}
+        read = 60.0 if remaining is None else max(0.1, min(60.0, remaining))
+        try:
+            with api.http.stream("GET", f"{api.url}{PREFIX}/events", params=params, headers=headers,
+                                 timeout=httpx.Timeout(30, read=read)) as response:
+                if response.status_code != 200:
+                    response.read()
+                    try:
+                        body = response.json()
+                    except ValueError:
+                        body = None
+                    raise api._refused(response, body)
+                drops = 0
+                for event in _events(response.iter_lines()):
+                    event_id = event.get("id") or event_id
+                    if event.get("event") in ("task", "deleted"):
+                        data = json.loads(event["data"])
+                        if isinstance(data, dict):
+                            show(data if event["event"] == "task" else {**data, "phase": "<deleted>"})
+        except httpx.ReadTimeout:
+            continue
+        except httpx.HTTPError as exc:
+            drops += 1
+            if drops > 5:
+                raise CliError(EXIT_UNREACHABLE, f"the event stream at {api.url} keeps breaking ({exc})") from exc
+            time.sleep(min(5.0, 0.5 * drops))
 
 
 def cmd_list(api: Api, args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
@@ -425,9 +558,12 @@ def parser() -> argparse.ArgumentParser:
                         help="any other request field (JSON values: --set temperature=0.7); repeatable")
     create.add_argument("--idempotency-key", help="the same key again returns the first task, not a new one")
     create.add_argument("--wait", action="store_true", help="follow the task until it ends; exit by its outcome")
+    watch = sub.add_parser("watch", parents=[common, follow_args],
+                           help="print every change of a task until it ends; without a task, of all yours")
+    watch.add_argument("task_id", nargs="?")
+    watch.add_argument("--user-id", help="without a task, an admin key: this user's tasks only")
     for name, text, extra in (("get", "a task's status and result", []),
                               ("wait", "follow a task until it ends; exit by its outcome", [follow_args]),
-                              ("watch", "print every change of a task until it ends", [follow_args]),
                               ("cancel", "cancel a task that has not finished", []),
                               ("delete", "delete a task (a running one is stopped)", []),
                               ("download", "download a task's files, each checked against its sha256", [])):

@@ -137,6 +137,29 @@ def test_watch_prints_every_change_as_json_lines(cli_api):
     assert states[-1]["result"]["text_result"]
 
 
+def test_watch_without_a_task_follows_all_of_mine_from_the_event_stream(cli_api):
+    """`gentask task watch` (no id): every change of the caller's tasks, none of another user's."""
+    env = {**os.environ, "GENTASK_URL": cli_api.url, "GENTASK_API_KEY": KEYS["alice"]}
+    watcher = subprocess.Popen([sys.executable, "-m", "gentask", "task", "watch", "-o", "json", "--timeout", "120"],
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        bobs = _json(gentask(cli_api, "create", "text", "bob's", "--provider", "fake", "--model", "fake-text",
+                             "-o", "json", key=KEYS["bob"]))
+        mine = _json(gentask(cli_api, "create", "text", "mine", "--provider", "fake", "--model", "fake-text",
+                             "--wait", "-o", "json"))
+        seen: list[dict] = []
+        assert watcher.stdout is not None
+        for line in watcher.stdout:
+            seen.append(json.loads(line))
+            if seen[-1]["task_id"] == mine["task_id"] and seen[-1]["phase"] == "Succeeded":
+                break
+        assert {s["task_id"] for s in seen} >= {mine["task_id"]}
+        assert bobs["task_id"] not in {s["task_id"] for s in seen}
+    finally:
+        watcher.kill()
+        watcher.communicate()
+
+
 def test_a_terminal_gets_one_live_line(cli_api):
     """On a TTY the progress is redrawn in place (carriage return, erase line) and ends with a tick."""
     made = _json(gentask(cli_api, "create", "text", "write a haiku [latency:2s]", "--provider", "fake", "--model",
