@@ -20,7 +20,7 @@ from gentask.api.index import TaskIndex
 from gentask.api.limits import RateLimiter
 from gentask.api.metrics import Metrics, MetricsMiddleware
 from gentask.api.middleware import BodyLimitMiddleware
-from gentask.api.routers import health, models, tasks
+from gentask.api.routers import callbacks, health, models, tasks
 from gentask.api.service import TaskService
 from gentask.config import Settings, SettingsError, load_settings
 from gentask.kube.tasks import TaskClient, load_connection
@@ -113,6 +113,7 @@ def create_app(settings: Settings | None = None, *, kubeconfig: str | None = Non
     app.openapi = _openapi(app)  # type: ignore[method-assign]  # FastAPI's documented way to customize the schema
     install_handlers(app)
     app.include_router(tasks.router)
+    app.include_router(callbacks.router)
     app.include_router(models.router)
     app.include_router(health.router)
     app.add_middleware(BodyLimitMiddleware, limit=settings.api_max_body_bytes)

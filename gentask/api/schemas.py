@@ -15,6 +15,7 @@ from typing import Any, Generic, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from gentask.domain.task import PROMPT_MAX, RETRIES_MAX, TIMEOUT_MAX, TIMEOUT_MIN, TTL_MAX, Priority
+from gentask.domain.webhooks import URL_MAX, NotifyEvent
 
 T = TypeVar("T")
 
@@ -54,6 +55,14 @@ class TaskRequest(BaseModel):
     ttl_seconds_after_finished: int | None = Field(None, ge=0, le=TTL_MAX,
                                                    description="the resource is deleted this long after it "
                                                                "finishes (default 86400); the history keeps it")
+    callback_url: str | None = Field(None, min_length=1, max_length=URL_MAX,
+                                     description="webhook receiver (the name Volcengine Ark uses): an http(s) URL "
+                                                 "told about the task's events, a CloudEvent signed per Standard "
+                                                 "Webhooks; private, loopback and link-local addresses are refused")
+    callback_events: list[NotifyEvent] | None = Field(None, min_length=1, max_length=6,
+                                                      description="which events to send to callback_url: queued, "
+                                                                  "running, progress, succeeded, failed, cancelled "
+                                                                  "(default: succeeded, failed, cancelled)")
 
     def params(self) -> dict[str, Any]:
         """The per-type parameters that were given, by their API names."""
