@@ -9,20 +9,28 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import signal
+import socket
+import subprocess
+import sys
 import time
+import urllib.error
+import urllib.request
 import uuid
 from datetime import datetime
+from pathlib import Path
 
 import pytest
 from kubernetes import client
 from standardwebhooks import Webhook
 
 from tests.integration.conftest import wait_default_account
-from tests.integration.operator.conftest import Tasks, log_tail, start_operator, stop_operator
+from tests.integration.operator.conftest import Tasks, free_port, log_tail, start_operator, stop_operator
 from tests.support.waits import wait_for
 from tests.support.webhooks import Listener, Receiver
 
+EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "webhook-receiver.py"
 KEY = "whsec_" + base64.b64encode(b"task-namespace-signing-key-0001").decode()
 DEFAULT_KEY = "whsec_" + base64.b64encode(b"operator-default-signing-key-02").decode()
 SETTINGS = {"GENTASK_WEBHOOK_ALLOW": "127.0.0.1", "GENTASK_WEBHOOK_RETRY_BASE": "0.3",
@@ -278,3 +286,61 @@ def test_an_operator_killed_between_two_attempts_resumes_and_sends_once_more(clu
             stop_operator(second)
         receiver.close()
         client.CoreV1Api(cluster.api).delete_namespace(ns, propagation_policy="Background")
+
+
+def test_progress_notes_and_the_outcome_of_a_video_arrive(hook_tasks, receiver):
+    name = hook_tasks.create(type="video", model="fake-video", prompt="a slow pan [latency:3s]",
+                             params={"duration": 1}, notify=notify(receiver.url, "progress", "succeeded"))
+    wait_notes(hook_tasks, name, lambda notes: any(n["event"] == "succeeded" and n["state"] == "Delivered"
+                                                   for n in notes), "the outcome delivered")
+    events = [verified(r) for r in receiver.requests()]
+    kinds = [e["type"] for e in events]
+    assert kinds[-1] == "io.gentask.task.succeeded" and "io.gentask.task.progress" in kinds, kinds
+    progress = [e for e in events if e["type"] == "io.gentask.task.progress"]
+    assert all(e["data"]["phase"] == "Running" and e["data"]["message"].startswith("vendor job") for e in progress)
+    assert len({e["id"] for e in events}) == len(events)                      # a new note is a new event
+
+
+def test_a_cancelled_task_tells_it(hook_tasks, receiver):
+    name = hook_tasks.create(type="video", model="fake-video", prompt="a long take [latency:60s]",
+                             params={"duration": 1}, notify=notify(receiver.url, "cancelled"))
+    hook_tasks.wait_status(name, lambda s: s.get("providerTaskID"), what="to start its vendor job")
+    hook_tasks.patch_spec(name, cancel=True)
+    [note] = settled(hook_tasks, name, 1, "the cancel delivered")
+    assert note["event"] == "cancelled" and note["state"] == "Delivered"
+    [got] = receiver.requests()
+    event = verified(got)
+    assert event["type"] == "io.gentask.task.cancelled" and event["data"]["status"] == "cancelled"
+    assert event["data"]["cancel_requested"] is True
+
+
+def _answers(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_the_documented_receiver_verifies_and_prints_each_event_once(hook_tasks):
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, str(EXAMPLE), str(port)], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "GENTASK_WEBHOOK_SIGNING_KEY": KEY})
+    try:
+        wait_for(lambda: _answers(port), 30, what="examples/webhook-receiver.py to listen",
+                 abort=lambda _v: proc.poll() is not None and f"it exited with {proc.returncode}")
+        name = text_task(hook_tasks, notify(f"http://127.0.0.1:{port}/", "running", "succeeded"))
+        notes = settled(hook_tasks, name, 2, "both events delivered to the example receiver")
+        assert {n["state"] for n in notes} == {"Delivered"}
+        forged = urllib.request.Request(f"http://127.0.0.1:{port}/", data=b"{}", method="POST", headers={
+            "webhook-id": "evt_forged", "webhook-timestamp": str(int(time.time())),
+            "webhook-signature": "v1," + base64.b64encode(b"x" * 32).decode()})
+        try:
+            urllib.request.urlopen(forged, timeout=10)
+            raise AssertionError("the example receiver took a forged event")
+        except urllib.error.HTTPError as exc:
+            assert exc.code == 401
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=10)
+    printed = [json.loads(line) for line in out.splitlines()]
+    assert [(p["type"], p["subject"]) for p in printed] == [("io.gentask.task.running", f"{hook_tasks.ns}/{name}"),
+                                                            ("io.gentask.task.succeeded", f"{hook_tasks.ns}/{name}")]
+    assert printed[1]["status"] == "completed"
