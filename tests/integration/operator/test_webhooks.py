@@ -123,6 +123,8 @@ def test_every_chosen_event_arrives_once_signed(hook_operator, hook_tasks, recei
         assert r.headers["content-type"] == "application/json"
         assert abs(int(r.headers["webhook-timestamp"]) - r.at) < 30
     assert hook_operator.metric("gentask_webhook_deliveries_total", event="succeeded", outcome="delivered") >= 1
+    assert hook_operator.metric("gentask_webhook_delivery_lag_seconds_count", event="succeeded") >= 1
+    assert hook_operator.metric("gentask_webhook_attempts_total", event="queued", result="2xx") >= 1
 
 
 def test_the_default_is_the_outcome_only_signed_with_the_operator_key(hook_tasks, receiver):
@@ -133,7 +135,8 @@ def test_the_default_is_the_outcome_only_signed_with_the_operator_key(hook_tasks
     assert verified(only, DEFAULT_KEY)["type"] == "io.gentask.task.succeeded"
 
 
-def test_a_receiver_that_fails_three_times_gets_the_event_after_backoff(hook_tasks, receiver):
+def test_a_receiver_that_fails_three_times_gets_the_event_after_backoff(hook_operator, hook_tasks, receiver):
+    failed_before = hook_operator.metric("gentask_webhook_attempts_total", event="succeeded", result="5xx")
     receiver.script = [(500, {})] * 3
     name = text_task(hook_tasks, notify(receiver.url))
     [note] = settled(hook_tasks, name, 1, "the outcome delivered after three 500s")
@@ -145,6 +148,8 @@ def test_a_receiver_that_fails_three_times_gets_the_event_after_backoff(hook_tas
         assert verified(r)["id"] == note["id"]
     gaps = [b.at - a.at for a, b in zip(got, got[1:], strict=False)]
     assert gaps[2] >= gaps[0] and gaps[0] >= 0.1, gaps                        # exponential, from 0.3 s
+    assert hook_operator.metric("gentask_webhook_attempts_total", event="succeeded", result="5xx") \
+        - failed_before >= 3
 
 
 def test_retry_after_of_a_429_is_honoured(hook_tasks, receiver):
