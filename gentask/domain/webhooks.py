@@ -25,13 +25,16 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import Enum
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from gentask.domain.names import to_camel, to_snake
 from gentask.domain.reasons import ConditionType, Phase
+
+if TYPE_CHECKING:       # task.py imports this module for its spec and status fields
+    from gentask.domain.task import Condition, GenerationTask, GenerationTaskStatus
 
 URL_MAX = 2048
 KEY_PREFIX = "whsec_"
@@ -121,11 +124,11 @@ def event_id(uid: str, event: NotifyEvent, transition: str = "") -> str:
     return f"evt_{digest}"
 
 
-def _condition(status: Any, type_: ConditionType) -> Any:
+def _condition(status: GenerationTaskStatus, type_: ConditionType) -> Condition | None:
     return next((c for c in status.conditions if c.type == type_.value), None)
 
 
-def progress_message(status: Any) -> str | None:
+def progress_message(status: GenerationTaskStatus) -> str | None:
     """The worker's progress note of a running task: a message written after the Running one."""
     if status.phase is not Phase.RUNNING or status.reason != "Started" or not status.message:
         return None
@@ -135,7 +138,7 @@ def progress_message(status: Any) -> str | None:
     return str(status.message)
 
 
-def due_events(task: Any) -> list[DueEvent]:
+def due_events(task: GenerationTask) -> list[DueEvent]:
     """The events the task asked for that its status shows happened, in the order they happen.
 
     From the status alone: queued once a Scheduled condition exists, running once startTime is
@@ -170,26 +173,25 @@ def _when(value: datetime | None) -> str | None:
     return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if value is not None else None
 
 
-def _artifacts(task_id: str, result: Mapping[str, Any]) -> tuple[list[dict[str, Any]], dict[int, str]]:
+def _link(task_id: str, entry: Mapping[str, Any] | None) -> str | None:
+    """The API's download path of a stored file, or None for an entry with no stored file."""
+    if not entry or not entry.get("artifact"):
+        return None
+    return f"{API_PREFIX}/task/{task_id}/artifacts/{posixpath.basename(str(entry['artifact']))}"
+
+
+def _artifacts(task_id: str, result: Mapping[str, Any]) -> list[dict[str, Any]]:
     entries: list[tuple[str, Mapping[str, Any]]] = [("image", e) for e in result.get("images") or []]
     if result.get("video"):
         entries.append(("video", result["video"]))
     if result.get("textArtifact"):
         entries.append(("text", result["textArtifact"]))
-    out, links = [], {}
-    for kind, entry in entries:
-        if not entry.get("artifact"):
-            continue
-        name = posixpath.basename(str(entry["artifact"]))
-        link = f"{API_PREFIX}/task/{task_id}/artifacts/{name}"
-        links[id(entry)] = link
-        out.append({"name": name, "url": link, "kind": kind, "mime_type": entry.get("mimeType"),
-                    "size_bytes": entry.get("sizeBytes"), "sha256": entry.get("sha256"),
-                    "source_url": entry.get("url")})
-    return out, links
+    return [{"name": posixpath.basename(str(entry["artifact"])), "url": _link(task_id, entry), "kind": kind,
+             "mime_type": entry.get("mimeType"), "size_bytes": entry.get("sizeBytes"), "sha256": entry.get("sha256"),
+             "source_url": entry.get("url")} for kind, entry in entries if entry.get("artifact")]
 
 
-def task_data(task: Any) -> dict[str, Any]:
+def task_data(task: GenerationTask) -> dict[str, Any]:
     """The task in the REST API's shape (the fields of GET /api/v1/ai/task/result/{id}).
 
     Built here because the operator may not import gentask.api; artifact urls are the API's
@@ -199,13 +201,12 @@ def task_data(task: Any) -> dict[str, Any]:
     result = status.result.model_dump(by_alias=True, exclude_none=True, mode="json") if status.result else None
     view = None
     if result:
-        artifacts, links = _artifacts(task.name, result)
-        images = [e.get("url") or links.get(id(e)) for e in result.get("images") or []]
-        image_urls = [u for u in images if u]
+        image_urls = [u for u in (e.get("url") or _link(task.name, e) for e in result.get("images") or []) if u]
         video = result.get("video")
         view = {"image_url": image_urls[0] if image_urls else None, "image_urls": image_urls,
-                "video_url": (video.get("url") or links.get(id(video))) if video else None,
-                "text_result": result.get("text"), "artifacts": artifacts, "usage": result.get("usage") or {}}
+                "video_url": (video.get("url") or _link(task.name, video)) if video else None,
+                "text_result": result.get("text"), "artifacts": _artifacts(task.name, result),
+                "usage": result.get("usage") or {}}
     return {
         "task_id": task.name, "user_id": spec.user_id, "type": spec.type.value, "provider": spec.provider,
         "model": spec.model, "prompt": spec.prompt, "priority": spec.priority.value,
@@ -222,7 +223,7 @@ def task_data(task: Any) -> dict[str, Any]:
     }
 
 
-def cloud_event(task: Any, due: DueEvent, now: datetime) -> bytes:
+def cloud_event(task: GenerationTask, due: DueEvent, now: datetime) -> bytes:
     """The body of one delivery: a CloudEvents 1.0 JSON event whose data is the task."""
     doc = {
         "specversion": "1.0", "id": due.id,
