@@ -349,3 +349,43 @@ def test_the_documented_receiver_verifies_and_prints_each_event_once(hook_tasks)
     assert [(p["type"], p["subject"]) for p in printed] == [("io.gentask.task.running", f"{hook_tasks.ns}/{name}"),
                                                             ("io.gentask.task.succeeded", f"{hook_tasks.ns}/{name}")]
     assert printed[1]["status"] == "completed"
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("executor", ["inline", "pool"])
+def test_the_inline_and_pool_executors_deliver_the_same_events_once(cluster, tmp_path, executor):
+    """No Job, and (pool) workers whose guarded writes meet the operator's notification writes."""
+    prefix = f"whx{executor[0]}"
+    ns = _namespace(cluster, prefix)
+    receiver = Receiver()
+    op = start_operator(cluster, tmp_path / "operator.log", **{
+        **SETTINGS, "GENTASK_WATCH_NAMESPACES": f"{prefix}-*", "GENTASK_EXECUTOR": executor,
+        "GENTASK_POOL_LEASE_NAMESPACE": ns})
+    pool = None
+    try:
+        if executor == "pool":
+            pool = subprocess.Popen([sys.executable, "-m", "gentask", "worker", "pool"],
+                                    env={**op.env, "POD_NAME": f"pool-{ns}", "GENTASK_METRICS_PORT": "0"},
+                                    stdout=open(tmp_path / "pool.log", "ab"), stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+        tasks = Tasks(cluster, ns, op.log, tmp_path / "pool.log")
+        names = [text_task(tasks, notify(receiver.url, "queued", "running", "succeeded"), prompt=f"{executor} {i}")
+                 for i in range(3)]
+        ids = []
+        for name in names:
+            notes = settled(tasks, name, 3, "three events delivered")
+            assert [(n["event"], n["state"], n["attempts"]) for n in notes] == [
+                ("queued", "Delivered", 1), ("running", "Delivered", 1), ("succeeded", "Delivered", 1)]
+            status = tasks.status(name)
+            assert status["phase"] == "Succeeded" and status["attempts"] == 1
+            ids += [n["id"] for n in notes]
+        assert sorted(receiver.ids()) == sorted(ids)                             # each once
+        for r in receiver.requests():
+            verified(r)
+    finally:
+        if pool is not None and pool.poll() is None:
+            os.killpg(pool.pid, signal.SIGTERM)
+            pool.wait(40)
+        stop_operator(op)
+        receiver.close()
+        client.CoreV1Api(cluster.api).delete_namespace(ns, propagation_policy="Background")
