@@ -143,6 +143,7 @@ class Notifier:
         task: GenerationTask | None = None
         try:
             while True:
+                wake.clear()            # before the read: a change seen after it wakes the wait below
                 try:
                     if task is None:
                         task = GenerationTask.model_validate(await self.ctx.kube.get_task(namespace, name))
@@ -150,6 +151,9 @@ class Notifier:
                         return          # deleted, and another task of that name made since
                     pending = _pending(task)
                     if not pending:
+                        if wake.is_set():       # a change seen while reading may be newer than the read
+                            task = None
+                            continue
                         return
                     now = datetime.now(UTC)
                     due = [(event, state) for event, state in pending
@@ -158,7 +162,6 @@ class Notifier:
                         task = await self._round(task, due)
                         continue
                     wait = min(s.next_attempt_time for _e, s in pending if s and s.next_attempt_time) - now
-                    wake.clear()
                     try:
                         await asyncio.wait_for(wake.wait(), max(0.0, wait.total_seconds()))
                     except TimeoutError:
