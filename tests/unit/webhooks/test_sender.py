@@ -87,3 +87,10 @@ def test_retry_after_reads_seconds_and_dates():
     assert retry_after("7") == 7.0
     assert retry_after(email.utils.formatdate(1000.0 + 60, usegmt=True), now=1000.0) == 60.0
     assert retry_after("soon") is None and retry_after(None) is None
+
+
+@pytest.mark.parametrize("host", ["127.1", "0x7f000001", "2130706433", "017700000001", "[fe80::1%25eth0]",
+                                  "[::ffff:7f00:1]"])
+async def test_loopback_in_any_spelling_is_refused(host):
+    with pytest.raises(CallbackRefused, match="loopback|link-local"):
+        await vet(f"http://{host}:9/hook", ALLOW_LOOPBACK)
