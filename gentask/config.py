@@ -146,6 +146,26 @@ class Settings(BaseModel):
     audit_seconds: float = Field(600.0, ge=1, le=86400, validation_alias=_env("GENTASK_AUDIT_SECONDS"),
                                  description="how often (and once at start) it pages through every task: "
                                              "TTL timers, the mirror, records of tasks deleted behind its back")
+    # --- webhooks (spec.notify, callback_url) ---
+    webhook_allow: list[str] = Field(default_factory=list, validation_alias=_env("GENTASK_WEBHOOK_ALLOW"),
+                                     description="receivers that may be called although their address is "
+                                                 "loopback, private or link-local: hosts (as written in the URL) "
+                                                 "and CIDRs, comma-separated")
+    webhook_allow_http: bool | None = Field(None, validation_alias=_env("GENTASK_WEBHOOK_ALLOW_HTTP"),
+                                            description="accept http receivers; empty: everywhere but "
+                                                        "ENVIRONMENT=production (allowlisted hosts always)")
+    webhook_horizon: float = Field(86400.0, ge=1, le=30 * 86400, validation_alias=_env("GENTASK_WEBHOOK_HORIZON"),
+                                   description="an event is retried until it is this old (seconds or 24h, 30m)")
+    webhook_retry_base: float = Field(2.0, gt=0, le=3600, validation_alias=_env("GENTASK_WEBHOOK_RETRY_BASE"),
+                                      description="the first retry's delay; it doubles each attempt (with jitter)")
+    webhook_retry_max: float = Field(3600.0, gt=0, le=86400, validation_alias=_env("GENTASK_WEBHOOK_RETRY_MAX"),
+                                     description="the longest delay between two attempts (and the most a "
+                                                 "Retry-After is honoured)")
+    webhook_signing_key: SecretStr | None = Field(None, validation_alias=_env("GENTASK_WEBHOOK_SIGNING_KEY"),
+                                                  description="whsec_<base64>: the key of tasks whose spec.notify "
+                                                              "names no secretRef (REST callback_url tasks)")
+    webhook_concurrency: int = Field(32, ge=1, le=1024, validation_alias=_env("GENTASK_WEBHOOK_CONCURRENCY"),
+                                     description="deliveries the operator sends at once")
     worker_cpu_request: str = Field("50m", validation_alias=_env("GENTASK_WORKER_CPU_REQUEST"))
     worker_memory_request: str = Field("128Mi", validation_alias=_env("GENTASK_WORKER_MEMORY_REQUEST"))
     worker_memory_limit: str = Field("512Mi", validation_alias=_env("GENTASK_WORKER_MEMORY_LIMIT"))
@@ -256,12 +276,43 @@ class Settings(BaseModel):
         """The keys of GENTASK_API_LINK_KEYS, the signing one first; empty when none is set."""
         return self.api_link_keys.get_secret_value().split(",") if self.api_link_keys is not None else []
 
-    @field_validator("providers", "watch_namespaces", mode="before")
+    @field_validator("webhook_horizon", "webhook_retry_base", "webhook_retry_max", mode="before")
+    @classmethod
+    def _duration(cls, v: object) -> float:
+        return parse_duration(v)
+
+    @field_validator("webhook_allow_http", mode="before")
+    @classmethod
+    def _blank_bool(cls, v: object) -> object:
+        return None if isinstance(v, str) and not v.strip() else v
+
+    @field_validator("webhook_allow")
+    @classmethod
+    def _allowlist(cls, v: list[str]) -> list[str]:
+        from gentask.domain.webhooks import WebhookPolicy
+        WebhookPolicy.parse(v, allow_http=True)         # a bad CIDR stops start-up, named
+        return v
+
+    @field_validator("webhook_signing_key")
+    @classmethod
+    def _signing_key(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is None or not v.get_secret_value().strip():
+            return None
+        from gentask.domain.webhooks import parse_keys
+        parse_keys(v.get_secret_value(), "the key")     # its message never holds the key
+        return v
+
+    @field_validator("providers", "watch_namespaces", "webhook_allow", mode="before")
     @classmethod
     def _providers(cls, v: object) -> object:
         if isinstance(v, str):
             return [p.strip() for p in v.split(",") if p.strip()]
         return v
+
+    @property
+    def webhooks_allow_http(self) -> bool:
+        """Http receivers are accepted: GENTASK_WEBHOOK_ALLOW_HTTP, else everywhere but production."""
+        return self.webhook_allow_http if self.webhook_allow_http is not None else self.environment != "production"
 
     @property
     def lease_namespace(self) -> str:
@@ -278,8 +329,11 @@ class Settings(BaseModel):
     def secrets(self) -> list[str]:
         """Every secret value that is set: what must never reach a log line."""
         values = [self.ark_api_key, self.volcengine_access_key, self.volcengine_secret_key,
-                  self.openai_api_key, self.api_keys]
+                  self.openai_api_key, self.api_keys, self.webhook_signing_key]
         found = [s.get_secret_value() for s in values if s is not None and s.get_secret_value()]
+        if self.webhook_signing_key is not None:     # each key, and its base64 part alone
+            for item in self.webhook_signing_key.get_secret_value().split():
+                found += [item, item.removeprefix("whsec_")]
         if self.api_keys is not None:
             found += [item.split(":", 1)[0] for item in self.api_keys.get_secret_value().split(",") if item]
         found += self.link_keys

@@ -21,7 +21,7 @@ from gentask.api.index import TaskIndex
 from gentask.api.limits import RateLimiter
 from gentask.api.metrics import Metrics, MetricsMiddleware
 from gentask.api.middleware import BodyLimitMiddleware
-from gentask.api.routers import events, health, models, tasks
+from gentask.api.routers import callbacks, events, health, models, tasks
 from gentask.api.schemas import restrict_providers
 from gentask.api.service import TaskService
 from gentask.api.signing import LinkSigner
@@ -140,6 +140,7 @@ def create_app(settings: Settings | None = None, *, kubeconfig: str | None = Non
     install_handlers(app)
     app.include_router(tasks.router)
     app.include_router(events.router)
+    app.include_router(callbacks.router)
     app.include_router(models.router)
     app.include_router(health.router)
     app.add_middleware(BodyLimitMiddleware, limit=settings.api_max_body_bytes)

@@ -28,6 +28,7 @@ from gentask.domain.task import (
     Priority,
     TaskType,
 )
+from gentask.domain.webhooks import URL_MAX, NotifyEvent
 
 T = TypeVar("T")
 
@@ -41,6 +42,10 @@ PhaseName = Literal["Pending", "Queued", "Running", "Succeeded", "Failed", "Canc
 # The history (MongoDB; FerretDB keeps documents in PostgreSQL's JSONB, which cannot hold U+0000)
 # could not keep a task whose text holds a NUL character: such a task would never be listed.
 NO_NUL: dict[str, Any] = {"pattern": r"^[^\x00]*$"}
+# what the server checks of a callback_url that the schema cannot say (a 422 on callback_url)
+CALLBACK_CHECKS = ("a valid URL with a host and no credentials, whose host resolves, only to public addresses "
+                   "(not loopback, link-local, private, CGNAT, unique-local, multicast or reserved) unless "
+                   "GENTASK_WEBHOOK_ALLOW names it; https only when ENVIRONMENT=production")
 
 
 def no_nul(value: str | None) -> str | None:
@@ -90,6 +95,16 @@ class TaskRequest(BaseModel):
     ttl_seconds_after_finished: int | None = Field(None, ge=0, le=TTL_MAX,
                                                    description="the resource is deleted this long after it "
                                                                "finishes (default 86400); the history keeps it")
+    callback_url: str | None = Field(None, min_length=1, max_length=URL_MAX, pattern=r"^[Hh][Tt][Tt][Pp][Ss]?://",
+                                     description="webhook receiver (the name Volcengine Ark uses): an http(s) URL "
+                                                 "told about the task's events, a CloudEvent signed per Standard "
+                                                 "Webhooks; private, loopback and link-local addresses are refused",
+                                     json_schema_extra={"x-gentask-checked-by-server": CALLBACK_CHECKS})
+    callback_events: list[NotifyEvent] | None = Field(None, min_length=1, max_length=6, json_schema_extra={
+                                                          "x-gentask-checked-by-server": "only with a callback_url"},
+                                                      description="which events to send to callback_url: queued, "
+                                                                  "running, progress, succeeded, failed, cancelled "
+                                                                  "(default: succeeded, failed, cancelled)")
     _numbers = field_validator("timeout", "retries", "ttl_seconds_after_finished", mode="before")(json_number)
     _texts = field_validator("prompt", "user_id")(no_nul)
 

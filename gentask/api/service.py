@@ -27,6 +27,7 @@ from gentask.api.translate import build_spec, canonical_hash, manifest
 from gentask.api.views import OLD_STATUS, PHASES_OF, find_artifact, is_finished, owner_of, record_of, task_view
 from gentask.config import Settings
 from gentask.domain.task import DNS_LABEL, GenerationTask, TaskType
+from gentask.domain.webhooks import CallbackRefused
 from gentask.kube.tasks import (
     ANNOTATION_REQUEST_HASH,
     ClusterUnavailable,
@@ -37,6 +38,7 @@ from gentask.kube.tasks import (
     user_label,
 )
 from gentask.storage import ArtifactStream, MirrorWriter
+from gentask.webhooks.address import Unresolved, policy_of, vet
 
 log = logging.getLogger("gentask.api")
 
@@ -111,6 +113,7 @@ class TaskService:
         self.enabled = set(settings.providers)
         self.client, self.index, self.storage, self.metrics = client, index, storage, metrics
         self.max_unfinished = settings.api_max_unfinished_per_user
+        self.webhook_policy = policy_of(settings)
 
     # --- ownership ----------------------------------------------------------------------
 
@@ -140,6 +143,7 @@ class TaskService:
                      idempotency_key: str | None) -> tuple[TaskView, bool]:
         """(task view, replayed): replayed is True when an Idempotency-Key found its earlier task."""
         owner = self.owner_for(caller, req.user_id)
+        await self._check_callback(req.callback_url)
         spec = build_spec(type_, owner, req, self.enabled)
         request_hash = canonical_hash(type_, owner, req)
         user_key = user_label(owner)
@@ -165,6 +169,21 @@ class TaskService:
             if self.settings.api_mirror_creates and not self.storage.put(obj):
                 self.metrics.mirror_dropped += 1
         return self.index.view(task), replayed
+
+    async def _check_callback(self, url: str | None) -> None:
+        """422 naming callback_url when gentask may not call it (the operator checks it again before
+        every send); a name that cannot be resolved now is accepted and checked then."""
+        if url is None:
+            return
+        try:
+            await vet(url, self.webhook_policy, "callback_url")
+        except CallbackRefused as exc:
+            raise Unprocessable(f"invalid callback_url: {exc}", errors=[
+                {"field": "callback_url", "value": echo(url), "message": str(exc),
+                 "accepted": "an http(s) URL of a public receiver (https when ENVIRONMENT=production), or "
+                             + self.webhook_policy.describe()}]) from None
+        except Unresolved:
+            log.info("callback_url not resolvable now; the operator checks it before sending")
 
     def _replay(self, key: str, type_: TaskType, owner: str, request_hash: str) -> TaskView | None:
         """The task an Idempotency-Key made before, if the index knows it (409 if the body differs)."""

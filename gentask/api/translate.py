@@ -29,7 +29,7 @@ from gentask.kube.tasks import (
 )
 
 # the request's own names where they are not the spec's in snake_case
-_REQUEST_NAMES = {"timeout_seconds": "timeout"}
+_REQUEST_NAMES = {"timeout_seconds": "timeout", "notify.url": "callback_url", "notify.events": "callback_events"}
 # the resource's camelCase parameter names, for rewording catalog messages
 _PARAM_CAMEL_NAMES = [to_camel(name) for name in Params.model_fields]
 
@@ -37,7 +37,10 @@ _PARAM_CAMEL_NAMES = [to_camel(name) for name in Params.model_fields]
 def api_field(spec_field: str) -> str:
     """A spec field ('timeoutSeconds', 'userID', 'params.maxTokens') -> the request's name for it."""
     name = ".".join(to_snake(part) for part in spec_field.removeprefix("spec.").split("."))
-    return _REQUEST_NAMES.get(name, name)
+    for spec_name, request_name in _REQUEST_NAMES.items():
+        if name == spec_name or name.startswith(spec_name + "["):
+            return request_name + name[len(spec_name):]
+    return name
 
 
 def param_problem_field(field: str) -> str:
@@ -55,7 +58,11 @@ def api_words(text: str) -> str:
 
 def canonical_hash(type_: TaskType, owner: str, request: TaskRequest) -> str:
     """The same request, whatever its spacing, key order or omitted defaults, hashes the same."""
-    doc = {"type": type_.value, "user": owner, "request": request.model_dump(mode="json", exclude={"user_id"})}
+    fields = request.model_dump(mode="json", exclude={"user_id"})
+    for name in ("callback_url", "callback_events"):      # absent: the hash requests had before webhooks
+        if fields.get(name) is None:
+            fields.pop(name, None)
+    doc = {"type": type_.value, "user": owner, "request": fields}
     return hashlib.sha256(json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
@@ -80,6 +87,14 @@ def build_spec(type_: TaskType, owner: str, req: TaskRequest, enabled: set[str])
                        ("ttlSecondsAfterFinished", req.ttl_seconds_after_finished)):
         if value is not None:
             body[key] = value
+    if req.callback_url is not None:
+        body["notify"] = {"url": req.callback_url}
+        if req.callback_events is not None:
+            body["notify"]["events"] = list(dict.fromkeys(e.value for e in req.callback_events))
+    elif req.callback_events is not None:
+        raise Unprocessable("callback_events needs a callback_url", errors=[
+            {"field": "callback_events", "value": [e.value for e in req.callback_events],
+             "message": "callback_url is missing", "accepted": "callback_events together with a callback_url"}])
     try:
         spec = GenerationTaskSpec.model_validate(body)
     except ValidationError as exc:

@@ -107,6 +107,7 @@ def build_crd() -> dict[str, Any]:
     conditions["x-kubernetes-list-map-keys"] = ["type"]
     conditions["maxItems"] = 16
     status["properties"]["providerFailures"]["maxItems"] = 64
+    spec["properties"]["notify"]["properties"]["events"]["x-kubernetes-list-type"] = "set"   # each event once
     status["properties"]["result"]["properties"]["images"]["maxItems"] = 16
     columns = [
         ("Type", "string", ".spec.type"), ("Provider", "string", ".spec.provider"),

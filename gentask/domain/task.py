@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from gentask.domain.names import to_camel
 from gentask.domain.reasons import REASONS, Phase
+from gentask.domain.webhooks import Notification, Notify
 
 GROUP = "gentask.io"
 VERSION = "v1alpha1"
@@ -103,6 +104,8 @@ class GenerationTaskSpec(_Model):
                                             description="the resource is deleted this long after it finishes; "
                                                         "MongoDB keeps the record")
     cancel: bool = Field(False, description="set true to cancel; cannot be unset")
+    notify: Notify | None = Field(None, description="webhooks: where to tell about the task's events, signed per "
+                                                    "Standard Webhooks, the body a CloudEvent")
 
 
 class Condition(_Model):
@@ -164,6 +167,9 @@ class GenerationTaskStatus(_Model):
     start_time: datetime | None = None
     completion_time: datetime | None = None
     result: TaskResult | None = None
+    notifications: list[Notification] = Field(default_factory=list, max_length=8,
+                                              description="delivery state of spec.notify's events, one entry an "
+                                                          "event (written by the operator)")
 
     @property
     def finished(self) -> bool:

@@ -345,6 +345,10 @@ class KubeClient:
         """Record a core/v1 Event."""
         return await self.create_object({**manifest, "kind": "Event", "apiVersion": "v1"})
 
+    async def get_secret(self, namespace: str, name: str) -> Object:
+        """One Secret (the operator reads a task's webhook signing key); its data is never logged."""
+        return await self.request("GET", f"/api/v1/namespaces/{namespace}/secrets/{name}")
+
     # --- Leases (coordination.k8s.io): the worker pool's liveness ----------------------------
 
     async def list_leases(self, namespace: str, *, label_selector: str | None = None) -> list[Object]:

@@ -31,4 +31,5 @@ class OperatorContext:
     worker_rbac: dict[str, float] = field(default_factory=dict)  # namespace -> when its worker account was ensured
     worker_rbac_locks: dict[str, asyncio.Lock] = field(default_factory=dict)   # one ensure a namespace at a time
     background: list[asyncio.Task[Any]] = field(default_factory=list)
+    notifier: Any = None                                        # gentask.operator.notify.Notifier (webhooks)
     ready: bool = False

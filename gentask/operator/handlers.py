@@ -80,6 +80,9 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     ctx = OperatorContext(settings=config, kube=KubeClient(load_connection(), timeout=KUBE_TIMEOUT, pool=KUBE_POOL),
                           registry=registry_from_settings(config), metrics=metrics,
                           mirror=MirrorWriter(config))
+    from gentask.operator.notify import Notifier
+    ctx.notifier = Notifier(ctx)
+    metrics.webhook_pending.set_function(lambda: len(ctx.notifier.loops))
     metrics.mirror_lag.set_function(lambda: ctx.mirror.lag)
     metrics.mirror_pending.set_function(lambda: ctx.mirror.pending)
     ctx.mirror.start()
@@ -106,6 +109,7 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     ctx.ready = False
     if ctx.executor is not None:
         await ctx.executor.stop()
+    await ctx.notifier.close()          # what was sent but not recorded is sent again after a restart
     await ctx.mirror.stop()             # what waits for MongoDB gets a few seconds more
     for task in ctx.background:
         task.cancel()

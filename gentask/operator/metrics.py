@@ -6,6 +6,7 @@ from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_late
 from prometheus_client import Counter as PromCounter
 
 BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800, 3600)
+WEBHOOK_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 1800, 3600, 21600, 86400)
 
 
 class Metrics:
@@ -30,6 +31,17 @@ class Metrics:
         self.mirror_lag = Gauge("gentask_mirror_lag_seconds", "Age of the oldest change not yet in MongoDB",
                                 registry=r)
         self.mirror_pending = Gauge("gentask_mirror_pending", "Task changes waiting for MongoDB", registry=r)
+        self.webhook_attempts = PromCounter("gentask_webhook_attempts_total",
+                                            "Webhook delivery attempts, by event and result (2xx, 4xx, 5xx, 429, "
+                                            "timeout, connection, refused, key)", ["event", "result"], registry=r)
+        self.webhook_deliveries = PromCounter("gentask_webhook_deliveries_total",
+                                              "Webhook events settled, by event and outcome (delivered, failed)",
+                                              ["event", "outcome"], registry=r)
+        self.webhook_lag = Histogram("gentask_webhook_delivery_lag_seconds",
+                                     "From an event (its time in the status) to the receiver's 2xx", ["event"],
+                                     buckets=WEBHOOK_BUCKETS, registry=r)
+        self.webhook_pending = Gauge("gentask_webhook_pending", "Tasks with webhook events not yet settled",
+                                     registry=r)
         self._by_uid: dict[str, tuple[str, str, str]] = {}
 
     def observe_task(self, uid: str, phase: str, type_: str, provider: str) -> None:

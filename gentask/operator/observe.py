@@ -17,6 +17,8 @@ async def observe(ctx: OperatorContext, task: GenerationTask, raw: Mapping[str, 
     spec, status = task.spec, task.status
     uid, phase = task.uid, status.phase or Phase.PENDING
     ctx.mirror.put(dict(raw))
+    if ctx.notifier is not None:
+        ctx.notifier.observe(task)     # webhooks: what the status shows happened and is not delivered yet
     ctx.metrics.observe_task(uid, phase.value, spec.type.value, spec.provider)
     previous = Phase.parse(ctx.seen.get(uid))
     ctx.seen[uid] = phase.value
@@ -82,6 +84,8 @@ def forget(ctx: OperatorContext, uid: str) -> None:
     ctx.metrics.forget_task(uid)
     ctx.seen.pop(uid, None)
     ctx.jobs_ensured.discard(uid)
+    if ctx.notifier is not None:
+        ctx.notifier.forget(uid)
     timer = ctx.ttl_timers.pop(uid, None)
     if timer:
         timer.cancel()

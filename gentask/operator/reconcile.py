@@ -112,6 +112,10 @@ async def start(ctx: OperatorContext, task: GenerationTask, spec_error: str | No
     except ValueError as exc:
         await write_status(ctx, task, transition(task, Phase.FAILED, "InvalidSpec", str(exc)))
         return
+    refusal = await ctx.notifier.refusal(task) if ctx.notifier is not None else None
+    if refusal is not None:         # a receiver gentask may not call: no run, and nothing is sent to it
+        await write_status(ctx, task, transition(task, Phase.FAILED, "InvalidSpec", refusal))
+        return
     if ctx.executor is not None:     # inline, or the worker pool (gentask.operator.pool): no Job
         message = getattr(ctx.executor, "queued_message", "queued for the inline executor")
         await write_status(ctx, task, transition(task, Phase.QUEUED, "Validated", message, attempts=0))

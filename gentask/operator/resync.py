@@ -95,6 +95,11 @@ async def audit(ctx: OperatorContext) -> dict[str, int]:
                     continue        # the watch has it
                 spec = raw.get("spec") or {}      # counted in gentask_tasks, as if watched
                 ctx.metrics.observe_task(uid, phase.value, str(spec.get("type")), str(spec.get("provider")))
+                if spec.get("notify") and ctx.notifier is not None:     # webhooks a restart left undelivered
+                    try:
+                        ctx.notifier.observe(parse_task(raw)[0])
+                    except ValidationError as exc:
+                        log.warning("audit cannot read task %s: %s", raw["metadata"].get("name"), exc)
                 if uid not in ctx.ttl_timers:
                     try:
                         schedule_ttl(ctx, parse_task(raw)[0])

@@ -154,6 +154,8 @@ def record_from_task(obj: Mapping[str, Any]) -> dict[str, Any]:
         "providerFailures": list(status.get("providerFailures") or []),
         "result": status.get("result"),
         "conditions": list(status.get("conditions") or []),
+        "notify": spec.get("notify"),                                   # webhooks: where, which events
+        "notifications": list(status.get("notifications") or []),       # and how their delivery went
         "createdAt": _time(meta["creationTimestamp"], "metadata.creationTimestamp"),
         "startTime": _time(status.get("startTime"), "status.startTime"),
         "completionTime": _time(status.get("completionTime"), "status.completionTime"),

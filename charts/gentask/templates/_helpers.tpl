@@ -123,6 +123,19 @@ capabilities:
 {{- end }}
 {{- end }}
 
+{{/* The webhook receiver rules: the operator applies them before each send, the API to callback_url. */}}
+{{- define "gentask.webhookEnv" -}}
+- name: GENTASK_WEBHOOK_ALLOW
+  value: {{ join "," .Values.webhooks.allow | quote }}
+- name: GENTASK_WEBHOOK_ALLOW_HTTP
+  value: {{ .Values.webhooks.allowHTTP | quote }}
+{{- end }}
+
+{{/* The Secret holding the default webhook signing key: the one the chart makes, or an existing one. */}}
+{{- define "gentask.webhookKeySecret" -}}
+{{- .Values.webhooks.signingKey.existingSecret | default (printf "%s-webhook-signing-key" (include "gentask.fullname" .)) -}}
+{{- end }}
+
 {{/* MONGO_URL from the credentials Secret (the operator's mirror, the API's history and artifacts). */}}
 {{- define "gentask.mongoEnv" -}}
 - name: MONGO_URL

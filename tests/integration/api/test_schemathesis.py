@@ -124,7 +124,7 @@ def _server_checked(document: dict[str, Any], case, answer: dict[str, Any]) -> b
             return True
         if field.startswith("fallbacks[") and field.endswith(".model") and "at most once" in accepted:
             return True                                             # a (provider, model) repeated
-        return CHECKED_BY_SERVER in variant["properties"].get(field, {})
+        return CHECKED_BY_SERVER in (variant["properties"].get(field) or schema["properties"].get(field) or {})
     return all(declared(e) for e in errors)
 
 

@@ -125,10 +125,13 @@ def test_api_deployment_and_service():
 
 def test_secrets_only_by_reference_never_as_values():
     docs = render("--set", "api.auth.existingSecret=keys", "--set", "api.links.existingSecret=links")
-    assert not by_kind(docs, "Secret") and not by_kind(docs, "ConfigMap")
-    # the one Secret the chart makes holds a key it generates, never one from values (test_links_render)
+    # the one Secret then made holds no value given to it: the random webhook signing key
+    assert [s["metadata"]["name"] for s in by_kind(docs, "Secret")] == ["t-gentask-webhook-signing-key"]
+    assert not by_kind(docs, "ConfigMap")
+    # the link keys' Secret too holds a key the chart generates, never one from values (test_links_render)
     made = render("--set", "api.auth.existingSecret=keys")
-    assert [s["metadata"]["name"] for s in by_kind(made, "Secret")] == ["t-gentask-api-links"]
+    assert sorted(s["metadata"]["name"] for s in by_kind(made, "Secret")) == [
+        "t-gentask-api-links", "t-gentask-webhook-signing-key"]
     for dep in by_kind(docs, "Deployment"):
         for name, entry in env_of(dep).items():
             if name in SECRET_KEYS:
@@ -155,7 +158,8 @@ def test_rbac_is_least_privilege():
         ("", "serviceaccounts"): {"create", "get"},
         ("rbac.authorization.k8s.io", "roles"): {"create", "get"},
         ("rbac.authorization.k8s.io", "rolebindings"): {"create", "get"},
-        ("", "events"): {"create", "patch"}}
+        ("", "events"): {"create", "patch"},
+        ("", "secrets"): {"get"}}         # spec.notify.secretRef: a task's webhook signing key
     api = roles["t-gentask-api"]["rules"]
     assert api == [{"apiGroups": ["gentask.io"], "resources": ["generationtasks"],
                     "verbs": ["create", "get", "list", "watch", "patch", "delete"]}]
