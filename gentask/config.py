@@ -178,6 +178,21 @@ class Settings(BaseModel):
     api_link_seconds: int = Field(3600, ge=LINK_SECONDS_MIN, le=LINK_SECONDS_MAX,
                                   validation_alias=_env("GENTASK_API_LINK_SECONDS"),
                                   description="how long a signed artifact link stays valid (rounded up to a minute)")
+    api_sse_heartbeat_seconds: float = Field(15.0, gt=0, le=3600, validation_alias=_env("GENTASK_API_SSE_HEARTBEAT"),
+                                             description="an idle event stream gets a `: ping` comment this often, "
+                                                         "so that proxies keep it open")
+    api_sse_max_streams: int = Field(1000, ge=1, le=1000000, validation_alias=_env("GENTASK_API_SSE_MAX_STREAMS"),
+                                     description="open event streams on one API process; more get 429")
+    api_sse_max_streams_per_user: int = Field(10, ge=1, le=1000000,
+                                              validation_alias=_env("GENTASK_API_SSE_MAX_STREAMS_PER_USER"),
+                                              description="open event streams of one user on one API process; "
+                                                          "more get 429")
+    api_sse_max_seconds: float = Field(3600.0, gt=0, le=7 * 86400, validation_alias=_env("GENTASK_API_SSE_MAX_SECONDS"),
+                                       description="an event stream ends after this long (the client reconnects "
+                                                   "with Last-Event-ID and is authenticated again)")
+    api_sse_queue: int = Field(1000, ge=1, le=1000000, validation_alias=_env("GENTASK_API_SSE_QUEUE"),
+                               description="tasks whose change a stream may hold unsent; a client further behind "
+                                           "is resynced from the index (latest states only)")
 
     @field_validator("log_level", mode="before")
     @classmethod

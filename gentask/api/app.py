@@ -16,11 +16,12 @@ from gentask.api.auth import KeyRing
 from gentask.api.collector import FreezeSurvivors
 from gentask.api.deps import Services
 from gentask.api.errors import install_handlers
+from gentask.api.events import EventHub, follow_shutdown, running_server
 from gentask.api.index import TaskIndex
 from gentask.api.limits import RateLimiter
 from gentask.api.metrics import Metrics, MetricsMiddleware
 from gentask.api.middleware import BodyLimitMiddleware
-from gentask.api.routers import health, models, tasks
+from gentask.api.routers import events, health, models, tasks
 from gentask.api.service import TaskService
 from gentask.api.signing import LinkSigner
 from gentask.config import Settings, SettingsError, load_settings
@@ -93,9 +94,21 @@ def create_app(settings: Settings | None = None, *, kubeconfig: str | None = Non
         metrics.gauges["gentask_api_watch_healthy"] = lambda: int(index.healthy)
         metrics.gauges["gentask_api_mirror_pending"] = lambda: storage.pending
         metrics.gauges["gentask_api_mirror_lag_seconds"] = lambda: round(storage.lag, 3)
+        hub = EventHub(index, max_streams=settings.api_sse_max_streams,
+                       max_per_user=settings.api_sse_max_streams_per_user, queue=settings.api_sse_queue,
+                       heartbeat=settings.api_sse_heartbeat_seconds, lifetime=settings.api_sse_max_seconds)
+        index.listener = hub
+        metrics.gauges["gentask_api_sse_streams"] = lambda: len(hub)
+        metrics.counters["gentask_api_sse_events_total"] = ("Events sent on the event streams.",
+                                                            lambda: hub.events_sent)
+        metrics.counters["gentask_api_sse_resyncs_total"] = ("Event streams that fell behind and were resynced "
+                                                             "from the index.", lambda: hub.resyncs)
         app.state.services = Services(settings=settings, keys=keys, limiter=RateLimiter(
             settings.api_rate_per_user, settings.api_rate_burst), metrics=metrics, storage=storage, index=index,
-            tasks=TaskService(settings, client, index, storage, metrics), links=links)
+            tasks=TaskService(settings, client, index, storage, metrics), links=links, hub=hub)
+        server = running_server()       # uvicorn waits for open responses before it tells the app it stops
+        shutdown = None if server is None else asyncio.create_task(follow_shutdown(server, hub),
+                                                                   name="gentask-api-sse-shutdown")
         collector = FreezeSurvivors()      # the index's objects would make every full collection long
         collector.start()
         watch = asyncio.create_task(index.run(), name="gentask-api-watch")
@@ -106,9 +119,12 @@ def create_app(settings: Settings | None = None, *, kubeconfig: str | None = Non
         try:
             yield
         finally:
-            watch.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watch
+            hub.close()
+            for background in (watch, shutdown):
+                if background is not None:
+                    background.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await background
             await client.close()
             await storage.stop()
             await collector.stop()
@@ -119,6 +135,7 @@ def create_app(settings: Settings | None = None, *, kubeconfig: str | None = Non
     app.openapi = _openapi(app)  # type: ignore[method-assign]  # FastAPI's documented way to customize the schema
     install_handlers(app)
     app.include_router(tasks.router)
+    app.include_router(events.router)
     app.include_router(models.router)
     app.include_router(health.router)
     app.add_middleware(BodyLimitMiddleware, limit=settings.api_max_body_bytes)

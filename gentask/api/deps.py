@@ -12,6 +12,7 @@ from fastapi import Depends, Header, Request
 
 from gentask.api.auth import ANONYMOUS, Caller, KeyRing, presented_key
 from gentask.api.errors import TooManyRequests, Unauthorized
+from gentask.api.events import EventHub
 from gentask.api.index import TaskIndex
 from gentask.api.limits import RateLimiter
 from gentask.api.metrics import Metrics
@@ -33,6 +34,7 @@ class Services:
     index: TaskIndex
     tasks: TaskService
     links: LinkSigner
+    hub: EventHub
 
 
 async def get_services(request: Request) -> Services:

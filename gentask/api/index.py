@@ -9,6 +9,9 @@ is put in at once, so a client reads its own writes.
 Objects from the API server are parsed into GenerationTask here (`parse_task`), once per
 version, and each version's TaskView is built on its first read and kept (`view`): a result
 read of a known task then only serializes.
+
+Its `listener` (the event hub, gentask.api.events) is told of every change the watch applies, in
+the API server's order, and of what a new list found changed after the watch broke.
 """
 
 from __future__ import annotations
@@ -18,8 +21,8 @@ import logging
 import random
 import time
 from collections import Counter
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Iterable, Mapping
+from typing import Any, Protocol
 
 from pydantic import ValidationError
 
@@ -64,8 +67,28 @@ def _version(task: GenerationTask) -> int:
         return 0
 
 
+def _int(version: str) -> int:
+    try:
+        return int(version)
+    except ValueError:
+        return 0
+
+
 def _user_key(task: GenerationTask) -> str:
     return task.metadata.labels.get(LABEL_USER, "")
+
+
+class Listener(Protocol):
+    """Told of every change the watch applies, in the API server's order (gentask.api.events.EventHub)."""
+
+    def changed(self, task: GenerationTask) -> None:
+        """A version of a task the watch brought (or a new list found changed)."""
+
+    def deleted(self, name: str, owner: str, version: int) -> None:
+        """A task left the cluster at this version."""
+
+    def advanced(self, version: int) -> None:
+        """The watch has brought everything up to this version."""
 
 
 class TaskIndex:
@@ -82,6 +105,7 @@ class TaskIndex:
         self.healthy = False
         self.last_error = "not started"
         self.last_event = 0.0
+        self.listener: Listener | None = None
 
     # --- reads --------------------------------------------------------------------------
 
@@ -91,6 +115,10 @@ class TaskIndex:
     def get(self, name: str) -> GenerationTask | None:
         """The live task of this name, if the index knows it."""
         return self._tasks.get(name)
+
+    def tasks(self) -> Iterable[GenerationTask]:
+        """Every live task the index knows (a copy: safe to iterate while the watch goes on)."""
+        return list(self._tasks.values())
 
     def view(self, task: GenerationTask) -> TaskView:
         """The TaskView of a task, built once per version (the index keeps it while the task is live)."""
@@ -167,12 +195,23 @@ class TaskIndex:
             if self._unfinished[key] <= 0:
                 del self._unfinished[key]
 
-    def _replace(self, items: list[dict[str, Any]]) -> None:
+    def _replace(self, items: list[dict[str, Any]], version: str) -> None:
+        old = dict(self._tasks)
         self._tasks.clear()
         self._views.clear()
         self._unfinished.clear()
         for obj in items:
             self.put_object(obj)
+        if self.listener is not None:        # what the watch missed while it was away, as changes
+            listener, now = self.listener, self._tasks
+            moved = [t for name, t in now.items() if (o := old.get(name)) is None or o.metadata.uid != t.metadata.uid
+                     or o.metadata.resource_version != t.metadata.resource_version]
+            for task in sorted(moved, key=_version):
+                listener.changed(task)
+            for name, gone in old.items():
+                if name not in now:
+                    listener.deleted(name, gone.spec.user_id, _int(version))
+            listener.advanced(_int(version))
 
     # --- the watch ----------------------------------------------------------------------
 
@@ -182,7 +221,7 @@ class TaskIndex:
         while True:
             try:
                 items, version = await self.client.list(self.namespace)
-                self._replace(items)
+                self._replace(items, version)
                 self.healthy, self.last_error = True, ""
                 self.synced.set()
                 backoff = 0.5
@@ -191,9 +230,17 @@ class TaskIndex:
                         self.last_event = time.monotonic()
                         version = (obj.get("metadata") or {}).get("resourceVersion") or version
                         if kind in ("ADDED", "MODIFIED"):
-                            self.put_object(obj)
+                            task = self.put_object(obj)
+                            if task is not None and self.listener is not None:
+                                self.listener.changed(task)
                         elif kind == "DELETED":
                             self.remove(obj["metadata"]["name"], obj["metadata"].get("uid"))
+                            if self.listener is not None:
+                                self.listener.deleted(obj["metadata"]["name"],
+                                                      str((obj.get("spec") or {}).get("userID") or ""),
+                                                      _int(version))
+                        if self.listener is not None:
+                            self.listener.advanced(_int(version))
                     # the server ended the watch (timeoutSeconds): go on from where it stopped
             except asyncio.CancelledError:
                 raise

@@ -32,6 +32,7 @@ class Metrics:
         self.rejected: dict[str, int] = defaultdict(int)
         self.mirror_dropped = 0
         self.gauges: dict[str, Callable[[], float]] = {}
+        self.counters: dict[str, tuple[str, Callable[[], float]]] = {}     # name -> (help, read)
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
         """Count one answered request and its time."""
@@ -73,6 +74,8 @@ class Metrics:
                 f"gentask_api_mirror_dropped_total {self.mirror_dropped}"]
         for name, read in sorted(self.gauges.items()):
             out += [f"# TYPE {name} gauge", f"{name} {read()}"]
+        for name, (words, read) in sorted(self.counters.items()):
+            out += [f"# HELP {name} {words}", f"# TYPE {name} counter", f"{name} {read()}"]
         return "\n".join(out) + "\n"
 
 

@@ -22,7 +22,8 @@ MAX_EXAMPLES = 20
 
 @pytest.fixture(scope="module")
 def fuzzed(cluster, module_namespace):
-    api = launch(cluster, module_namespace, api_max_unfinished_per_user=0)
+    # event streams end after half a second here, so that a call of GET /api/v1/ai/events returns
+    api = launch(cluster, module_namespace, api_max_unfinished_per_user=0, api_sse_max_seconds=0.5)
     yield api
     api.stop()
 
