@@ -345,6 +345,13 @@ class KubeClient:
         """Record a core/v1 Event."""
         return await self.create_object({**manifest, "kind": "Event", "apiVersion": "v1"})
 
+    async def list_events(self, namespace: str, *, field_selector: str | None = None) -> list[Object]:
+        """The core/v1 Events of a namespace, e.g. one object's with
+        field_selector "involvedObject.kind=GenerationTask,involvedObject.name=NAME"."""
+        params = {"fieldSelector": field_selector} if field_selector else {}
+        items, _ = await self._list(object_path("Event", namespace), params)
+        return items
+
     # --- Leases (coordination.k8s.io): the worker pool's liveness ----------------------------
 
     async def list_leases(self, namespace: str, *, label_selector: str | None = None) -> list[Object]:
