@@ -204,8 +204,8 @@
     $("who").textContent = me.user_id ? `${me.user_id}${me.admin ? " (admin)" : ""}` : "authentication off (admin)";
     $("user-filter").hidden = !me.admin;
     $("c-user-field").hidden = !me.admin;
-    startLive();
-    route();
+    // the first page before the stream: what the stream then sends is newer than what was listed
+    Promise.resolve(route()).finally(() => { if (state.key) startLive(); });
   }
 
   // --- routing: #/ (gallery), #/task/<id> ----------------------------------------------------
@@ -218,14 +218,14 @@
       state.route = { name: "task", id: decodeURIComponent(match[1]) };
       $("gallery").hidden = true;
       $("task").hidden = false;
-      showTask(state.route.id, previous && previous.name === "task" && previous.id === state.route.id);
+      return showTask(state.route.id, previous && previous.name === "task" && previous.id === state.route.id);
     } else {
       state.route = { name: "gallery" };
       state.current = null;
       $("task").hidden = true;
       $("gallery").hidden = false;
-      loadGallery();
       if (previous && previous.name === "task") $("main").focus();
+      return loadGallery();
     }
   }
 
@@ -252,7 +252,7 @@
       if (loading !== mine) return;
       state.total = data.total;
       state.page = data.tasks;
-      for (const t of data.tasks) remember(t);
+      for (const t of data.tasks) remember(t, true);
       renderGallery();
     } catch (e) {
       if (loading !== mine || e.status === 401 || e.status === 0) return;
@@ -263,8 +263,13 @@
     }
   }
 
-  function remember(task) {
+  const RANK = { pending: 0, processing: 1, completed: 2, failed: 2, cancelled: 2 };
+
+  // `listed`: the task comes from a page of the history (MongoDB), which may lag behind the event
+  // stream; such a view never moves a task the stream has shown further back.
+  function remember(task, listed) {
     const known = state.tasks.get(task.task_id);
+    if (listed && known && RANK[known.status] > RANK[task.status]) return;
     state.tasks.set(task.task_id, known ? { ...known, ...task } : task);
     if (task.user_id && state.me && state.me.admin) {
       const list = $("known-users");
