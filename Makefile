@@ -57,6 +57,7 @@ bench: install tools ## benchmarks: figures into docs/benchmarks.md
 	$(PY) bench/providers.py
 	$(PY) bench/mirror.py
 	$(PY) bench/api.py
+	$(PY) bench/sse.py
 	$(PY) bench/operator.py
 
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)

@@ -27,7 +27,7 @@ import asyncio
 import logging
 import signal
 from collections import Counter, OrderedDict, deque
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncGenerator, Callable, Iterable, Mapping
 from typing import Any
 
 import uvicorn
@@ -111,7 +111,11 @@ class Subscriber:
         return self.owner is None or owner == self.owner
 
     def offer(self, change: Change) -> bool:
-        """Queue a change (replacing the task's older one); False when the backlog overflowed."""
+        """Queue a change (replacing the task's older one); False when the backlog overflows.
+
+        Once it has, nothing more is queued: the stream resyncs from the index when it next reads."""
+        if self.overflowed:
+            return True
         pending = self.pending
         pending.pop(change.name, None)
         pending[change.name] = change
@@ -152,12 +156,13 @@ class EventHub:
         self._by_owner: dict[str, set[Subscriber]] = {}
         self._everyone: set[Subscriber] = set()
         self._per_user: Counter[str] = Counter()
+        self._open = 0
         self._deleted: deque[Change] = deque(maxlen=DELETIONS_KEPT)
         self.events_sent = 0
         self.resyncs = 0
 
     def __len__(self) -> int:
-        return sum(self._per_user.values())
+        return self._open
 
     # --- fed by the index ---------------------------------------------------------------
 
@@ -226,6 +231,7 @@ class EventHub:
         else:
             self._everyone.add(sub)
         self._per_user[key] += 1
+        self._open += 1
         return sub
 
     def unsubscribe(self, sub: Subscriber) -> None:
@@ -243,6 +249,7 @@ class EventHub:
         if sub.owner is not None and not self._by_owner.get(sub.owner):
             self._by_owner.pop(sub.owner, None)
         self._per_user[sub.key] -= 1
+        self._open -= 1
         if self._per_user[sub.key] <= 0:
             del self._per_user[sub.key]
 
@@ -276,7 +283,7 @@ class EventHub:
         return out
 
     async def stream(self, sub: Subscriber, first: list[Change], *, since: int | None,
-                     one_task: bool) -> AsyncIterator[bytes]:
+                     one_task: bool) -> AsyncGenerator[bytes, None]:
         """The bytes of a stream: `retry:`, the first events, then each change as it comes, `: ping` when
         idle; a stream of one task ends after its final event; every stream ends when the hub closes,
         and after `lifetime` seconds (the client reconnects with Last-Event-ID, authenticated again)."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Response
@@ -79,7 +79,7 @@ class EventStreamResponse(StreamingResponse):
 
     media_type = "text/event-stream"
 
-    def __init__(self, content: AsyncIterator[bytes], release: Callable[[], None]) -> None:
+    def __init__(self, content: AsyncGenerator[bytes, None], release: Callable[[], None]) -> None:
         super().__init__(content, headers=HEADERS, media_type=self.media_type)
         self._content = content
         self._release = release
@@ -90,7 +90,7 @@ class EventStreamResponse(StreamingResponse):
             await super().__call__(scope, receive, send)
         finally:
             try:
-                await self._content.aclose()  # type: ignore[attr-defined]  # an async generator
+                await self._content.aclose()
             finally:
                 self._release()
 
@@ -109,7 +109,7 @@ def _subscribe(services: Services, key: str, **which: str | None) -> Subscriber:
     return sub
 
 
-def _respond(hub: EventHub, sub: Subscriber, body: AsyncIterator[bytes]) -> EventStreamResponse:
+def _respond(hub: EventHub, sub: Subscriber, body: AsyncGenerator[bytes, None]) -> EventStreamResponse:
     return EventStreamResponse(body, release=lambda: hub.unsubscribe(sub))
 
 
