@@ -246,18 +246,21 @@ def test_a_task_from_the_form_completes_live_cancels_and_stays_private(console, 
     page.get_by_role("link", name="← Back to the tasks").click()
     card = page.locator(f'.card[data-task="{image_id}"]')
     tab.shows(card.locator("img"), "the image card's thumbnail")
-    slow = rest(console_api, "alice").post("/api/v1/ai/image/task", json={
-        "prompt": "a slow snail [latency:20s]", "provider": "fake", "model": "fake-image", "size": "64x64"})
+    slow = rest(console_api, "alice").post("/api/v1/ai/video/task", json={
+        "prompt": "a slow snail [latency:20s]", "provider": "fake", "model": "fake-video", "duration": 1})
     assert slow.status_code == 200, slow.text
     slow_id = slow.json()["data"]["task_id"]
     slow_card = page.locator(f'.card[data-task="{slow_id}"]')
     tab.shows(slow_card, f"the card of {slow_id}, made over REST, to appear")
     tab.shows(slow_card.locator(".status"), f"{slow_id} to run", text="processing")
+    tab.shows(slow_card.locator(".progress"), f"the worker's progress message on {slow_id}'s card",
+              contains="vendor job")
 
     # keyboard: focus the card, Enter opens its page; cancel it there
     slow_card.focus()
     page.keyboard.press("Enter")
     tab.shows(page.locator("#task-title"), "the slow task's page", contains=slow_id)
+    expect(page.locator("#task-progress")).to_contain_text("vendor job")
     page.get_by_role("button", name="Cancel").click()
     tab.shows(page.locator("#task-facts .status"), f"{slow_id} to be cancelled", text="cancelled")
     assert not tab.reloaded(), "the page reloaded"
