@@ -371,6 +371,7 @@
   function updateCard(card, task) {
     if (card.dataset.media !== mediaKey(task)) { fillCard(card, task); return; }
     card.dataset.status = task.status;
+    card.setAttribute("aria-label", `${task.type} task ${task.status}, ${ago(task.updated || task.created)}: ${task.prompt}`);
     const badge = card.querySelector(".status");
     badge.textContent = task.status;
     badge.className = `status ${task.status}`;
@@ -972,6 +973,7 @@
   // --- wiring ------------------------------------------------------------------------------------
 
   function init() {
+    $("skip").addEventListener("click", (e) => { e.preventDefault(); $("main").focus(); });   // not a route
     $("signin-form").addEventListener("submit", signIn);
     $("sign-out").addEventListener("click", () => signOut("Signed out: the key is forgotten in this tab."));
     $("new-task").addEventListener("click", (e) => openCreate(null, e.currentTarget));
