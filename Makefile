@@ -21,7 +21,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed ## create .venv and install gentask with its dev extra
 
 tools: ## build etcd, the control plane, kubectl, FerretDB and helm into $GENTASK_TOOLS_DIR (once)
-	@bash hack/system-packages.sh postgresql containerd runc containernetworking-plugins iptables busybox-static buildah skopeo mmdebstrap tmux
+	@bash hack/system-packages.sh postgresql containerd runc containernetworking-plugins iptables busybox-static buildah skopeo mmdebstrap tmux chromium
 	@bash hack/build-tools.sh
 
 crds: install ## generate crds/ from gentask.domain

@@ -349,6 +349,13 @@ class KubeClient:
         """One Secret (the operator reads a task's webhook signing key); its data is never logged."""
         return await self.request("GET", f"/api/v1/namespaces/{namespace}/secrets/{name}")
 
+    async def list_events(self, namespace: str, *, field_selector: str | None = None) -> list[Object]:
+        """The core/v1 Events of a namespace, e.g. one object's with
+        field_selector "involvedObject.kind=GenerationTask,involvedObject.name=NAME"."""
+        params = {"fieldSelector": field_selector} if field_selector else {}
+        items, _ = await self._list(object_path("Event", namespace), params)
+        return items
+
     # --- Leases (coordination.k8s.io): the worker pool's liveness ----------------------------
 
     async def list_leases(self, namespace: str, *, label_selector: str | None = None) -> list[Object]:

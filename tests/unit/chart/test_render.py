@@ -162,7 +162,8 @@ def test_rbac_is_least_privilege():
         ("", "secrets"): {"get"}}         # spec.notify.secretRef: a task's webhook signing key
     api = roles["t-gentask-api"]["rules"]
     assert api == [{"apiGroups": ["gentask.io"], "resources": ["generationtasks"],
-                    "verbs": ["create", "get", "list", "watch", "patch", "delete"]}]
+                    "verbs": ["create", "get", "list", "watch", "patch", "delete"]},
+                   {"apiGroups": [""], "resources": ["events"], "verbs": ["list"]}]   # a task's timeline
     for binding in by_kind(docs, "RoleBinding") + by_kind(docs, "ClusterRoleBinding"):
         assert [s["namespace"] for s in binding["subjects"]] == ["gentask"]
 

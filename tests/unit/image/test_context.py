@@ -122,7 +122,10 @@ def test_the_wheel_builds_from_the_build_context(tmp_path: Path):
     with zipfile.ZipFile(wheel) as zf:
         names = set(zf.namelist())
         for module in ("gentask/cli/__init__.py", "gentask/cli/task.py", "gentask/api/app.py",
-                       "gentask/operator/handlers.py", "gentask/worker/run.py", "gentask/storage/__init__.py"):
+                       "gentask/operator/handlers.py", "gentask/worker/run.py", "gentask/storage/__init__.py",
+                       # the web console's static files (package data), which /console serves
+                       "gentask/api/console/index.html", "gentask/api/console/console.js",
+                       "gentask/api/console/console.css"):
             assert module in names, f"{module} is not in the wheel"
         shipped_dev = sorted(n for n in names if n.startswith(("devcluster/", "tests/")) or "/testing/" in n)
         assert not shipped_dev, f"development code in the wheel: {shipped_dev[:5]}"
