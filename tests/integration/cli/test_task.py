@@ -8,13 +8,16 @@ the files written.
 from __future__ import annotations
 
 import hashlib
+import html
 import json
 import os
 import pty
 import select
+import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pymongo
 import pytest
@@ -240,8 +243,32 @@ def test_text_from_the_api_cannot_drive_the_terminal(cli_api):
     assert _json(gentask(cli_api, "get", made["task_id"], "-o", "json"))["prompt"] == "red \x1b[31mtext\x1b[0m \x07bell"
 
 
+IMAGES = Path(__file__).resolve().parents[3] / "docs" / "images"
+CHROMIUM = "/usr/bin/chromium"
+
+
+def screenshot_of_terminal(screen: str, path: Path) -> None:
+    """What tmux showed, drawn by a real browser as a terminal draws it, into a PNG."""
+    import playwright.sync_api as playwright_sync
+    assert os.path.exists(CHROMIUM), f"{CHROMIUM} is missing: `make tools` installs Debian's chromium"
+    lines = screen.rstrip("\n").splitlines()
+    page_html = ("<html><body style='margin:0;background:#1d1f21'><pre style='margin:0;padding:14px 18px;"
+                 "color:#d8dee9;font:15px/1.35 DejaVu Sans Mono,monospace'>" + html.escape("\n".join(lines))
+                 + "</pre></body></html>")
+    with playwright_sync.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"] if os.geteuid() == 0 else [])
+        try:
+            page = browser.new_page(viewport={"width": 1100, "height": 80})
+            page.set_content(page_html)
+            page.locator("pre").screenshot(path=str(path))
+        finally:
+            browser.close()
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_under_tmux_the_wait_is_one_live_line_on_the_screen(cli_api, tmp_path):
     """A real terminal (tmux): the progress line is redrawn in place while the task runs, and ends ✓."""
+    assert shutil.which("tmux"), "tmux is missing: `make tools` installs it (hack/system-packages.sh)"
     server = f"gentask-test-{os.getpid()}"          # our own tmux server: stopped by name below, no other
     tmux = ["tmux", "-L", server]
     command = (f"{sys.executable} -m gentask task create text 'a haiku [latency:4s]' --provider fake "
@@ -257,6 +284,7 @@ def test_under_tmux_the_wait_is_one_live_line_on_the_screen(cli_api, tmp_path):
                            what="the live line to show Running")
         live = [line for line in running.splitlines() if " Running " in line]
         assert len(live) == 1 and live[0][0] in "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏", running
+        screenshot_of_terminal(running, IMAGES / "cli-wait.png")       # the README's, never stale
         assert live[0].split()[1].startswith("txt-") and live[0].split()[3].endswith("s")   # id, phase, elapsed
         done = wait_for(screen, 120, interval=0.2, until=lambda s: "EXIT=" in s, what="the command to end")
         assert "EXIT=0" in done

@@ -16,13 +16,13 @@ import uuid
 from pathlib import Path
 
 import httpx
+import playwright.sync_api as playwright_sync
 import pytest
 
 from tests.integration.api.conftest import KEYS, launch
 from tests.integration.operator.conftest import operator  # noqa: F401 - the fixture
 from tests.support.waits import wait_for
 
-playwright_sync = pytest.importorskip("playwright.sync_api")
 expect = playwright_sync.expect
 
 CHROMIUM = "/usr/bin/chromium"
@@ -30,7 +30,6 @@ ROOT = Path(__file__).resolve().parents[3]
 IMAGES = ROOT / "docs" / "images"
 WAIT_MS = 90_000
 
-pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="needs Debian's chromium (make tools)")
 
 
 def png_size(data: bytes) -> tuple[int, int]:
@@ -60,6 +59,8 @@ def console_api(cluster, operator):  # noqa: F811 - the operator fixture, import
 
 @pytest.fixture(scope="module")
 def browser():
+    # never skipped: a console nobody tested is not a console (make tools installs chromium)
+    assert os.path.exists(CHROMIUM), f"{CHROMIUM} is missing: `make tools` installs Debian's chromium"
     with playwright_sync.sync_playwright() as p:
         # Chromium's sandbox needs user namespaces that root in a container often lacks; as root only
         args = ["--no-sandbox"] if os.geteuid() == 0 else []
