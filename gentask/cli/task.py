@@ -96,7 +96,8 @@ class Api:
         except httpx.TimeoutException as exc:
             raise CliError(EXIT_UNREACHABLE, f"the API at {self.url} did not answer in time ({exc})") from exc
         except httpx.HTTPError as exc:
-            raise CliError(EXIT_UNREACHABLE, f"cannot reach the API at {self.url}: {exc}") from exc
+            raise CliError(EXIT_UNREACHABLE, f"cannot reach the API at {self.url}: {exc} (is it running? "
+                                             "--url or GENTASK_URL says where it is)") from exc
 
     def _same_origin(self, url: str) -> bool:
         parts = urlsplit(url)
@@ -108,7 +109,12 @@ class Api:
         details = [f"  {e.get('field')}: {e.get('message') or 'invalid'} (given {e.get('value')!r}; accepted: "
                    f"{e.get('accepted')})" for e in (body.get("errors") or [] if isinstance(body, dict) else [])
                    if isinstance(e, dict)]
-        text = "\n".join([f"the API answered {response.status_code}: {message}", *details])
+        hint = {401: "set GENTASK_API_KEY (or pass --api-key) to a key the API knows",
+                403: "this key may act only for its own user (an admin key may name others)",
+                404: "`gentask task list` shows your tasks",
+                429: "wait a little and try again"}.get(response.status_code)
+        text = "\n".join([f"the API answered {response.status_code}: {message}", *details] +
+                          ([f"({hint})"] if hint else []))
         if response.status_code in (502, 503, 504):
             return CliError(EXIT_UNREACHABLE, text)
         return CliError(EXIT_REFUSED, text)

@@ -103,6 +103,7 @@ def test_create_wait_get_list_download_delete(cli_api, tmp_path):
     assert gentask(cli_api, "delete", task_id).returncode == 0
     gone = gentask(cli_api, "get", task_id)
     assert gone.returncode == EXIT_REFUSED and "404" in gone.stderr and task_id in gone.stderr
+    assert "gentask task list" in gone.stderr
 
 
 def test_wait_exits_by_the_outcome_failed_and_cancelled(cli_api):
@@ -205,13 +206,14 @@ def test_usage_errors_say_what_is_wrong(cli_api):
 
 def test_the_api_refusing_and_the_api_away_have_their_own_exit_codes(cli_api):
     no_key = gentask(cli_api, "list", key="not-a-key")
-    assert no_key.returncode == EXIT_REFUSED and "401" in no_key.stderr
+    assert no_key.returncode == EXIT_REFUSED and "401" in no_key.stderr and "GENTASK_API_KEY" in no_key.stderr
     bad_size = gentask(cli_api, "create", "image", "a fox", "--provider", "fake", "--model", "fake-image",
                        "--size", "3x3")
     assert bad_size.returncode == EXIT_REFUSED
     assert "size:" in bad_size.stderr and "accepted:" in bad_size.stderr       # the field and what it takes
     away = gentask(cli_api, "list", url=f"http://127.0.0.1:{free_port()}")
     assert away.returncode == EXIT_UNREACHABLE and "cannot reach the API" in away.stderr
+    assert "GENTASK_URL" in away.stderr
     others = _json(gentask(cli_api, "create", "text", "mine", "--provider", "fake", "--model", "fake-text",
                            "-o", "json"))
     stranger = gentask(cli_api, "get", others["task_id"], key=KEYS["bob"])
