@@ -99,7 +99,17 @@ class Console:
             text = self.page.inner_text("body")
         except Exception as exc:  # noqa: BLE001 - the description of a failure must not fail
             return f"(the page could not be read: {exc})"
-        return f"the page showed (screenshot {path}):\n{text[:3000]}"
+        try:            # the API's side of the live view: its open streams, and the page's last requests
+            metrics = httpx.get(self.api.url + "/metrics", timeout=5).text
+            streams = "\n".join(line for line in metrics.splitlines() if "sse" in line and not line.startswith("#"))
+            listed = httpx.get(self.api.url + "/api/v1/ai/tasks", params={"limit": 10}, timeout=5,
+                               headers={"Authorization": f"Bearer {KEYS['root']}"}).json()["data"]["tasks"]
+            streams += "\n--- the tasks as the API has them (newest 10):\n" + "\n".join(
+                f"{t['task_id']} {t['user_id']} {t['phase']} {t.get('message') or ''}" for t in listed)
+        except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+            streams = f"(no /metrics or list: {exc})"
+        return (f"the page showed (screenshot {path}):\n{text[:3000]}\n--- the API's event streams:\n{streams}"
+                f"\n--- the page's last requests:\n" + "\n".join(self.requests[-15:]))
 
     def shows(self, locator, what: str, *, text: str | None = None, contains: str | None = None,
               timeout: float = WAIT_MS) -> None:
