@@ -1,5 +1,5 @@
 """`kubectl gentask …` run by the real kubectl (a plugin found on PATH), against the local cluster,
-with the session's operator running the tasks; RBAC is the caller's own."""
+with an operator of this module's own running the tasks; RBAC is the caller's own."""
 
 from __future__ import annotations
 
@@ -9,16 +9,33 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 from kubernetes import client
 
 from devcluster import tools_dir
 from gentask.cli.task import EXIT_CANCELLED, EXIT_OK, EXIT_REFUSED, EXIT_UNREACHABLE, EXIT_USAGE
 from tests.integration.api.conftest import free_port
-from tests.integration.operator.conftest import Tasks, operator, tasks_ns  # noqa: F401 - fixtures
+from tests.integration.operator.conftest import Tasks, served_namespace
 from tests.support.waits import wait_for
 
 BIN = Path(sys.executable).parent          # where `kubectl-gentask` is installed
+
+
+@pytest.fixture(scope="module")
+def served(cluster, tmp_path_factory):
+    with served_namespace(cluster, tmp_path_factory.mktemp("plugin-operator") / "operator.log", "plugin") as pair:
+        yield pair
+
+
+@pytest.fixture
+def tasks_ns(served) -> str:
+    return served[0]
+
+
+@pytest.fixture
+def operator(served):
+    return served[1]
 
 
 def kubectl(cluster, *args: str, kubeconfig: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -29,7 +46,7 @@ def kubectl(cluster, *args: str, kubeconfig: Path | None = None, timeout: float 
                           timeout=timeout)
 
 
-def test_create_wait_get_describe_logs(cluster, tasks_ns, operator):  # noqa: F811 - fixtures
+def test_create_wait_get_describe_logs(cluster, tasks_ns, operator):
     listed = kubectl(cluster, "plugin", "list")
     assert "kubectl-gentask" in listed.stdout, listed.stdout + listed.stderr
     made = kubectl(cluster, "gentask", "create", "text", "write a haiku", "--provider", "fake", "--model",
@@ -67,7 +84,7 @@ def test_create_wait_get_describe_logs(cluster, tasks_ns, operator):  # noqa: F8
     assert nowhere.returncode == EXIT_USAGE and "GENTASK_URL" in nowhere.stderr
 
 
-def test_cancel_and_what_cannot_be_cancelled(cluster, tasks_ns, operator):  # noqa: F811 - fixtures
+def test_cancel_and_what_cannot_be_cancelled(cluster, tasks_ns, operator):
     made = kubectl(cluster, "gentask", "create", "text", "slow [latency:120s]", "--provider", "fake", "--model",
                    "fake-text", "--name", "slow", "-o", "name", "-n", tasks_ns)
     assert made.returncode == 0 and made.stdout.strip() == "slow", made.stderr
@@ -91,7 +108,7 @@ def test_cancel_and_what_cannot_be_cancelled(cluster, tasks_ns, operator):  # no
     assert "followed" in out and "Cancelled" in out
 
 
-def test_mistakes_and_refusals_say_what_to_do(cluster, tasks_ns, operator, tmp_path):  # noqa: F811 - fixtures
+def test_mistakes_and_refusals_say_what_to_do(cluster, tasks_ns, operator, tmp_path):
     bad = kubectl(cluster, "gentask", "create", "image", "a fox", "--provider", "fake", "--model", "fake-image",
                   "--param", "size=big", "-n", tasks_ns)
     assert bad.returncode == EXIT_USAGE and "the task would be refused: params.size" in bad.stderr

@@ -16,7 +16,6 @@ import select
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pymongo
@@ -34,26 +33,17 @@ from gentask.cli.task import (
     EXIT_USAGE,
 )
 from tests.integration.api.conftest import KEYS, free_port, launch
-from tests.integration.operator.conftest import Tasks, operator  # noqa: F401 - the fixture
+from tests.integration.operator.conftest import Tasks, served_namespace
 from tests.support.waits import wait_for
 
 
 @pytest.fixture(scope="module")
-def cli_api(cluster, tmp_path_factory, operator):  # noqa: F811 - the operator fixture, imported
-    """An API over a namespace the session's operator serves, mirroring where the workers write."""
-    from kubernetes import client
-
-    from tests.integration.conftest import wait_default_account
-    core = client.CoreV1Api(cluster.api)
-    ns = f"t-cli-{os.getpid() % 10000}-{int(time.time()) % 100000}"
-    core.create_namespace({"metadata": {"name": ns, "labels": {"gentask.io/test": "true"}}})
-    wait_default_account(cluster, ns)
-    core.create_namespaced_secret(ns, {"metadata": {"name": "gentask-credentials"},
-                                       "stringData": {"MONGO_URL": cluster.mongo_url}})
-    api = launch(cluster, ns, mongo_url=cluster.mongo_url, api_max_unfinished_per_user=0)
-    yield api
-    api.stop()
-    core.delete_namespace(ns, propagation_policy="Background")
+def cli_api(cluster, tmp_path_factory):
+    """An API over a namespace an operator of its own serves, mirroring where the workers write."""
+    with served_namespace(cluster, tmp_path_factory.mktemp("cli-operator") / "operator.log", "cli") as (ns, _op):
+        api = launch(cluster, ns, mongo_url=cluster.mongo_url, api_max_unfinished_per_user=0)
+        yield api
+        api.stop()
 
 
 def gentask(api, *args: str, key: str | None = KEYS["alice"], timeout: float = 300,

@@ -1,5 +1,5 @@
 """The web console in a real headless Chromium (Debian's, driven by Playwright) against a real API
-and the session's operator, whose Job pods run the `fake` provider on the process node.
+and an operator of its own, whose Job pods run the `fake` provider on the process node.
 
 What is asserted is what a person sees: the words on the page, the image the page shows (fetched
 from its own src, without any header, and decoded), the status moving without a reload. A wait
@@ -12,7 +12,6 @@ import json
 import os
 import struct
 import time
-import uuid
 from pathlib import Path
 
 import httpx
@@ -20,7 +19,7 @@ import playwright.sync_api as playwright_sync
 import pytest
 
 from tests.integration.api.conftest import KEYS, launch
-from tests.integration.operator.conftest import operator  # noqa: F401 - the fixture
+from tests.integration.operator.conftest import served_namespace
 from tests.support.waits import wait_for
 
 expect = playwright_sync.expect
@@ -40,21 +39,13 @@ def png_size(data: bytes) -> tuple[int, int]:
 
 
 @pytest.fixture(scope="module")
-def console_api(cluster, operator):  # noqa: F811 - the operator fixture, imported
-    """An API over a namespace the session's operator serves (as in tests/integration/cli)."""
-    from kubernetes import client
-
-    from tests.integration.conftest import wait_default_account
-    core = client.CoreV1Api(cluster.api)
-    ns = f"t-console-{uuid.uuid4().hex[:6]}"
-    core.create_namespace({"metadata": {"name": ns, "labels": {"gentask.io/test": "true"}}})
-    wait_default_account(cluster, ns)
-    core.create_namespaced_secret(ns, {"metadata": {"name": "gentask-credentials"},
-                                       "stringData": {"MONGO_URL": cluster.mongo_url}})
-    api = launch(cluster, ns, mongo_url=cluster.mongo_url, api_max_unfinished_per_user=0)
-    yield api
-    api.stop()
-    core.delete_namespace(ns, propagation_policy="Background")
+def console_api(cluster, tmp_path_factory):
+    """An API over a namespace an operator of its own serves (as in tests/integration/cli)."""
+    log = tmp_path_factory.mktemp("console-operator") / "operator.log"
+    with served_namespace(cluster, log, "console") as (ns, _op):
+        api = launch(cluster, ns, mongo_url=cluster.mongo_url, api_max_unfinished_per_user=0)
+        yield api
+        api.stop()
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,7 @@ its Jobs run by the process node with the real worker and the fake provider."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import urllib.request
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +20,7 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from gentask.domain import GROUP, PLURAL, VERSION
-from tests.integration.conftest import Cluster
+from tests.integration.conftest import Cluster, wait_default_account
 from tests.support.waits import file_progress, wait_for, watching
 
 TERMINAL = ("Succeeded", "Failed", "Cancelled")
@@ -101,6 +103,27 @@ def stop_operator(op: Operator, sig: int = signal.SIGTERM) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(op.proc.pid, signal.SIGKILL)
             op.proc.wait(5)
+
+
+@contextlib.contextmanager
+def served_namespace(cluster: Cluster, log: Path, prefix: str) -> Iterator[tuple[str, Operator]]:
+    """A namespace of its own, `<prefix>-…` (a name the session's operator, watching t-*, leaves
+    alone), with the workers' credentials Secret and an operator that serves it alone: the tests of
+    the clients (CLI, console) neither see nor disturb the tasks of the other suites."""
+    core = client.CoreV1Api(cluster.api)
+    ns = f"{prefix}-{uuid.uuid4().hex[:6]}"
+    core.create_namespace({"metadata": {"name": ns, "labels": {"gentask.io/test": "true"}}})
+    try:
+        wait_default_account(cluster, ns)
+        core.create_namespaced_secret(ns, {"metadata": {"name": "gentask-credentials"},
+                                           "stringData": {"MONGO_URL": cluster.mongo_url}})
+        op = start_operator(cluster, log, GENTASK_WATCH_NAMESPACES=ns)
+        try:
+            yield ns, op
+        finally:
+            stop_operator(op)
+    finally:
+        core.delete_namespace(ns, propagation_policy="Background")
 
 
 @pytest.fixture(scope="session")
