@@ -477,11 +477,34 @@
     }
   }
 
+  // The stream is the fast path. A safety net beside it: every RECONCILE_MS, each task on screen
+  // that is not finished is read again from the API (its live state), so a change the page missed
+  // for any reason shows within seconds instead of never. Cheap: only unfinished, visible tasks.
+  const RECONCILE_MS = 10000;
+  let reconciler = null;
+  function reconcile() {
+    if (!state.key || state.down) return;
+    const visible = new Set(state.cards.keys());
+    if (state.route?.name === "task" && state.route.id) visible.add(state.route.id);
+    for (const id of visible) {
+      const task = state.tasks.get(id);
+      if (task && (task.status === "pending" || task.status === "processing")) refreshTask(id, true, true);
+    }
+  }
+
   function startLive() {
     stopLive();
+    reconciler = setInterval(reconcile, RECONCILE_MS);
     const f = state.me && state.me.admin ? filters() : {};
     const stream = new EventStream("events", { user_id: f.user_id || "" }, onStreamEvent, (what, status) => {
-      if (what === "open") { if (state.down) { state.down = false; hideBanner(); } }
+      if (what === "open") {
+        if (state.down) { state.down = false; hideBanner(); }
+        // a new stream starts with the tasks still running: one that finished between the page read
+        // and the stream's start would stay as the page showed it, so read each unfinished one once
+        for (const [id, task] of state.tasks) {
+          if (task.status === "pending" || task.status === "processing") refreshTask(id, true, true);
+        }
+      }
       else if (what === "down") apiDown("the event stream broke");
       else if (what === "unauthorized") signOut("The API refused the key (401). Sign in again.");
       else if (what === "unsupported") startPolling();
@@ -492,6 +515,8 @@
   }
 
   function stopLive() {
+    if (reconciler) clearInterval(reconciler);
+    reconciler = null;
     if (state.stream) state.stream.stop();
     state.stream = null;
     if (state.poll) clearInterval(state.poll);
@@ -540,12 +565,12 @@
     galleryTimer = setTimeout(loadGallery, 250);
   }
 
-  async function refreshTask(id, quiet) {
+  async function refreshTask(id, quiet, guarded) {
     if (refreshing.get(id)) return;
     refreshing.set(id, true);
     try {
       const task = await call(`task/result/${encodeURIComponent(id)}`);
-      remember(task);
+      remember(task, guarded);           // guarded: an answer never moves a task back from a newer event
       const fresh = state.tasks.get(id);
       const card = state.cards.get(id);
       if (card) updateCard(card, fresh);
