@@ -265,8 +265,9 @@
 
   const RANK = { pending: 0, processing: 1, completed: 2, failed: 2, cancelled: 2 };
 
-  // `listed`: the task comes from a page of the history (MongoDB), which may lag behind the event
-  // stream; such a view never moves a task the stream has shown further back.
+  // `listed`: the task comes from an answer that may be older than what the event stream has shown
+  // (a page of the history, which lags; a result, cancel or create answer read just before a newer
+  // event arrived): such a view never moves a task further back. Events themselves come in order.
   function remember(task, listed) {
     const known = state.tasks.get(task.task_id);
     if (listed && known && RANK[known.status] > RANK[task.status]) return;
@@ -596,7 +597,7 @@
     if (!same) page.replaceChildren(el("p", { class: "note" }, `Loading task ${id}…`));
     try {
       const task = await call(`task/result/${encodeURIComponent(id)}`);
-      remember(task);
+      remember(task, true);              // an answer read before a newer event arrived never undoes it
       state.current = null;
       renderTask(state.tasks.get(id));
       loadTimeline(id);
@@ -735,7 +736,7 @@
     note.textContent = "";
     try {
       const task = await call(`task/${encodeURIComponent(id)}/cancel`, { method: "POST" });
-      remember(task);
+      remember(task, true);              // the stream may have told "cancelled" before this answer came
       renderTask(state.tasks.get(id));
       announce(`Cancel requested for task ${id}.`);
       scheduleTimeline(id);
@@ -963,7 +964,7 @@
     button.disabled = true;
     try {
       const task = await call(`${type}/task`, { method: "POST", body: out });
-      remember(task);
+      remember(task, true);
       $("create-dialog").close();
       announce(`Task ${task.task_id} created.`);
       state.offset = 0;
