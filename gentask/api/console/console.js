@@ -489,7 +489,7 @@
     if (state.route?.name === "task" && state.route.id) visible.add(state.route.id);
     for (const id of visible) {
       const task = state.tasks.get(id);
-      if (task && (task.status === "pending" || task.status === "processing")) refreshTask(id, true, true);
+      if (task && (task.status === "pending" || task.status === "processing")) refreshTask(id, true);
     }
   }
 
@@ -503,7 +503,7 @@
         // a new stream starts with the tasks still running: one that finished between the page read
         // and the stream's start would stay as the page showed it, so read each unfinished one once
         for (const [id, task] of state.tasks) {
-          if (task.status === "pending" || task.status === "processing") refreshTask(id, true, true);
+          if (task.status === "pending" || task.status === "processing") refreshTask(id, true);
         }
       }
       else if (what === "down") apiDown("the event stream broke");
@@ -566,12 +566,12 @@
     galleryTimer = setTimeout(loadGallery, 250);
   }
 
-  async function refreshTask(id, quiet, guarded) {
+  async function refreshTask(id, quiet) {
     if (refreshing.get(id)) return;
     refreshing.set(id, true);
     try {
       const task = await call(`task/result/${encodeURIComponent(id)}`);
-      remember(task, guarded);           // guarded: an answer never moves a task back from a newer event
+      remember(task, true);              // an answer never moves a task back from a newer event
       const fresh = state.tasks.get(id);
       const card = state.cards.get(id);
       if (card) updateCard(card, fresh);
