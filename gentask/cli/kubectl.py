@@ -20,7 +20,6 @@ import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 from urllib.parse import quote
@@ -38,6 +37,7 @@ from gentask.cli.task import (
     EXIT_USAGE,
     CliError,
     Progress,
+    age,
     printable,
     text_table,
 )
@@ -73,18 +73,6 @@ def _kube_error(exc: KubeError) -> CliError:
     if isinstance(exc, ClusterUnavailable) or exc.unavailable:
         return CliError(EXIT_UNREACHABLE, f"cannot reach the cluster: {exc}")
     return CliError(EXIT_REFUSED, f"the API server answered {exc.status}: {exc.message or exc.reason}")
-
-
-def _age(stamp: Any) -> str:
-    try:
-        then = datetime.fromisoformat(str(stamp).replace("Z", "+00:00"))
-    except ValueError:
-        return "-"
-    seconds = max(0, int((datetime.now(UTC) - then).total_seconds()))
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"
 
 
 def _dump(obj: Any, output: str) -> str:
@@ -180,7 +168,7 @@ def _get_table(tasks: Sequence[Mapping[str, Any]]) -> str:
         spec, status = t.get("spec") or {}, t.get("status") or {}
         rows.append([str(t["metadata"]["name"]), str(spec.get("type")), str(spec.get("provider")),
                      str(spec.get("model")), str(status.get("phase") or "Pending"), str(status.get("reason") or ""),
-                     str(status.get("attempts") or 0), _age(t["metadata"].get("creationTimestamp"))])
+                     str(status.get("attempts") or 0), age(t["metadata"].get("creationTimestamp"))])
     return text_table([[printable(c) for c in row] for row in rows])
 
 
@@ -208,7 +196,7 @@ async def cmd_describe(kube: KubeClient, args: argparse.Namespace, out: IO[str],
     task = await _get(kube, args.namespace, args.task)
     meta, spec, status = task["metadata"], task.get("spec") or {}, task.get("status") or {}
     lines = [f"Name:        {meta['name']}", f"Namespace:   {meta['namespace']}",
-             f"Created:     {meta.get('creationTimestamp')} ({_age(meta.get('creationTimestamp'))} ago)",
+             f"Created:     {meta.get('creationTimestamp')} ({age(meta.get('creationTimestamp'))} ago)",
              f"Type:        {spec.get('type')}", f"Model:       {spec.get('provider')}/{spec.get('model')}",
              f"User:        {spec.get('userID') or '-'}", f"Priority:    {spec.get('priority', 'default')}",
              f"Prompt:      {spec.get('prompt')}", f"Params:      {json.dumps(spec.get('params') or {})}",
@@ -223,7 +211,7 @@ async def cmd_describe(kube: KubeClient, args: argparse.Namespace, out: IO[str],
     lines.append("Conditions:")
     if conditions:
         lines += ["  " + line for line in text_table([["TYPE", "STATUS", "REASON", "AGE", "MESSAGE"]] + [
-            [str(c.get("type")), str(c.get("status")), str(c.get("reason")), _age(c.get("lastTransitionTime")),
+            [str(c.get("type")), str(c.get("status")), str(c.get("reason")), age(c.get("lastTransitionTime")),
              str(c.get("message") or "")] for c in conditions]).splitlines()]
     else:
         lines.append("  <none>")
@@ -239,7 +227,7 @@ async def cmd_describe(kube: KubeClient, args: argparse.Namespace, out: IO[str],
     if pods:
         lines += ["  " + line for line in text_table([["NAME", "PHASE", "NODE", "AGE"]] + [
             [p["metadata"]["name"], str((p.get("status") or {}).get("phase")),
-             str((p.get("spec") or {}).get("nodeName") or "-"), _age(p["metadata"].get("creationTimestamp"))]
+             str((p.get("spec") or {}).get("nodeName") or "-"), age(p["metadata"].get("creationTimestamp"))]
             for p in pods]).splitlines()]
     else:
         lines.append("  <none>" + ("" if status.get("jobName") else " (the task ran without a Job of its own: "
@@ -248,7 +236,7 @@ async def cmd_describe(kube: KubeClient, args: argparse.Namespace, out: IO[str],
     events.sort(key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
     if events:
         lines += ["  " + line for line in text_table([["TYPE", "REASON", "AGE", "FROM", "MESSAGE"]] + [
-            [str(e.get("type")), str(e.get("reason")), _age(e.get("lastTimestamp") or e.get("eventTime")),
+            [str(e.get("type")), str(e.get("reason")), age(e.get("lastTimestamp") or e.get("eventTime")),
              str((e.get("source") or {}).get("component") or e.get("reportingComponent") or ""),
              str(e.get("message") or "")] for e in events]).splitlines()]
     else:

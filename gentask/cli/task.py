@@ -84,7 +84,7 @@ class Api:
             body = None
         if response.is_success and isinstance(body, dict) and body.get("success") is not False:
             return body.get("data")
-        raise self._refused(response, body)
+        raise self.refused(response)
 
     def _send(self, method: str, url: str, *, stream: bool = False, headers: Mapping[str, str] | None = None,
               **kwargs: Any) -> httpx.Response:
@@ -103,7 +103,13 @@ class Api:
         parts = urlsplit(url)
         return (parts.scheme, parts.netloc) == self.origin
 
-    def _refused(self, response: httpx.Response, body: Any) -> CliError:
+    def refused(self, response: httpx.Response) -> CliError:
+        """The CliError of an answer that is not a success (a streamed one is read first)."""
+        response.read()
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
         message = body.get("message") if isinstance(body, dict) else None
         message = message or response.text[:300] or response.reason_phrase
         details = [f"  {e.get('field')}: {e.get('message') or 'invalid'} (given {e.get('value')!r}; accepted: "
@@ -124,12 +130,7 @@ class Api:
         response = self._send("GET", urljoin(self.url + "/", url), stream=True)
         try:
             if not response.is_success:
-                response.read()
-                try:
-                    body = response.json()
-                except ValueError:
-                    body = None
-                raise self._refused(response, body)
+                raise self.refused(response)
             digest = hashlib.sha256()
             for chunk in response.iter_bytes():
                 digest.update(chunk)
@@ -206,12 +207,7 @@ def _streamed(api: Api, task_id: str, last: tuple[Any, Any], left: Callable[[], 
                 if response.status_code == 404 and state is None and drops == 0:
                     return None                           # no such route here: an older API
                 if response.status_code != 200:
-                    response.read()
-                    try:
-                        body = response.json()
-                    except ValueError:
-                        body = None
-                    raise api._refused(response, body)
+                    raise api.refused(response)
                 for event in _events(response.iter_lines()):
                     event_id = event.get("id") or event_id
                     if event.get("event") != "task":
@@ -311,7 +307,8 @@ def wait(api: Api, task_id: str, args: argparse.Namespace, progress: Progress) -
 # --- output ---------------------------------------------------------------------------------------
 
 
-def _age(created: Any) -> str:
+def age(created: Any) -> str:
+    """How long ago an RFC 3339 time was, the way kubectl shows an age (5s, 3m, 2h, 4d); - if unreadable."""
     from datetime import UTC, datetime
     try:
         then = datetime.fromisoformat(str(created).replace("Z", "+00:00"))
@@ -340,7 +337,7 @@ def render(data: Any, output: str, *, kind: str) -> str:
     if kind == "page":
         rows = [["TASK_ID", "TYPE", "PHASE", "MODEL", "USER", "AGE"]]
         rows += [[str(t.get("task_id")), str(t.get("type")), str(t.get("phase")), str(t.get("model")),
-                  str(t.get("user_id")), _age(t.get("created_at"))] for t in data.get("tasks") or []]
+                  str(t.get("user_id")), age(t.get("created_at"))] for t in data.get("tasks") or []]
         shown = len(rows) - 1
         footer = f"{shown} of {data.get('total')} (offset {data.get('offset', 0)})"
         return text_table([[printable(cell) for cell in row] for row in rows]) + "\n" + footer
@@ -448,12 +445,7 @@ def _watch_all(api: Api, args: argparse.Namespace, show: Callable[[Mapping[str, 
             with api.http.stream("GET", f"{api.url}{PREFIX}/events", params=params, headers=headers,
                                  timeout=httpx.Timeout(30, read=read)) as response:
                 if response.status_code != 200:
-                    response.read()
-                    try:
-                        body = response.json()
-                    except ValueError:
-                        body = None
-                    raise api._refused(response, body)
+                    raise api.refused(response)
                 drops = 0
                 for event in _events(response.iter_lines()):
                     event_id = event.get("id") or event_id
