@@ -318,3 +318,38 @@ def test_finished_tasks_leave_the_watch_but_keep_their_ttl_and_history(cluster, 
         assert "reconcile failed" not in log
     finally:
         stop_operator(op)
+
+
+def test_a_record_lost_after_the_start_is_mirrored_again_by_the_second_audit(cluster, r_ns, tmp_path):
+    """The first audit runs before the watches list: a task that finishes in between is in neither
+    (the watch shows unfinished tasks only), and its record stays behind. So the audit runs again
+    30 s after the start, not only every GENTASK_AUDIT_SECONDS (600 s here). The test makes a
+    record the watch will not bring back by taking a finished task's record (and its timeline)
+    out of MongoDB after the restarted operator's first audit."""
+    url, dbname = _own_db(cluster, r_ns)
+    db = pymongo.MongoClient(url)[dbname]
+    env = {"GENTASK_WATCH_NAMESPACES": r_ns, "MONGO_URL": url, "GENTASK_AUDIT_SECONDS": "600"}
+    op = start_operator(cluster, tmp_path / "op1.log", **env)
+    tasks = Tasks(cluster, r_ns, op.log)
+    try:
+        name = tasks.create(type="text", model="fake-text", prompt="finished before the restart")
+        tasks.wait_phase(name, "Succeeded", timeout=120)
+        wait_for(lambda: _mirror_lag(db, _all(tasks)), 60, until=lambda lag: not lag, what="the record to be mirrored")
+    finally:
+        stop_operator(op)
+    op = start_operator(cluster, tmp_path / "op2.log", **env)
+    tasks = Tasks(cluster, r_ns, op.log)
+
+    def audits() -> int:
+        return (tmp_path / "op2.log").read_text(errors="replace").count('"audit done')
+    try:
+        wait_for(audits, 60, until=lambda n: n >= 1, what="the first audit of the restarted operator")
+        db.tasks.delete_many({})
+        db.drop_collection("tasks.timeline")
+        assert _mirror_lag(db, _all(tasks)) == [name]
+        wait_for(lambda: _mirror_lag(db, _all(tasks)), 90, interval=2, until=lambda lag: not lag,
+                 what="the second audit to mirror the finished task again (nothing else brings it back)",
+                 **tasks.watching(name))
+        assert audits() >= 2
+    finally:
+        stop_operator(op)
