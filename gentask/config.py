@@ -20,6 +20,9 @@ from pydantic_core import ErrorDetails
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
+_LABEL_NAME = re.compile(r"^(?=.{1,63}$)[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+_LABEL_PREFIX = re.compile(r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+
 LINK_KEY_MIN = 32                    # characters of one GENTASK_API_LINK_KEYS entry
 LINK_SECONDS_MIN, LINK_SECONDS_MAX = 60, 7 * 86400
 
@@ -119,6 +122,14 @@ class Settings(BaseModel):
     watch_namespaces: list[str] = Field(
         default_factory=list, validation_alias=_env("GENTASK_WATCH_NAMESPACES"),
         description="namespaces the operator watches, comma-separated; empty: all")
+    tenant_namespaces: list[str] = Field(
+        default_factory=list, validation_alias=_env("GENTASK_TENANT_NAMESPACES"),
+        description="watched namespaces (names or globs, comma-separated) served as tenants without a label; "
+                    "with GENTASK_TENANT_LABEL unset too, every watched namespace is served (no tenancy checks)")
+    tenant_label: str | None = Field(None, validation_alias=_env("GENTASK_TENANT_LABEL"),
+                                     description="key=value (or key): a watched namespace carrying this label is "
+                                                 "served; tasks of other watched namespaces wait with reason "
+                                                 "NamespaceNotEnabled")
     worker_image: str = Field("ghcr.io/gentask/gentask:0.1.0", min_length=1,
                               validation_alias=_env("GENTASK_WORKER_IMAGE"))
     worker_image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field(
@@ -242,10 +253,29 @@ class Settings(BaseModel):
             raise ValueError("expected a URL starting with mongodb:// or mongodb+srv://")
         return v
 
-    @field_validator("pool_lease_namespace", "api_public_url", "api_link_keys", mode="before")
+    @field_validator("pool_lease_namespace", "api_public_url", "api_link_keys", "tenant_label", mode="before")
     @classmethod
     def _blank_is_none(cls, v: object) -> object:
         return None if isinstance(v, str) and not v.strip() else v
+
+    @field_validator("tenant_label")
+    @classmethod
+    def _tenant_label(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        key, _, value = v.strip().partition("=")
+        prefix, _, name = key.rpartition("/")
+        if (not _LABEL_NAME.match(name) or (prefix and not _LABEL_PREFIX.match(prefix))
+                or (value and not _LABEL_NAME.match(value))):
+            raise ValueError("expected a label as key=value or key, e.g. gentask.io/tenant=enabled "
+                             "(key: [prefix/]name, name and value up to 63 of [A-Za-z0-9_.-])")
+        return f"{key}={value}" if value else key
+
+    @property
+    def tenancy(self) -> bool:
+        """Namespaces are tenants: GENTASK_TENANT_LABEL or GENTASK_TENANT_NAMESPACES is set, so the
+        operator serves only the watched namespaces that opt in, and checks their credentials."""
+        return bool(self.tenant_label or self.tenant_namespaces)
 
     @field_validator("api_public_url")
     @classmethod
@@ -302,7 +332,7 @@ class Settings(BaseModel):
         parse_keys(v.get_secret_value(), "the key")     # its message never holds the key
         return v
 
-    @field_validator("providers", "watch_namespaces", "webhook_allow", mode="before")
+    @field_validator("providers", "watch_namespaces", "webhook_allow", "tenant_namespaces", mode="before")
     @classmethod
     def _providers(cls, v: object) -> object:
         if isinstance(v, str):

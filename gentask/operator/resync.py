@@ -192,3 +192,54 @@ async def resync_loop(ctx: OperatorContext) -> None:
         except Exception:  # noqa: BLE001 - a failed round is logged; the next one runs on time
             log.exception("%s failed", round_)
         await asyncio.sleep(min(ctx.settings.resync_seconds, max(0.0, audit_due - time.monotonic())))
+
+
+async def start_waiting(ctx: OperatorContext, namespace: str) -> int:
+    """Reconcile the tasks of a namespace that wait for it to be served (reason NamespaceNotEnabled,
+    CredentialsMissing or ProviderNotConfigured): the namespace just got the tenant label."""
+    from gentask.operator.tenants import WAITING_REASONS
+    started = 0
+    async for page in ctx.kube.task_pages(namespace, field_selector=f"status.phase={Phase.PENDING.value}"):
+        for raw in page:
+            if (raw.get("status") or {}).get("reason") not in WAITING_REASONS:
+                continue
+            try:
+                task, spec_error = parse_task(raw)
+                await reconcile_task(ctx, task, raw, spec_error)
+                started += 1
+            except Exception as exc:  # noqa: BLE001 - the resync tries again
+                log.warning("could not start waiting task %s: %s", raw["metadata"].get("name"), exc)
+    return started
+
+
+async def tenant_watch_loop(ctx: OperatorContext) -> None:
+    """Watch the namespaces carrying GENTASK_TENANT_LABEL: one that gets it starts its waiting tasks
+    at once (else the next resync would), one that loses it is no longer served. Only namespaces in
+    GENTASK_WATCH_NAMESPACES are looked at."""
+    from gentask.kube.errors import WatchExpired
+    label = ctx.settings.tenant_label or ""
+    patterns = ctx.settings.watch_namespaces
+    tenants = ctx.tenants
+    while True:
+        try:
+            items, version = await ctx.kube.list_namespaces_labelled(label)
+            for ns in items:        # at start, and after a gap: what got the label meanwhile starts
+                name = ns["metadata"]["name"]
+                if in_scope(name, patterns) and tenants.saw(name, True):
+                    await start_waiting(ctx, name)
+            async for kind, obj in ctx.kube.watch_namespaces(version, label_selector=label):
+                version = str((obj.get("metadata") or {}).get("resourceVersion") or version)
+                name = (obj.get("metadata") or {}).get("name") or ""
+                if kind == "BOOKMARK" or not in_scope(name, patterns):
+                    continue
+                if tenants.saw(name, kind != "DELETED"):
+                    waiting = await start_waiting(ctx, name)
+                    if waiting:
+                        log.info("namespace %s is now a tenant: %d waiting task(s) looked at again", name, waiting)
+        except asyncio.CancelledError:
+            raise
+        except WatchExpired:
+            continue
+        except Exception as exc:  # noqa: BLE001 - list again after a pause; the resync covers the gap
+            log.warning("the tenant namespace watch failed (%s); trying again in 5 s", exc)
+            await asyncio.sleep(5)
