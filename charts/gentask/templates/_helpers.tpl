@@ -35,6 +35,10 @@
 {{- printf "%s-%s-operator" .Release.Namespace (include "gentask.fullname" .) | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
+{{- define "gentask.ownerPolicyName" -}}
+{{- printf "%s-%s-task-owner" .Release.Namespace (include "gentask.fullname" .) | trunc 55 | trimSuffix "-" }}
+{{- end }}
+
 {{- define "gentask.taskNamespace" -}}
 {{- .Values.taskNamespace.name }}
 {{- end }}
