@@ -76,7 +76,8 @@ def owner_ns(cluster):
     core = client.CoreV1Api(cluster.api)
     run = uuid.uuid4().hex[:6]
     ns = f"owner-{run}"
-    core.create_namespace({"metadata": {"name": ns, "labels": {"gentask.io/test": "true", "gentask.io/owner-test": run}}})
+    labels = {"gentask.io/test": "true", "gentask.io/owner-test": run}
+    core.create_namespace({"metadata": {"name": ns, "labels": labels}})
     wait_default_account(cluster, ns)
     made: list[tuple[str, str]] = []
     yield ns, run, made
