@@ -119,6 +119,10 @@ Try it (provider {provider}):
 
 In another shell: . {cluster.root / 'env'} && kubectl get gt -n {system['namespace']}
 
+Another team's namespace (docs/tenants.md): a task there waits, saying what to do, until
+  kubectl label namespace team-a {system['tenant_label']}
+  kubectl create secret generic gentask-credentials -n team-a --from-literal=MONGO_URL={system['pod_mongo_url']}
+
 Press Ctrl-C to stop all of it.""", flush=True)
         while not stop.wait(1.0):
             if cluster.running() is None:
