@@ -104,3 +104,16 @@ def test_settings_import_no_settings_library():
     code = "import sys, gentask.config; print('pydantic_settings' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_tenant_settings_off_by_default_and_a_bad_label_is_named():
+    assert not load_settings().tenancy
+    s = load_settings(tenant_label=" gentask.io/tenant=enabled ", tenant_namespaces="gentask-tasks, team-*")
+    assert (s.tenant_label, s.tenant_namespaces, s.tenancy) == ("gentask.io/tenant=enabled",
+                                                                 ["gentask-tasks", "team-*"], True)
+    assert load_settings(tenant_label="tenant").tenant_label == "tenant"
+    assert not load_settings(tenant_label="  ").tenancy
+    for bad in ("not a label", "Bad_Prefix/x=y", "k=v w"):
+        with pytest.raises(SettingsError) as err:
+            load_settings(tenant_label=bad)
+        assert "GENTASK_TENANT_LABEL" in str(err.value) and "key=value" in str(err.value)
