@@ -115,8 +115,8 @@ class Settings(BaseModel):
                                                      description="job: a Job per task; inline: in the operator; "
                                                                  "pool: a Deployment of workers (gentask worker pool)")
     api_keys: SecretStr | None = Field(None, validation_alias=_env("GENTASK_API_KEYS"),
-                                       description="comma-separated key:user[:role][:namespace=NS]; NS: where the key's tasks live "
-                                                   "(default GENTASK_NAMESPACE)")
+                                       description="comma-separated key:user[:role][:namespace=NS]; NS: where "
+                                                   "the key's tasks live (default GENTASK_NAMESPACE)")
     auth_disabled: bool = Field(False, validation_alias=_env("GENTASK_AUTH_DISABLED"))
 
     # --- operator and worker ---

@@ -91,6 +91,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     ctx.background.append(asyncio.create_task(resync.resync_loop(ctx)))
     if config.tenant_label:      # a namespace that gets the label starts its waiting tasks at once
         ctx.background.append(asyncio.create_task(resync.tenant_watch_loop(ctx)))
+    if config.tenancy:           # a task waiting for its namespace's Secret starts within seconds of it
+        ctx.background.append(asyncio.create_task(resync.tenant_recheck_loop(ctx)))
     if config.executor == "inline":
         from gentask.operator.inline import InlineExecutor
         from gentask.storage import ArtifactStore, connect

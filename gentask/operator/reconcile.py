@@ -25,7 +25,7 @@ from gentask.kube.status import transition
 from gentask.operator.context import OperatorContext
 from gentask.operator.jobs import ensure_job
 from gentask.operator.observe import forget, observe
-from gentask.operator.tenants import Refusal
+from gentask.operator.tenants import SECRET_REASONS, Refusal
 from gentask.operator.ttl import schedule_ttl
 from gentask.operator.writes import record_event, write_status
 
@@ -148,6 +148,8 @@ async def wait(ctx: OperatorContext, task: GenerationTask, refusal: Refusal) -> 
     """The task stays Pending with the refusal's reason and message (Scheduled False), and one Warning
     Event says so; nothing is written when the status says it already."""
     status = task.status
+    if ctx.tenants is not None and refusal.reason in SECRET_REASONS:
+        ctx.tenants.waiting.add(task.namespace)        # looked at again soon (resync.tenant_recheck_loop)
     if status.reason == refusal.reason and status.message == refusal.message:
         return
     pending = transition(task, Phase.PENDING, refusal.reason, refusal.message)

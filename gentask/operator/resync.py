@@ -194,14 +194,15 @@ async def resync_loop(ctx: OperatorContext) -> None:
         await asyncio.sleep(min(ctx.settings.resync_seconds, max(0.0, audit_due - time.monotonic())))
 
 
-async def start_waiting(ctx: OperatorContext, namespace: str) -> int:
-    """Reconcile the tasks of a namespace that wait for it to be served (reason NamespaceNotEnabled,
-    CredentialsMissing or ProviderNotConfigured): the namespace just got the tenant label."""
+async def start_waiting(ctx: OperatorContext, namespace: str, reasons: frozenset[str] | None = None) -> int:
+    """Reconcile the tasks of a namespace that wait for it (reason NamespaceNotEnabled, CredentialsMissing
+    or ProviderNotConfigured, or those of `reasons`): it just got the tenant label, or its Secret may
+    be fixed. Returns how many were waiting."""
     from gentask.operator.tenants import WAITING_REASONS
     started = 0
     async for page in ctx.kube.task_pages(namespace, field_selector=f"status.phase={Phase.PENDING.value}"):
         for raw in page:
-            if (raw.get("status") or {}).get("reason") not in WAITING_REASONS:
+            if (raw.get("status") or {}).get("reason") not in (reasons or WAITING_REASONS):
                 continue
             try:
                 task, spec_error = parse_task(raw)
@@ -243,3 +244,18 @@ async def tenant_watch_loop(ctx: OperatorContext) -> None:
         except Exception as exc:  # noqa: BLE001 - list again after a pause; the resync covers the gap
             log.warning("the tenant namespace watch failed (%s); trying again in 5 s", exc)
             await asyncio.sleep(5)
+
+
+async def tenant_recheck_loop(ctx: OperatorContext) -> None:
+    """Every RECHECK_SECONDS, the namespaces whose tasks wait for their credentials Secret look again:
+    a Secret created or fixed starts them within seconds. A namespace leaves the set when none waits."""
+    from gentask.operator.tenants import RECHECK_SECONDS, SECRET_REASONS
+    tenants = ctx.tenants
+    while True:
+        await asyncio.sleep(RECHECK_SECONDS)
+        for namespace in sorted(tenants.waiting):
+            try:
+                if not await start_waiting(ctx, namespace, SECRET_REASONS):
+                    tenants.waiting.discard(namespace)
+            except Exception as exc:  # noqa: BLE001 - the next round (or the resync) tries again
+                log.warning("could not look again at the waiting tasks of %s: %s", namespace, exc)

@@ -7,8 +7,9 @@ not served waits (Pending, reason NamespaceNotEnabled) with a message saying wha
 it starts once the namespace is served (the namespace watch in gentask.operator.resync sees the label
 come). Before a served namespace's task gets a Job, its credentials Secret must exist with MONGO_URL
 (CredentialsMissing) and the key the task's provider needs (ProviderNotConfigured); such a task waits
-too and starts on a resync after the Secret is fixed. Only the names of the Secret's keys are looked
-at; its values are never kept, logged or written anywhere.
+too, and the namespace is looked at again every RECHECK_SECONDS until none does, so it starts within
+seconds of the fix. Only the names of the Secret's keys are looked at; its values are never kept,
+logged or written anywhere.
 """
 
 from __future__ import annotations
@@ -31,6 +32,11 @@ log = logging.getLogger("gentask.operator")
 # How long a namespace's answers (served or not; its Secret's key names) are trusted: the namespace
 # watch updates the first at once; a missing Secret is not remembered at all.
 CACHE_SECONDS = 5.0
+# How often the tasks that wait for their namespace's Secret look again (one Secret read and one
+# listing of the namespace's Pending tasks per waiting namespace), so a Secret fixed starts them
+# within seconds rather than at the next resync.
+RECHECK_SECONDS = 5.0
+SECRET_REASONS = frozenset({"CredentialsMissing", "ProviderNotConfigured"})
 WAITING_REASONS = frozenset({"NamespaceNotEnabled", "CredentialsMissing", "ProviderNotConfigured"})
 # The Secret keys each vendor API of the catalog (ModelSpec.api) needs in the task's pod.
 KEYS_BY_API: dict[str, tuple[str, ...]] = {
@@ -68,6 +74,7 @@ class Tenants:
         self.secret = settings.credentials_secret
         self._served: dict[str, tuple[float, bool]] = {}
         self._keys: dict[str, tuple[float, frozenset[str] | None]] = {}
+        self.waiting: set[str] = set()     # namespaces with tasks waiting for their Secret (RECHECK_SECONDS)
 
     def listed(self, namespace: str) -> bool:
         """The namespace is one of GENTASK_TENANT_NAMESPACES (names or globs)."""
@@ -153,7 +160,7 @@ class Tenants:
                            f"{missing}: the task's pod reads MONGO_URL and the provider keys from it, so this "
                            f"task waits; create it, e.g. `kubectl create secret generic {self.secret} -n {namespace} "
                            f"--from-literal=MONGO_URL=<url> --from-literal=ARK_API_KEY=<key>`; the task starts "
-                           f"within {self.settings.resync_seconds:g}s of it (docs/tenants.md)")
+                           "within seconds of it (docs/tenants.md)")
         spec = task.spec
         model = lookup(spec.provider, spec.model)
         needed = KEYS_BY_API.get(model.api, ()) if model is not None else ()
@@ -165,5 +172,5 @@ class Tenants:
                            f"{where} has no {' and no '.join(lacking)}, so this task waits; add "
                            f"{'them' if len(lacking) > 1 else 'it'}, e.g. `kubectl patch secret {self.secret} -n "
                            f"{namespace} --type merge -p '{{\"stringData\":{{{patch}}}}}'`; the task starts within "
-                           f"{self.settings.resync_seconds:g}s of it (docs/tenants.md)")
+                           "seconds of it (docs/tenants.md)")
         return None

@@ -130,6 +130,17 @@ def test_missing_credentials_and_provider_keys_wait_with_what_to_create(cluster,
     assert "has no ARK_API_KEY" in status["message"] and "kubectl patch secret gentask-credentials" in \
         status["message"], status
     assert [e for e in events_of(cluster, tasks.ns, other) if e.reason == "ProviderNotConfigured"]
+    # the first task saw the Secret come too (within seconds, not at the 60 s resync): it now lacks the key
+    status = tasks.wait_status(name, lambda s: s.get("reason") == "ProviderNotConfigured", 20,
+                               what="to look again once the Secret exists")
     # the fake provider needs no key: it runs in the same namespace meanwhile
     fake = tasks.create(**FAKE_TEXT)
     assert tasks.wait_phase(fake, "Succeeded", timeout=60)["phase"] == "Succeeded"
+    # the key added: both waiting tasks run, long before the next resync
+    fixed = time.monotonic()
+    client.CoreV1Api(cluster.api).patch_namespaced_secret("gentask-credentials", tasks.ns,
+                                                          {"stringData": {"ARK_API_KEY": KEY_A}})
+    for waiting in (name, other):
+        done = tasks.wait_phase(waiting, "Succeeded", "Failed", timeout=60)
+        assert done["phase"] == "Succeeded", done
+    assert time.monotonic() - fixed < 40
