@@ -224,10 +224,13 @@ async def tenant_watch_loop(ctx: OperatorContext) -> None:
     while True:
         try:
             items, version = await ctx.kube.list_namespaces_labelled(label)
-            for ns in items:        # at start, and after a gap: what got the label meanwhile starts
-                name = ns["metadata"]["name"]
-                if in_scope(name, patterns) and tenants.saw(name, True):
-                    await start_waiting(ctx, name)
+            names = {ns["metadata"]["name"] for ns in items if in_scope(ns["metadata"]["name"], patterns)}
+            for gone in tenants.labelled - names:
+                tenants.saw(gone, False)
+            fresh = [name for name in sorted(names) if tenants.saw(name, True)]
+            tenants.synced = True
+            for name in fresh:      # at start, and after a gap: what got the label meanwhile starts
+                await start_waiting(ctx, name)
             async for kind, obj in ctx.kube.watch_namespaces(version, label_selector=label):
                 version = str((obj.get("metadata") or {}).get("resourceVersion") or version)
                 name = (obj.get("metadata") or {}).get("name") or ""
@@ -242,6 +245,7 @@ async def tenant_watch_loop(ctx: OperatorContext) -> None:
         except WatchExpired:
             continue
         except Exception as exc:  # noqa: BLE001 - list again after a pause; the resync covers the gap
+            tenants.synced = False          # meanwhile each namespace is read (5 s cache)
             log.warning("the tenant namespace watch failed (%s); trying again in 5 s", exc)
             await asyncio.sleep(5)
 

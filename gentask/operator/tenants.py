@@ -75,16 +75,22 @@ class Tenants:
         self._served: dict[str, tuple[float, bool]] = {}
         self._keys: dict[str, tuple[float, frozenset[str] | None]] = {}
         self.waiting: set[str] = set()     # namespaces with tasks waiting for their Secret (RECHECK_SECONDS)
+        self.labelled: set[str] = set()    # what the namespace watch shows carrying the label
+        self.synced = False                # the watch is live: `labelled` is the truth, no reads needed
 
     def listed(self, namespace: str) -> bool:
         """The namespace is one of GENTASK_TENANT_NAMESPACES (names or globs)."""
         return any(fnmatch.fnmatch(namespace, p) for p in self.patterns)
 
     def saw(self, namespace: str, labelled: bool) -> bool:
-        """The namespace watch saw the label come (True) or go (False); True when it was not served before."""
-        before = self._served.get(namespace)
-        self._served[namespace] = (time.monotonic(), labelled or self.listed(namespace))
-        return labelled and (before is None or not before[1])
+        """The namespace watch saw the label come (True) or go (False); True when it was not there before."""
+        before = namespace in self.labelled
+        if labelled:
+            self.labelled.add(namespace)
+        else:
+            self.labelled.discard(namespace)
+        self._served.pop(namespace, None)
+        return labelled and not before
 
     async def served(self, namespace: str) -> bool:
         """Gentask runs this namespace's tasks."""
@@ -92,6 +98,8 @@ class Tenants:
             return True
         if not self.label:
             return False
+        if self.synced:
+            return namespace in self.labelled
         cached = self._served.get(namespace)
         if cached is not None and time.monotonic() - cached[0] < CACHE_SECONDS:
             return cached[1]
