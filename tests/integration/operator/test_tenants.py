@@ -90,6 +90,15 @@ def test_each_team_s_pod_uses_its_own_namespace_s_key(cluster, tenant_run, ark):
 
 
 def test_a_task_in_a_namespace_not_enabled_says_so_and_runs_once_labelled(cluster, tenant_run):
+    prefix, op, made = tenant_run
+    # out of the operator's scope (tn<run>-*): never written to, whatever its labels
+    core = client.CoreV1Api(cluster.api)
+    outside_ns = f"{prefix}x-outside"
+    core.create_namespace({"metadata": {"name": outside_ns, "labels": {"gentask.io/test": "true"}}})
+    made.append(outside_ns)
+    wait_default_account(cluster, outside_ns)
+    outside = Tasks(cluster, outside_ns, op.log)
+    untouched = outside.create(**FAKE_TEXT)
     tasks = make_namespace(cluster, tenant_run, "c", labelled=False, secret={"MONGO_URL": cluster.mongo_url})
     started = time.monotonic()
     name = tasks.create(**FAKE_TEXT)
@@ -110,6 +119,7 @@ def test_a_task_in_a_namespace_not_enabled_says_so_and_runs_once_labelled(cluste
     assert done["result"]["text"]
     # the namespace watch started it, not the resync (60 s here)
     assert time.monotonic() - labelled < 30
+    assert outside.status(untouched) == {}, "a task out of the operator's scope got a status"
 
 
 def test_missing_credentials_and_provider_keys_wait_with_what_to_create(cluster, tenant_run):
