@@ -14,7 +14,16 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_core import ErrorDetails
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
@@ -35,6 +44,22 @@ def parse_duration(value: object) -> float:
     if not match:
         raise ValueError("expected seconds (e.g. 60) or a duration such as 30s, 2m, 1h, 1500ms")
     return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+
+
+_QUANTITY = re.compile(r"^\+?([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei|[eE][-+]?[0-9]+)?$")
+_QUANTITY_SCALE = {"m": 1e-3, "": 1.0, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18,
+                   "Ki": 2.0**10, "Mi": 2.0**20, "Gi": 2.0**30, "Ti": 2.0**40, "Pi": 2.0**50, "Ei": 2.0**60}
+
+
+def parse_quantity(value: str) -> float:
+    """The number a Kubernetes resource quantity stands for: "512Mi" -> 536870912.0, "50m" -> 0.05."""
+    match = _QUANTITY.match(value)
+    if not match:
+        raise ValueError("expected a Kubernetes quantity such as 64Mi, 1Gi, 500M or 250m")
+    number, suffix = float(match.group(1)), match.group(2) or ""
+    if suffix[:1] in ("e", "E"):
+        return number * 10.0 ** int(suffix[1:])
+    return number * _QUANTITY_SCALE[suffix]
 
 
 def _env(*names: str) -> AliasChoices:
@@ -181,6 +206,15 @@ class Settings(BaseModel):
     worker_cpu_request: str = Field("50m", validation_alias=_env("GENTASK_WORKER_CPU_REQUEST"))
     worker_memory_request: str = Field("128Mi", validation_alias=_env("GENTASK_WORKER_MEMORY_REQUEST"))
     worker_memory_limit: str = Field("512Mi", validation_alias=_env("GENTASK_WORKER_MEMORY_LIMIT"))
+    worker_ephemeral_storage_request: str = Field(
+        "64Mi", validation_alias=_env("GENTASK_WORKER_EPHEMERAL_STORAGE_REQUEST"),
+        description="node disk the scheduler reserves for a task pod (its /tmp, its logs)")
+    worker_ephemeral_storage_limit: str = Field(
+        "512Mi", validation_alias=_env("GENTASK_WORKER_EPHEMERAL_STORAGE_LIMIT"),
+        description="a task pod that writes more node disk than this is evicted")
+    worker_tmp_size_limit: str = Field("256Mi", validation_alias=_env("GENTASK_WORKER_TMP_SIZE_LIMIT"),
+                                       description="sizeLimit of a task pod's /tmp (emptyDir), at most "
+                                                   "GENTASK_WORKER_EPHEMERAL_STORAGE_LIMIT")
 
     # --- api ---
     api_host: str = Field("0.0.0.0", min_length=1, validation_alias=_env("GENTASK_API_HOST"),
@@ -306,6 +340,23 @@ class Settings(BaseModel):
     def link_keys(self) -> list[str]:
         """The keys of GENTASK_API_LINK_KEYS, the signing one first; empty when none is set."""
         return self.api_link_keys.get_secret_value().split(",") if self.api_link_keys is not None else []
+
+    @field_validator("worker_cpu_request", "worker_memory_request", "worker_memory_limit",
+                     "worker_ephemeral_storage_request", "worker_ephemeral_storage_limit", "worker_tmp_size_limit")
+    @classmethod
+    def _quantity(cls, v: str, info: ValidationInfo) -> str:
+        v = v.strip()
+        amount = parse_quantity(v)
+        # a limit below its request is refused by the API server at every Job's create: say so at start
+        request = {"worker_memory_limit": "worker_memory_request",
+                   "worker_ephemeral_storage_limit": "worker_ephemeral_storage_request"}.get(info.field_name or "")
+        if request and isinstance(info.data.get(request), str) and amount < parse_quantity(info.data[request]):
+            raise ValueError(f"expected at least {_variable(request)} ({info.data[request]})")
+        limit = info.data.get("worker_ephemeral_storage_limit")
+        if info.field_name == "worker_tmp_size_limit" and isinstance(limit, str) and amount > parse_quantity(limit):
+            raise ValueError(f"expected at most GENTASK_WORKER_EPHEMERAL_STORAGE_LIMIT ({limit}): the pod "
+                             "would be evicted before its /tmp is full")
+        return v
 
     @field_validator("webhook_horizon", "webhook_retry_base", "webhook_retry_max", mode="before")
     @classmethod
