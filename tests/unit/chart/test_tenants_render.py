@@ -57,3 +57,10 @@ def test_tenants_refuse_the_executors_that_share_one_set_of_keys():
         proc = helm("template", "t", str(CHART), "--kube-version", "1.36.3", "--set", "tenants.label.enabled=true",
                     "--set", f"operator.executor={executor}", check=False)
         assert proc.returncode != 0 and "tenants need operator.executor=job" in proc.stderr, proc.stderr
+
+
+def test_the_task_pods_network_policy_is_in_every_listed_tenant_namespace():
+    docs = render("--set", "tenants.namespaces={team-a,team-b}", "--set", "networkPolicy.taskNamespaces={team-b,x}")
+    workers = [p["metadata"]["namespace"] for p in by_kind(docs, "NetworkPolicy")
+               if p["metadata"]["name"].endswith("-workers")]
+    assert sorted(workers) == ["gentask-tasks", "team-a", "team-b", "x"]
