@@ -14,6 +14,7 @@ import logging
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from functools import cached_property
 from typing import Any
 
@@ -22,10 +23,11 @@ from gentask.api.errors import Conflict, Forbidden, NotFound, TooManyRequests, U
 from gentask.api.faults import RETRY_AFTER, cluster_errors, cluster_unavailable, storage_errors
 from gentask.api.index import TaskIndex, UnreadableTask, parse_task
 from gentask.api.metrics import Metrics
-from gentask.api.schemas import DeletedTask, TaskPage, TaskRequest, TaskView
+from gentask.api.schemas import DeletedTask, TaskPage, TaskRequest, TaskView, UsageReport
 from gentask.api.translate import build_spec, canonical_hash, manifest
 from gentask.api.views import OLD_STATUS, PHASES_OF, find_artifact, is_finished, owner_of, record_of, task_view
 from gentask.config import Settings
+from gentask.domain.pricing import usage_summary
 from gentask.domain.task import DNS_LABEL, GenerationTask, TaskType
 from gentask.domain.webhooks import CallbackRefused
 from gentask.kube.tasks import (
@@ -366,3 +368,32 @@ class TaskService:
             records, total = await asyncio.to_thread(page)
         return TaskPage(tasks=[task_view(r) for r in records], total=total, limit=limit, offset=offset)
 
+
+    # --- usage ----------------------------------------------------------------------------
+
+    async def usage(self, caller: Caller, *, user_id: str | None, since: datetime | None, until: datetime | None,
+                    group_by: str) -> UsageReport:
+        """Totals of the caller's finished tasks (an admin: any user's, or every user's) in [since, until)."""
+        if user_id is not None and not caller.admin and user_id != caller.user_id:
+            raise Forbidden(f"user_id {echo(user_id)!r} is not yours; only an admin may read another user's usage")
+        since, until = _utc(since), _utc(until)
+        if since is not None and until is not None and since >= until:
+            raise Unprocessable("from must be before to", errors=[
+                {"field": "from", "value": since.isoformat(), "message": f"must be before to ({until.isoformat()})"}])
+        owner = user_id if caller.admin else caller.user_id
+
+        def read() -> list[dict[str, Any]]:
+            return self.storage.open_mirror().usage_records(namespace=self.namespace, user_id=owner, since=since,
+                                                             until=until)
+        with storage_errors():
+            records = await asyncio.to_thread(read)
+        summary = usage_summary(records, group_by)
+        return UsageReport.model_validate({"user_id": owner, "from": since, "to": until, "group_by": group_by,
+                                           **summary})
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    """A time without an offset is UTC."""
+    if value is None:
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
