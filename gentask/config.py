@@ -306,7 +306,7 @@ class Settings(BaseModel):
         if v is None or (isinstance(v, str) and not v.strip()):
             return None
         text = str(v).strip()
-        if not text.startswith("{"):
+        if not text.startswith(("{", "[")):
             try:
                 text = Path(text).read_text()
             except OSError as exc:
