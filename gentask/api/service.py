@@ -376,10 +376,12 @@ class TaskService:
         """Totals of the caller's finished tasks (an admin: any user's, or every user's) in [since, until)."""
         if user_id is not None and not caller.admin and user_id != caller.user_id:
             raise Forbidden(f"user_id {echo(user_id)!r} is not yours; only an admin may read another user's usage")
-        since, until = _utc(since), _utc(until)
+        since, until = _utc(since, "from"), _utc(until, "to")
         if since is not None and until is not None and since >= until:
-            raise Unprocessable("from must be before to", errors=[
-                {"field": "from", "value": since.isoformat(), "message": f"must be before to ({until.isoformat()})"}])
+            raise Unprocessable(f"from must be before to: from {since.isoformat()} is not before to "
+                                f"{until.isoformat()}", errors=[
+                {"field": "from", "value": since.isoformat(), "accepted": f"a time before to ({until.isoformat()})",
+                 "message": "from must be before to"}])
         owner = user_id if caller.admin else caller.user_id
 
         def read() -> list[dict[str, Any]]:
@@ -392,8 +394,13 @@ class TaskService:
                                            **summary})
 
 
-def _utc(value: datetime | None) -> datetime | None:
-    """A time without an offset is UTC."""
+def _utc(value: datetime | None, name: str) -> datetime | None:
+    """A time without an offset is UTC; one that is not a time in UTC (year 0 or 10000 there) is a 422."""
     if value is None:
         return None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    try:
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    except OverflowError:
+        raise Unprocessable(f"{name} is out of range", errors=[
+            {"field": name, "value": value.isoformat(), "accepted": "an RFC 3339 time from year 1 to 9999 in UTC",
+             "message": "out of range"}]) from None
