@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 
@@ -161,3 +162,10 @@ def test_usage_summary_groups_attempts_by_model_and_provider_and_tasks_by_day():
         ("2026-12-02", 1, [{"amount": "0.01", "currency": "XTS"}])]
     with pytest.raises(ValueError, match="group_by 'week' is not accepted"):
         usage_summary(records, "week")
+
+
+def test_docs_pricing_lists_every_price_as_the_code_has_it():
+    page = (Path(__file__).resolve().parents[3] / "docs" / "pricing.md").read_text()
+    for (provider, model), price in PRICES.items():
+        row = f"| `{provider}/{model}` | {price.describe()} | {price.as_of} | {price.source} |"
+        assert row in page, f"docs/pricing.md lacks or misstates {provider}/{model}: expected {row}"
