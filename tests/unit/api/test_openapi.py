@@ -168,7 +168,10 @@ def test_the_usage_endpoint_documents_its_filters_and_answers():
     params = {p["name"]: p for p in operation["parameters"]}
     assert set(params) == {"user_id", "from", "to", "group_by"}
     assert params["group_by"]["schema"]["enum"] == ["model", "provider", "day", "user"]
-    assert params["from"]["schema"]["anyOf"][0]["format"] == "date-time"
+    for name in ("from", "to"):            # RFC 3339 text; from before to is the server's own check
+        schema = params[name]["schema"]
+        assert schema["format"] == "date-time" and schema["anyOf"][0]["pattern"].startswith("^[0-9]{4}-")
+        assert "x-gentask-checked-by-server" in schema
     assert {"200", "401", "403", "422", "429", "503"} <= set(operation["responses"])
     report = DOCUMENT["components"]["schemas"]["UsageReport"]
     assert {"from", "to", "group_by", "totals", "groups", "tasks"} <= set(report["properties"])
