@@ -72,12 +72,12 @@ def setup(cluster: Cluster, tmp_path_factory) -> Iterator[Setup]:
             urls = {k: v for k, v in vendors.environ().items() if k.endswith("_URL")}
             operator = start_operator(cluster, log, GENTASK_WATCH_NAMESPACES=ns, MONGO_URL=mongo_url, **urls)
             api = launch(cluster, ns, mongo_url=mongo_url)
+            made = Setup(ns, vendors, operator, api, log, api.client("alice"), api.client("bob"), api.client("root"))
             try:
-                yield Setup(ns, vendors, operator, api, log, api.client("alice"), api.client("bob"),
-                            api.client("root"))
+                yield made
             finally:
                 api.stop()
-                stop_operator(operator)
+                stop_operator(made.operator)          # a test may have started another one
     finally:
         core.delete_namespace(ns, propagation_policy="Background")
 
@@ -228,3 +228,23 @@ def test_the_usage_endpoint_totals_a_users_tasks_and_keeps_others_out(s: Setup):
         assert r.status_code == 422, (params, r.text)
         for word in words:
             assert word in r.text, (params, r.text)
+
+
+def test_a_restarted_operator_counts_no_finished_task_twice(s: Setup, cluster: Cluster):
+    before = s.create(s.alice, "image", prompt="counted once", provider="fake", model="fake-image", size="64x64")
+    assert s.finished(s.alice, before)["cost"]["amount"] == "0.01"
+    labels = {"namespace": s.ns, "user": "alice", "provider": "fake", "model": "fake-image", "currency": "XTS"}
+    wait_for(lambda: s.operator.metric("gentask_task_cost_total", **labels), 30, until=lambda v: v >= 0.01,
+             what="the first operator to count the image")
+    stop_operator(s.operator)
+    kept = ("GENTASK_WATCH_NAMESPACES", "MONGO_URL", "ARK_BASE_URL", "OPENAI_BASE_URL", "VOLCENGINE_VISUAL_BASE_URL")
+    s.operator = start_operator(cluster, s.log, **{k: s.operator.env[k] for k in kept})
+    after = s.create(s.alice, "image", prompt="counted by the new one", provider="fake", model="fake-image",
+                     size="64x64", n=3)
+    assert s.finished(s.alice, after)["cost"]["amount"] == "0.03"
+    # the new process counts the task it saw finish, and none of those that finished before it
+    wait_for(lambda: s.operator.metric("gentask_task_cost_total", **labels), 30, until=lambda v: v > 0,
+             what="the new operator to count the new image")
+    assert s.operator.metric("gentask_task_cost_total", **labels) == pytest.approx(0.03)
+    assert s.operator.metric("gentask_task_usage_total", namespace=s.ns, user="alice", model="fake-image",
+                             unit="images") == 3
