@@ -121,7 +121,9 @@ class _Run:
         words = None
         if result.text is not None:
             words = (len(request.prompt.split()), len(result.text.split()))
-        seconds = request.param("duration") if result.video is not None else None
+        seconds = None
+        if result.video is not None:       # the length asked for, or the one the model always makes
+            seconds = request.param("duration") or request.model.options.get("video_seconds")
         usage = normalize_usage(request.type, result.usage, images=len(result.images),
                                 video_seconds=int(seconds) if seconds is not None else None, words=words)
         self.attempts.append(Attempt(request.model.provider, request.model.model, True, usage,

@@ -96,3 +96,14 @@ async def test_a_fallback_task_shows_each_attempt_and_the_total_per_currency(ven
     assert out["cost"]["attempts"][1]["usage"] == {"images": 1, "inputTokens": 6, "outputTokens": 272}
     assert out["cost"]["amount"] == "0.002188" and out["cost"]["currency"] == "USD"
     assert out["cost"]["totals"] == [{"amount": "0.002188", "currency": "USD"}]
+
+
+async def test_jimeng_reports_no_usage_so_what_was_produced_is_charged(vendors, registry, policy):
+    image = task("image", "volcengine", "jimeng_high_aes_general_v21_L", params={"size": "512x384"})
+    out = cost_of((await generate(image, registry=registry, policy=policy)).attempt_log, image)
+    assert out["usage"] == {"images": 1} and out["cost"]["amount"] == "0.2"
+    for model, params, seconds in (("jimeng_vgfm_t2v_l20", {}, 5), ("jimeng_t2v_v30", {"duration": 10}, 10)):
+        video = task("video", "volcengine", model, params=params)
+        out = cost_of((await generate(video, registry=registry, policy=policy)).attempt_log, video)
+        assert out["usage"] == {"videoSeconds": seconds}, model        # S2.0 Pro always makes 5 s
+        assert Decimal(out["cost"]["amount"]) == seconds * PRICES.get("volcengine", model).per_second
