@@ -12,7 +12,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import (
     AliasChoices,
@@ -25,6 +25,9 @@ from pydantic import (
     field_validator,
 )
 from pydantic_core import ErrorDetails
+
+if TYPE_CHECKING:
+    from gentask.domain.pricing import PriceTable
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
@@ -259,6 +262,9 @@ class Settings(BaseModel):
     api_sse_queue: int = Field(1000, ge=1, le=1000000, validation_alias=_env("GENTASK_API_SSE_QUEUE"),
                                description="tasks whose change a stream may hold unsent; a client further behind "
                                            "is resynced from the index (latest states only)")
+    prices: str | None = Field(None, validation_alias=_env("GENTASK_PRICES"),
+                               description="price overrides: JSON {\"provider/model\": {\"perImage\": \"0.2\", "
+                                           "...}}, or the path of a file holding it (docs/pricing.md)")
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -374,6 +380,31 @@ class Settings(BaseModel):
         from gentask.domain.webhooks import WebhookPolicy
         WebhookPolicy.parse(v, allow_http=True)         # a bad CIDR stops start-up, named
         return v
+
+    @field_validator("prices", mode="before")
+    @classmethod
+    def _prices(cls, v: object) -> object:
+        """JSON, or a file's path; parsed once here so that a bad price stops start-up with its model and field."""
+        if v is None or (isinstance(v, str) and not v.strip()):
+            return None
+        text = str(v).strip()
+        if not text.startswith(("{", "[")):
+            try:
+                text = Path(text).read_text()
+            except OSError as exc:
+                raise ValueError(f"not JSON and not a readable file ({exc.strerror}); expected {{\"provider/model\": "
+                                 "{\"perImage\": \"0.2\"}} or the path of a file holding it") from None
+        from gentask.domain.pricing import PriceError, parse_overrides
+        try:
+            parse_overrides(text)
+        except PriceError as exc:
+            raise ValueError(str(exc)) from None
+        return text
+
+    def price_table(self) -> PriceTable:
+        """The catalog's prices with GENTASK_PRICES' overrides."""
+        from gentask.domain.pricing import PriceTable
+        return PriceTable.from_text(self.prices)
 
     @field_validator("webhook_signing_key")
     @classmethod

@@ -27,7 +27,8 @@ class Fault:
     kind: a vendor-shaped error (rate_limited, overloaded, server_error, content_rejected, quota,
     auth, bad_request), `error` (status/code/message given verbatim in the vendor's error body),
     `slow` (answer normally after `delay` seconds), `drop` (close the connection unanswered) or
-    `job_failed` (a vendor job created now ends failed with code/message).
+    `job_failed` (a vendor job created now ends failed with code/message, and reports `usage`
+    when given: a job that ran before it failed, which the vendor bills).
     """
 
     kind: str
@@ -38,6 +39,7 @@ class Fault:
     message: str | None = None
     retry_after: float | None = None
     delay: float = 0.0
+    usage: dict[str, int] | None = None
 
 
 @dataclass
@@ -137,13 +139,13 @@ class VendorServer:
     # --- control ------------------------------------------------------------------------------
     def inject(self, kind: str, *, times: int = 1, path: str | None = None, status: int | None = None,
                code: str | int | None = None, message: str | None = None, retry_after: float | None = None,
-               delay: float = 0.0) -> Fault:
+               delay: float = 0.0, usage: dict[str, int] | None = None) -> Fault:
         """Misbehave on the next `times` requests whose path and query contain `path` (all when None),
         e.g. path="/images" or, for Visual, path="Action=CVSync2AsyncSubmitTask"."""
         if kind not in self.fault_kinds:
             raise ValueError(f"fault kind {kind!r} is not accepted by the {self.vendor} server; "
                              f"accepted: {', '.join(self.fault_kinds)}")
-        fault = Fault(kind, times, path, status, code, message, retry_after, delay)
+        fault = Fault(kind, times, path, status, code, message, retry_after, delay, usage)
         with self._lock:
             self._faults.append(fault)
         return fault

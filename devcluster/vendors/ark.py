@@ -30,6 +30,9 @@ FAULT_BODIES: dict[str, tuple[int, str, str]] = {
     "auth": (401, "AuthenticationError", "The API key in the request is missing or invalid"),
     "bad_request": (400, "InvalidParameter", "A parameter specified in the request is not valid"),
 }
+# Seedance's output sizes at 16:9 (other ratios keep about the same area); it bills
+# width x height x 24 fps x seconds / 1024 video tokens (usage.completion_tokens)
+VIDEO_PIXELS = {"480p": 864 * 480, "720p": 1248 * 704, "1080p": 1920 * 1088}
 ERROR_TYPES = {400: "BadRequest", 401: "Unauthorized", 403: "Forbidden", 404: "NotFound", 429: "TooManyRequests",
                500: "InternalServerError"}
 
@@ -234,11 +237,14 @@ class ArkServer(VendorServer):
             task["status"] = "failed"
             task["error"] = {"code": str(fault.code or "OutputVideoSensitiveContentDetected"),
                              "message": fault.message or "The generated video may contain sensitive information."}
+            if fault.usage is not None:        # it ran before it failed: what the vendor bills
+                task["usage"] = dict(fault.usage)
             return
         video = mp4_for(task["_prompt"], task["ratio"] if task["ratio"] != "adaptive" else "16:9", task["duration"])
         task["status"] = "succeeded"
         task["content"] = {"video_url": self.put_file(f"{task['id']}.mp4", video, "video/mp4")}
-        task["usage"] = {"completion_tokens": 108900, "total_tokens": 108900}
+        tokens = VIDEO_PIXELS.get(task["resolution"], VIDEO_PIXELS["1080p"]) * 24 * int(task["duration"]) // 1024
+        task["usage"] = {"completion_tokens": tokens, "total_tokens": tokens}
 
     @staticmethod
     def _public(task: dict[str, Any]) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from gentask.api.index import TaskIndex
 from gentask.api.limits import RateLimiter
 from gentask.api.metrics import Metrics, MetricsMiddleware
 from gentask.api.middleware import BodyLimitMiddleware
-from gentask.api.routers import callbacks, console, events, health, models, tasks
+from gentask.api.routers import callbacks, console, events, health, models, tasks, usage
 from gentask.api.schemas import restrict_providers
 from gentask.api.service import TaskService
 from gentask.api.signing import LinkSigner
@@ -152,6 +152,7 @@ def create_app(settings: Settings | None = None, *, kubeconfig: str | None = Non
     app.include_router(events.router)
     app.include_router(callbacks.router)
     app.include_router(models.router)
+    app.include_router(usage.router)
     app.include_router(health.router)
     app.include_router(console.router)
     app.include_router(console.pages)      # /console and / (the web console; docs/console.md)

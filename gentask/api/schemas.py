@@ -205,6 +205,77 @@ class ArtifactLink(BaseModel):
     source_url: str | None = Field(None, description="the vendor's URL; it expires")
 
 
+AMOUNT = r"^[0-9]+(\.[0-9]+)?$"
+CURRENCY = r"^[A-Z]{3}$"
+
+
+class UsageView(BaseModel):
+    """What a task (or one attempt) consumed: the vendor's numbers where it reports them, else what was produced."""
+
+    images: int | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    video_seconds: int | None = None
+    video_tokens: int | None = None
+
+
+class MoneyView(BaseModel):
+    """An amount in one currency, as a decimal string."""
+
+    amount: str = Field(description="decimal string, e.g. 0.259", pattern=AMOUNT, max_length=32)
+    currency: str = Field(description="ISO 4217: CNY, USD (XTS: the simulator's test money)", pattern=CURRENCY)
+
+
+class AttemptCostView(BaseModel):
+    """One vendor attempt of a task and what it cost; a refused one costs 0."""
+
+    provider: str
+    model: str
+    outcome: Literal["Succeeded", "Failed"]
+    reason: str | None = None
+    vendor_task_id: str | None = None
+    usage: UsageView = Field(default_factory=UsageView)
+    amount: str = Field(pattern=AMOUNT, max_length=32)
+    currency: str = Field(pattern=CURRENCY)
+
+
+class CostView(BaseModel):
+    """What a task cost by the price table (docs/pricing.md): the total and each attempt."""
+
+    amount: str | None = Field(None, description="the total, when every charge is in one currency", pattern=AMOUNT,
+                               max_length=32)
+    currency: str | None = Field(None, pattern=CURRENCY)
+    totals: list[MoneyView] = Field(default_factory=list, description="the total per currency")
+    attempts: list[AttemptCostView] = Field(default_factory=list)
+
+
+class UsageGroup(BaseModel):
+    """The totals of one group of a usage report."""
+
+    key: str = Field(description="provider/model, provider, YYYY-MM-DD (UTC) or user id, by group_by")
+    provider: str | None = None
+    model: str | None = None
+    day: str | None = None
+    user: str | None = None
+    tasks: int = Field(description="tasks with an attempt in this group")
+    usage: UsageView
+    cost: list[MoneyView] = Field(description="the cost per currency")
+
+
+class UsageReport(BaseModel):
+    """Usage and cost of one user's (or, for an admin without user_id, every user's) finished tasks."""
+
+    user_id: str | None = Field(description="whose tasks; null: every user's (admin)")
+    from_: datetime | None = Field(None, alias="from", description="completed at or after (RFC 3339)")
+    to: datetime | None = Field(None, description="completed before (RFC 3339)")
+    group_by: Literal["model", "provider", "day", "user"]
+    tasks: int = Field(description="finished tasks in the window")
+    totals: list[MoneyView] = Field(description="the cost per currency over all groups")
+    groups: list[UsageGroup]
+
+    model_config = ConfigDict(populate_by_name=True)
+
+
 class TaskResultView(BaseModel):
     """What a task produced, as the old server gave it, plus the stored files."""
 
@@ -249,6 +320,9 @@ class TaskView(BaseModel):
     fallbacks: list[ModelRefView] = Field(default_factory=list)
     cancel_requested: bool = False
     result: TaskResultView | None = None
+    usage: UsageView | None = Field(None, description="what the task consumed over all its attempts")
+    cost: CostView | None = Field(None, description="what the task cost by the price table; a refused attempt "
+                                                     "costs 0 (docs/pricing.md)")
     created_at: datetime | None = Field(None, description="RFC 3339, UTC")
     started_at: datetime | None = Field(None, description="RFC 3339, UTC")
     completed_at: datetime | None = Field(None, description="RFC 3339, UTC")
@@ -302,6 +376,7 @@ class ModelView(BaseModel):
     retired: str | None = None
     successor: str | None = None
     note: str = ""
+    price: str | None = Field(None, description="the price table's figures, e.g. '0.2 CNY/image' (docs/pricing.md)")
 
 
 class ModelList(BaseModel):

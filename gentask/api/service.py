@@ -15,6 +15,7 @@ import logging
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from functools import cached_property
 from typing import Any
 
@@ -23,10 +24,11 @@ from gentask.api.errors import Conflict, Forbidden, NotFound, TooManyRequests, U
 from gentask.api.faults import RETRY_AFTER, cluster_errors, cluster_unavailable, storage_errors
 from gentask.api.index import TaskIndex, UnreadableTask, parse_task
 from gentask.api.metrics import Metrics
-from gentask.api.schemas import DeletedTask, TaskPage, TaskRequest, TaskView
+from gentask.api.schemas import DeletedTask, TaskPage, TaskRequest, TaskView, UsageReport
 from gentask.api.translate import build_spec, canonical_hash, manifest
 from gentask.api.views import OLD_STATUS, PHASES_OF, find_artifact, is_finished, owner_of, record_of, task_view
 from gentask.config import Settings
+from gentask.domain.pricing import usage_summary
 from gentask.domain.task import DNS_LABEL, GenerationTask, TaskType
 from gentask.domain.webhooks import CallbackRefused
 from gentask.kube.tasks import (
@@ -400,3 +402,39 @@ class TaskService:
             records, total = await asyncio.to_thread(page)
         return TaskPage(tasks=[task_view(r) for r in records], total=total, limit=limit, offset=offset)
 
+
+    # --- usage ----------------------------------------------------------------------------
+
+    async def usage(self, caller: Caller, *, user_id: str | None, since: datetime | None, until: datetime | None,
+                    group_by: str) -> UsageReport:
+        """Totals of the caller's finished tasks (an admin: any user's, or every user's) in [since, until)."""
+        if user_id is not None and not caller.admin and user_id != caller.user_id:
+            raise Forbidden(f"user_id {echo(user_id)!r} is not yours; only an admin may read another user's usage")
+        since, until = _utc(since, "from"), _utc(until, "to")
+        if since is not None and until is not None and since >= until:
+            raise Unprocessable(f"from must be before to: from {since.isoformat()} is not before to "
+                                f"{until.isoformat()}", errors=[
+                {"field": "from", "value": since.isoformat(), "accepted": f"a time before to ({until.isoformat()})",
+                 "message": "from must be before to"}])
+        owner = user_id if caller.admin else caller.user_id
+
+        def read() -> list[dict[str, Any]]:
+            return self.storage.open_mirror().usage_records(namespace=self.namespace, user_id=owner, since=since,
+                                                             until=until)
+        with storage_errors():
+            records = await asyncio.to_thread(read)
+        summary = usage_summary(records, group_by)
+        return UsageReport.model_validate({"user_id": owner, "from": since, "to": until, "group_by": group_by,
+                                           **summary})
+
+
+def _utc(value: datetime | None, name: str) -> datetime | None:
+    """A time without an offset is UTC; one that is not a time in UTC (year 0 or 10000 there) is a 422."""
+    if value is None:
+        return None
+    try:
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    except OverflowError:
+        raise Unprocessable(f"{name} is out of range", errors=[
+            {"field": name, "value": value.isoformat(), "accepted": "an RFC 3339 time from year 1 to 9999 in UTC",
+             "message": "out of range"}]) from None

@@ -40,6 +40,8 @@ def record_of(task: GenerationTask) -> dict[str, Any]:
         "servedBy": status.served_by.model_dump() if status.served_by is not None else None,
         "result": status.result.model_dump(by_alias=True, exclude_none=True, mode="json")
         if status.result is not None else None,
+        "usage": status.usage.model_dump(by_alias=True, exclude_none=True) if status.usage is not None else None,
+        "cost": status.cost.model_dump(by_alias=True, exclude_none=True) if status.cost is not None else None,
         "createdAt": meta.creation_timestamp, "startTime": status.start_time,
         "completionTime": status.completion_time,
     }
@@ -99,6 +101,23 @@ def result_view(task_id: str, result: Mapping[str, Any] | None, full_text: str |
     }
 
 
+def usage_view(usage: Any) -> dict[str, int] | None:
+    """A status usage (camelCase units) -> the view's (snake_case units)."""
+    if not isinstance(usage, Mapping):
+        return None
+    return {to_snake(k): v for k, v in usage.items() if isinstance(v, int) and not isinstance(v, bool)}
+
+
+def cost_view(cost: Any) -> dict[str, Any] | None:
+    """A status cost (camelCase) -> the view's (snake_case)."""
+    if not isinstance(cost, Mapping):
+        return None
+    attempts = [{**{to_snake(k): v for k, v in a.items() if k != "usage"}, "usage": usage_view(a.get("usage")) or {}}
+                for a in cost.get("attempts") or [] if isinstance(a, Mapping)]
+    return {"amount": cost.get("amount"), "currency": cost.get("currency"),
+            "totals": [t for t in cost.get("totals") or [] if isinstance(t, Mapping)], "attempts": attempts}
+
+
 def task_view(rec: Mapping[str, Any], full_text: str | None = None) -> TaskView:
     """A mirror record (or record_of(task)) -> the API's TaskView."""
     phase = rec.get("phase") or Phase.PENDING.value
@@ -120,6 +139,7 @@ def task_view(rec: Mapping[str, Any], full_text: str | None = None) -> TaskView:
         "fallbacks": [f for f in rec.get("fallbacks") or [] if isinstance(f, Mapping)],
         "cancel_requested": bool(rec.get("cancel")),
         "result": result,
+        "usage": usage_view(rec.get("usage")), "cost": cost_view(rec.get("cost")),
         "created_at": created, "started_at": started, "completed_at": completed,
         # the old server's fields: created, updated (its last change) and the result's at the top
         "created": created, "updated": completed or started or created,

@@ -347,8 +347,8 @@ def render(data: Any, output: str, *, kind: str) -> str:
                              + (f", {data.get('reason')}" if data.get("reason") else "") + ")"),
                   ("model", f"{data.get('provider')}/{data.get('model')}"), ("user", data.get("user_id")),
                   ("prompt", data.get("prompt")), ("message", data.get("message")),
-                  ("attempts", data.get("attempts")), ("created", data.get("created_at")),
-                  ("completed", data.get("completed_at"))]
+                  ("attempts", data.get("attempts")), ("cost", _cost_line(data.get("cost"))),
+                  ("created", data.get("created_at")), ("completed", data.get("completed_at"))]
         result = data.get("result") or {}
         for artifact in result.get("artifacts") or []:
             fields.append(("file", f"{artifact.get('name')} ({artifact.get('mime_type')}, "
@@ -359,6 +359,14 @@ def render(data: Any, output: str, *, kind: str) -> str:
         return "\n".join(f"{k + ':':<{width + 1}} {printable(str(v), lines=k == 'text')}" for k, v in fields
                          if v not in (None, ""))
     return printable(" ".join(f"{k}={v}" for k, v in (data or {}).items()))
+
+
+def _cost_line(cost: Any) -> str | None:
+    """What a task cost, e.g. "0.4 CNY" (each currency's total after charges in two; docs/pricing.md)."""
+    if not isinstance(cost, dict):
+        return None
+    totals = [f"{t.get('amount')} {t.get('currency')}" for t in cost.get("totals") or [] if isinstance(t, dict)]
+    return " + ".join(totals) or None
 
 
 # --- the commands ---------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from __future__ import annotations
 from functools import cache
 
 # Where the conventions want an initialism kept in capitals (Kubernetes: `podIP`, `userID`).
-_INITIALISMS = {"user_id": "userID", "provider_task_id": "providerTaskID"}
+_INITIALISMS = {"user_id": "userID", "provider_task_id": "providerTaskID", "vendor_task_id": "vendorTaskID"}
 
 
 @cache

@@ -139,6 +139,51 @@ class ProviderFailure(_Model):
     message: str = ""
 
 
+class Usage(_Model):
+    """What a task (or one attempt) consumed: the vendor's numbers where it reports them, else what was produced."""
+
+    images: int | None = Field(None, ge=0, description="images generated")
+    input_tokens: int | None = Field(None, ge=0, description="prompt tokens (text, token-billed images)")
+    output_tokens: int | None = Field(None, ge=0, description="completion or image output tokens")
+    video_seconds: int | None = Field(None, ge=0, description="seconds of video produced")
+    video_tokens: int | None = Field(None, ge=0, description="video tokens the vendor billed (Seedance)")
+
+
+AMOUNT = r"^[0-9]+(\.[0-9]+)?$"
+CURRENCY = r"^[A-Z]{3}$"
+
+
+class Money(_Model):
+    """An amount in one currency, as a decimal string (never a float)."""
+
+    amount: str = Field(pattern=AMOUNT, max_length=32, description="decimal string, e.g. 0.259")
+    currency: str = Field(pattern=CURRENCY, description="ISO 4217 code: CNY, USD (XTS: the simulator's test money)")
+
+
+class AttemptCost(_Model):
+    """One vendor attempt of a task (a call, or a vendor job) and what it cost."""
+
+    provider: str
+    model: str
+    outcome: Literal["Succeeded", "Failed"]
+    reason: str | None = Field(None, description="why it failed, a word of the reason vocabulary")
+    vendor_task_id: str | None = Field(None, description="the vendor's job id (video)")
+    usage: Usage = Field(default_factory=Usage)
+    amount: str = Field(pattern=AMOUNT, max_length=32, description="what this attempt cost, decimal string")
+    currency: str = Field(pattern=CURRENCY)
+
+
+class Cost(_Model):
+    """What a task cost: the total (per currency when attempts were billed in two) and each attempt."""
+
+    amount: str | None = Field(None, pattern=AMOUNT, max_length=32,
+                               description="the total, when every charge is in one currency")
+    currency: str | None = Field(None, pattern=CURRENCY)
+    totals: list[Money] = Field(default_factory=list, max_length=8, description="the total per currency")
+    attempts: list[AttemptCost] = Field(default_factory=list, max_length=32,
+                                        description="each attempt, in order; a refused one costs 0")
+
+
 class TaskResult(_Model):
     """What the task produced: references to stored files (never the bytes), the text, usage."""
 
@@ -167,6 +212,8 @@ class GenerationTaskStatus(_Model):
     start_time: datetime | None = None
     completion_time: datetime | None = None
     result: TaskResult | None = None
+    usage: Usage | None = Field(None, description="what the task consumed over all its attempts")
+    cost: Cost | None = Field(None, description="what the task cost, by the price table (docs/pricing.md)")
     notifications: list[Notification] = Field(default_factory=list, max_length=8,
                                               description="delivery state of spec.notify's events, one entry an "
                                                           "event (written by the operator)")
@@ -241,7 +288,7 @@ class GenerationTask(BaseModel):
 
 __all__ = [
     "API_VERSION", "GROUP", "KIND", "PLURAL", "REASONS", "SHORT_NAMES", "SINGULAR", "VERSION",
-    "Artifact", "Condition", "GenerationTask", "GenerationTaskSpec", "GenerationTaskStatus",
-    "ModelRef", "ObjectMeta", "OwnerReference", "Params", "Phase", "Priority", "ProviderFailure", "TaskResult",
-    "TaskType",
+    "Artifact", "AttemptCost", "Condition", "Cost", "GenerationTask", "GenerationTaskSpec", "GenerationTaskStatus",
+    "ModelRef", "Money", "ObjectMeta", "OwnerReference", "Params", "Phase", "Priority", "ProviderFailure",
+    "TaskResult", "TaskType", "Usage",
 ]

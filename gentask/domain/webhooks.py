@@ -191,6 +191,22 @@ def _artifacts(task_id: str, result: Mapping[str, Any]) -> list[dict[str, Any]]:
              "source_url": entry.get("url")} for kind, entry in entries if entry.get("artifact")]
 
 
+_UNITS = ("images", "input_tokens", "output_tokens", "video_seconds", "video_tokens")
+
+
+def _usage(usage: dict[str, Any]) -> dict[str, Any]:
+    return {unit: usage.get(unit) for unit in _UNITS}
+
+
+def _cost(cost: dict[str, Any]) -> dict[str, Any]:
+    """status.cost (Python names) in the REST view's shape (gentask.api.schemas.CostView)."""
+    attempts = [{"provider": a["provider"], "model": a["model"], "outcome": a["outcome"], "reason": a.get("reason"),
+                 "vendor_task_id": a.get("vendor_task_id"), "usage": _usage(a.get("usage") or {}),
+                 "amount": a["amount"], "currency": a["currency"]} for a in cost.get("attempts") or []]
+    return {"amount": cost.get("amount"), "currency": cost.get("currency"), "totals": cost.get("totals") or [],
+            "attempts": attempts}
+
+
 def task_data(task: GenerationTask) -> dict[str, Any]:
     """The task in the REST API's shape (the fields of GET /api/v1/ai/task/result/{id}).
 
@@ -218,6 +234,8 @@ def task_data(task: GenerationTask) -> dict[str, Any]:
                                                                       mode="json").items()},
         "fallbacks": [f.model_dump() for f in spec.fallbacks], "cancel_requested": spec.cancel,
         "result": view,
+        "usage": _usage(status.usage.model_dump(exclude_none=True)) if status.usage is not None else None,
+        "cost": _cost(status.cost.model_dump(exclude_none=True)) if status.cost is not None else None,
         "created_at": _when(meta.creation_timestamp), "started_at": _when(status.start_time),
         "completed_at": _when(status.completion_time),
     }

@@ -78,6 +78,8 @@ def _env(settings: Settings) -> list[dict[str, Any]]:
              "ARK_BASE_URL": settings.ark_base_url, "VOLCENGINE_VISUAL_BASE_URL": settings.visual_base_url,
              "OPENAI_BASE_URL": settings.openai_base_url, "GENTASK_PROVIDERS": ",".join(settings.providers),
              "ENVIRONMENT": settings.environment}
+    if settings.prices:                 # the price table the worker computes status.cost with
+        plain["GENTASK_PRICES"] = settings.prices
     env += [{"name": k, "value": v} for k, v in plain.items()]
     return env
 

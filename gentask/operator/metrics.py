@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
 from prometheus_client import Counter as PromCounter
+
+from gentask.domain.task import Cost
 
 BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800, 3600)
 WEBHOOK_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 1800, 3600, 21600, 86400)
@@ -42,6 +46,16 @@ class Metrics:
                                      buckets=WEBHOOK_BUCKETS, registry=r)
         self.webhook_pending = Gauge("gentask_webhook_pending", "Tasks with webhook events not yet settled",
                                      registry=r)
+        # Cost and usage of finished tasks, counted once, when this process sees a task it knew
+        # unfinished finish (observe.py): a restart does not count again the tasks that finished
+        # before it (it never sees them unfinished), so a counter is exact per process lifetime and
+        # Prometheus' rate() and increase() handle the reset. The usage endpoint is the record.
+        self.cost = PromCounter("gentask_task_cost_total", "Cost of finished tasks by the price table, in currency "
+                                "units (each attempt under its own provider and model)",
+                                ["namespace", "user", "provider", "model", "currency"], registry=r)
+        self.usage = PromCounter("gentask_task_usage_total", "Usage of finished tasks: images, input_tokens, "
+                                 "output_tokens, video_seconds, video_tokens",
+                                 ["namespace", "user", "provider", "model", "unit"], registry=r)
         self._by_uid: dict[str, tuple[str, str, str]] = {}
 
     def observe_task(self, uid: str, phase: str, type_: str, provider: str) -> None:
@@ -60,6 +74,18 @@ class Metrics:
         old = self._by_uid.pop(uid, None)
         if old is not None:
             self.tasks.labels(*old).dec()
+
+    def count_cost(self, namespace: str, user: str, cost: Cost | None) -> None:
+        """Add a finished task's attempts to the cost and usage counters."""
+        if cost is None:
+            return
+        for a in cost.attempts:
+            amount = Decimal(a.amount)
+            if amount > 0:
+                self.cost.labels(namespace, user, a.provider, a.model, a.currency).inc(float(amount))
+            for unit, value in a.usage.model_dump(exclude_none=True).items():
+                if value:
+                    self.usage.labels(namespace, user, a.provider, a.model, unit).inc(value)
 
     def render(self) -> bytes:
         """The metrics in the Prometheus text format."""

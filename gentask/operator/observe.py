@@ -37,6 +37,8 @@ async def observe(ctx: OperatorContext, task: GenerationTask, raw: Mapping[str, 
                 max(0.0, (done - started).total_seconds()))
         for failure in status.provider_failures:
             ctx.metrics.provider_errors.labels(failure.provider, failure.reason).inc()
+        if previous is not None and not previous.terminal:    # seen unfinished, now finished: counted once
+            ctx.metrics.count_cost(task.namespace, spec.user_id, status.cost)
 
 
 async def _record_transitions(ctx: OperatorContext, task: GenerationTask, previous: Phase | None,

@@ -128,6 +128,7 @@ class Ark:
         else:
             error = ProviderError(f"the vendor job ended {status or 'without a status'}")
         error.provider, error.model, error.request_id = self.provider, model, error.request_id or request_id
+        error.usage = int_usage(data.get("usage"))      # a job that ran may be billed for what it used
         return JobStatus(JobState.FAILED, error=error)
 
     async def cancel_video(self, request: GenerationRequest, task_id: str) -> None:

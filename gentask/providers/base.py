@@ -20,6 +20,7 @@ from enum import StrEnum
 from typing import Any, ClassVar
 
 from gentask.domain.catalog import ModelSpec
+from gentask.domain.pricing import Attempt
 from gentask.domain.task import ModelRef, ProviderFailure, TaskType
 from gentask.providers.errors import BadRequestError, ProviderError
 
@@ -98,6 +99,7 @@ class GenerationResult:
     provider_task_id: str | None = None
     attempts: int = 1
     failures: list[ProviderFailure] = field(default_factory=list)
+    attempt_log: list[Attempt] = field(default_factory=list)     # every vendor attempt (the cost), by the runner
 
     @property
     def served_by(self) -> ModelRef:

@@ -50,6 +50,8 @@ class ProviderError(Exception):
         self.request_id = request_id
         self.retry_after = retry_after
         self.param = param or None         # the request field the vendor blames
+        self.usage: dict[str, int] = {}    # what the vendor reports it billed (a vendor job that ran, then failed)
+        self.attempt_recorded = False      # the runner has counted this failure's attempt (and its cost)
         self.retryable = self.default_retryable if retryable is None else retryable
 
     def __str__(self) -> str:

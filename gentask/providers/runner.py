@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from gentask.domain.catalog import ModelSpec, Target, lookup, validate_spec
+from gentask.domain.pricing import Attempt, normalize_usage
 from gentask.domain.task import GenerationTaskSpec, ProviderFailure
 from gentask.providers.base import GenerationRequest, GenerationResult, JobState, JobStatus, Provider
 from gentask.providers.errors import DeadlineExceededError, ProviderError
@@ -79,10 +80,12 @@ class Progress:
 class GenerationFailed(Exception):
     """Every target failed, or one failed for good. `reason` is a word of REASONS."""
 
-    def __init__(self, error: ProviderError, failures: list[ProviderFailure]) -> None:
+    def __init__(self, error: ProviderError, failures: list[ProviderFailure],
+                 attempts: list[Attempt] | None = None) -> None:
         super().__init__(str(error))
         self.error = error
         self.failures = failures
+        self.attempts = attempts or []      # every vendor attempt, with what the vendor billed
 
     @property
     def reason(self) -> str:
@@ -111,6 +114,37 @@ class _Run:
         self.failures: list[ProviderFailure] = []
         self.in_flight: tuple[Provider, GenerationRequest, str] | None = None
         self.current: ModelSpec | None = None          # the target being tried
+        self.attempts: list[Attempt] = []               # what each vendor attempt consumed (the cost)
+
+    def produced(self, request: GenerationRequest, result: GenerationResult) -> None:
+        """Record a vendor attempt that produced a result: its usage, as reported or as produced."""
+        words = None
+        if result.text is not None:
+            words = (len(request.prompt.split()), len(result.text.split()))
+        seconds = None
+        if result.video is not None:       # the length asked for, or the one the model always makes
+            seconds = request.param("duration") or request.model.options.get("video_seconds")
+        usage = normalize_usage(request.type, result.usage, images=len(result.images),
+                                video_seconds=int(seconds) if seconds is not None else None, words=words)
+        self.attempts.append(Attempt(request.model.provider, request.model.model, True, usage,
+                                     vendor_task_id=result.provider_task_id, size=request.param("size")))
+
+    def refused(self, error: ProviderError, request: GenerationRequest | None = None,
+                vendor_task_id: str | None = None) -> None:
+        """Record a failed vendor attempt: nothing is charged unless the vendor reported usage (a job that ran)."""
+        if error.attempt_recorded:
+            return
+        error.attempt_recorded = True
+        usage: dict[str, int] = {}
+        model = request.model if request is not None else (lookup(error.provider or "", error.model or "")
+                                                           or self.current)
+        if error.usage and model is not None:
+            usage = normalize_usage(model.type, error.usage)
+        provider = model.provider if model is not None else error.provider or ""
+        name = model.model if model is not None else error.model or ""
+        self.attempts.append(Attempt(provider, name, False, usage, reason=error.reason,
+                                     vendor_task_id=vendor_task_id,
+                                     size=request.param("size") if request is not None else None))
 
     def notify(self, request: GenerationRequest, state: str, **kw: Any) -> None:
         if self.on_progress is not None:
@@ -125,6 +159,7 @@ class _Run:
             return await self.job(provider, request, task_id)
         result, attempts = await self.call(provider, request, lambda: provider.generate(request))
         result.attempts = attempts
+        self.produced(request, result)
         return result
 
     async def call(self, provider: Provider, request: GenerationRequest,
@@ -155,9 +190,11 @@ class _Run:
             if status.state is JobState.SUCCEEDED and status.result is not None:
                 status.result.provider_task_id = job_id
                 status.result.attempts = max(1, calls)
+                self.produced(request, status.result)
                 return status.result
             error = status.error or ProviderError("the vendor job failed without an error")
             error.provider, error.model = error.provider or provider.name, error.model or model
+            self.refused(error, request, job_id)      # a job that ran: what the vendor reports it billed
             failed_jobs += 1
             if not error.retryable or failed_jobs > self.policy.retries:
                 raise error
@@ -214,12 +251,14 @@ async def generate(spec: GenerationTaskSpec, *, registry: Registry, policy: Retr
                     result = await run.target(targets[index], task_id if index == start else None)
                 except ProviderError as error:
                     run.failures.append(error.failure())
+                    run.refused(error)
                     if not error.retryable or index == len(targets) - 1:
-                        raise GenerationFailed(error, run.failures) from None
+                        raise GenerationFailed(error, run.failures, run.attempts) from None
                     log.warning("provider failed, trying the next fallback", extra={
                         "provider": error.provider, "model": error.model, "reason": error.reason})
                     continue
                 result.failures = run.failures
+                result.attempt_log = run.attempts
                 return result
     except TimeoutError:
         await run.cancel_in_flight()
@@ -227,7 +266,8 @@ async def generate(spec: GenerationTaskSpec, *, registry: Registry, policy: Retr
             f"the task ran longer than timeoutSeconds={spec.timeout_seconds}",
             provider=run.current.provider if run.current else None, model=run.current.model if run.current else None)
         run.failures.append(deadline_error.failure())
-        raise GenerationFailed(deadline_error, run.failures) from None
+        run.refused(deadline_error)
+        raise GenerationFailed(deadline_error, run.failures, run.attempts) from None
     raise AssertionError("unreachable: validate_spec returns at least one target")
 
 

@@ -30,6 +30,7 @@ indexes on FerretDB's JSONB expressions, a deploy-time step of the database (doc
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import logging
 import random
@@ -71,6 +72,8 @@ LIST_INDEXES = (
     IndexModel([("type", ASCENDING), ("createdAt", ASCENDING)], name="type_created"),
     IndexModel([("phase", ASCENDING)], name="phase"),
     IndexModel([("createdAt", DESCENDING), ("_id", ASCENDING)], name="created_id"),
+    # the usage endpoint's range of one user's finished tasks (usage_totals)
+    IndexModel([("userID", ASCENDING), ("completionTime", ASCENDING)], name="user_completed"),
 )
 INDEXES = (*LIST_INDEXES, NAME_INDEX)
 TIMELINE_INDEXES = (IndexModel([("user", ASCENDING), ("ns", ASCENDING)], name="user_ns"),)
@@ -153,6 +156,8 @@ def record_from_task(obj: Mapping[str, Any]) -> dict[str, Any]:
         "providerTaskID": status.get("providerTaskID"),
         "providerFailures": list(status.get("providerFailures") or []),
         "result": status.get("result"),
+        "usage": status.get("usage"),
+        "cost": status.get("cost"),
         "conditions": list(status.get("conditions") or []),
         "notify": spec.get("notify"),                                   # webhooks: where, which events
         "notifications": list(status.get("notifications") or []),       # and how their delivery went
@@ -451,6 +456,32 @@ class TaskMirror:
                     if key not in gone:
                         found[_uid(key)] = int(entry.split("|", 1)[0][1:])
             return found
+
+    def usage_records(self, *, namespace: str, user_id: str | None, since: datetime | None,
+                      until: datetime | None) -> builtins.list[dict[str, Any]]:
+        """The cost and usage of the tasks that finished in [since, until): one user's (or all users'),
+        deleted and forgotten ones included (what they cost was spent). Fields: userID, provider,
+        model, completionTime, usage, cost.
+
+        One query, the same on both servers: equality on namespace and userID, a range on
+        completionTime, only those fields returned. MongoDB serves it with the index user_completed
+        (a range scan of the user's tasks in the window). FerretDB v1 pushes the equality down and
+        applies the range after decoding each of the user's records, so there it costs in
+        proportion to the user's tasks, like a list (docs/pricing.md, "The usage endpoint")."""
+        query: dict[str, Any] = {"namespace": namespace, "completionTime": {"$ne": None}}
+        if user_id is not None:
+            query["userID"] = user_id
+        window: dict[str, Any] = {}
+        if since is not None:
+            window["$gte"] = _ms(since)
+        if until is not None:
+            window["$lt"] = _ms(until)
+        if window:
+            query["completionTime"] = window
+        projection = dict.fromkeys(("userID", "provider", "model", "completionTime", "usage", "cost"), 1)
+        with self._errors("reading usage"):
+            return [d for d in self.collection.find(query, projection, batch_size=_ALL_AT_ONCE)
+                    if d.get("completionTime") is not None]
 
     def count_by_phase(self, *, include_deleted: bool = True) -> dict[str, int]:
         """How many records are in each phase (every phase present, zero when none)."""

@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 from gentask.config import Settings
 from gentask.domain.catalog import InvalidSpecError, ModelRetiredError
+from gentask.domain.names import to_snake
+from gentask.domain.pricing import Attempt, task_cost
 from gentask.domain.reasons import Phase
 from gentask.domain.task import GenerationTask, GenerationTaskSpec, GenerationTaskStatus, ModelRef
 from gentask.kube.client import KubeClient
@@ -65,6 +67,7 @@ class Worker:
         self._store_or_factory = store
         self.pod = pod_name
         self.policy = policy or RetryPolicy.from_settings(settings)
+        self.prices = settings.price_table()
         self._last_progress = 0.0
         self.reads_by_patch = False
         self._progress_writes: set[asyncio.Task[None]] = set()
@@ -76,7 +79,11 @@ class Worker:
             pass     # progress is information; the next one may get through
 
     async def _patch(self, ns: str, name: str, status: GenerationTaskStatus, rv: str | None = None) -> GenerationTask:
-        return GenerationTask.model_validate(await self.kube.patch_task_status(ns, name, status_patch(status), rv))
+        patch = status_patch(status)
+        cost = patch.get("cost")
+        if isinstance(cost, dict) and "amount" not in cost:     # two currencies: a merge patch must drop the
+            cost.update(amount=None, currency=None)             # single total an earlier pod may have written
+        return GenerationTask.model_validate(await self.kube.patch_task_status(ns, name, patch, rv))
 
     async def run(self, namespace: str, name: str, queued: GenerationTask | None = None) -> int:
         """Run the task NAMESPACE/NAME; the exit code tells the Job what to do next.
@@ -174,34 +181,47 @@ class Worker:
                                         on_progress=on_progress, deadline=self._remaining(spec, status))
             finally:   # a progress note must never land after the final status
                 await asyncio.gather(*self._progress_writes, return_exceptions=True)
-        except InvalidSpecError as exc:
+        except InvalidSpecError as exc:          # refused before any vendor call: it costs nothing
             reason = "ModelRetired" if isinstance(exc, ModelRetiredError) else "InvalidSpec"
-            await self._fail(current["task"], reason, str(exc))
+            await self._fail(current["task"], reason, str(exc), **self._cost(task, []))
             return EXIT_PERMANENT
         except GenerationFailed as exc:
-            await self._fail(current["task"], exc.reason, str(exc.error), provider_failures=list(exc.failures))
+            await self._fail(current["task"], exc.reason, str(exc.error), provider_failures=list(exc.failures),
+                             **self._cost(task, exc.attempts))
             return EXIT_PERMANENT
         try:
             stored = await self._store(task.uid, (status.attempts or 1), result)
-        except _storage_unavailable() as exc:
-            await self.report_retry(ns, name, f"artifact store unavailable: {exc}")
+        except _storage_unavailable() as exc:     # the vendor billed this result: the next pod's cost adds to it
+            await self.report_retry(ns, name, f"artifact store unavailable: {exc}",
+                                    **self._cost(task, result.attempt_log))
             return EXIT_RETRY
-        except ProviderError as exc:
-            await self._fail(current["task"], exc.reason, f"could not download the result: {exc}")
+        except ProviderError as exc:              # produced and billed, but lost: it still costs
+            await self._fail(current["task"], exc.reason, f"could not download the result: {exc}",
+                             **self._cost(task, result.attempt_log))
             return EXIT_PERMANENT
         extra: dict[str, Any] = {"provider_task_id": result.provider_task_id} if result.provider_task_id else {}
         done = transition(current["task"], Phase.SUCCEEDED, "Completed",
                           f"served by {result.provider}/{result.model}",
                           served_by=ModelRef(provider=result.provider, model=result.model),
-                          provider_failures=list(result.failures), result=stored, **extra)
+                          provider_failures=list(result.failures), result=stored,
+                          **self._cost(task, result.attempt_log), **extra)
         await self._patch(ns, name, done)
         log.info("task succeeded", extra={"task": name, "provider": result.provider, "model": result.model})
         return EXIT_OK
 
-    async def report_retry(self, namespace: str, name: str, message: str) -> None:
+    def _cost(self, task: GenerationTask, attempts: list[Attempt]) -> dict[str, Any]:
+        """status.usage and status.cost: what earlier pods of the task were billed, then these attempts."""
+        earlier = [Attempt(a.provider, a.model, a.outcome == "Succeeded",
+                           {to_snake(k): v for k, v in a.usage.model_dump(by_alias=True, exclude_none=True).items()},
+                           reason=a.reason, vendor_task_id=a.vendor_task_id)
+                   for a in (task.status.cost.attempts if task.status.cost is not None else [])]
+        return task_cost([*earlier, *attempts], self.prices, primary=(task.spec.provider, task.spec.model))
+
+    async def report_retry(self, namespace: str, name: str, message: str, **fields: Any) -> None:
         """Best effort: say why this attempt ends, so the next one counts as a new attempt."""
         try:
-            await self._patch(namespace, name, GenerationTaskStatus(reason="Retrying", message=message[:32768]))
+            await self._patch(namespace, name, GenerationTaskStatus.model_validate(
+                {"reason": "Retrying", "message": message[:32768], **fields}))
         except Exception:  # noqa: BLE001 - the API server may be what failed
             log.warning("could not report the failed attempt", extra={"task": name})
 

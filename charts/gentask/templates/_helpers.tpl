@@ -125,6 +125,10 @@ capabilities:
 - name: OPENAI_BASE_URL
   value: {{ . | quote }}
 {{- end }}
+{{- with .Values.pricing.overrides }}
+- name: GENTASK_PRICES
+  value: {{ toJson . | quote }}
+{{- end }}
 {{- end }}
 
 {{/* The webhook receiver rules: the operator applies them before each send, the API to callback_url. */}}

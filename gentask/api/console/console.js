@@ -39,6 +39,15 @@
 
   // --- DOM helpers: text only ----------------------------------------------------------------
 
+  // "0.4 CNY", or each currency's total; then each attempt when there were several
+  function costText(cost) {
+    const totals = (cost.totals || []).map((t) => `${t.amount} ${t.currency}`).join(" + ");
+    const attempts = cost.attempts || [];
+    if (attempts.length < 2) return totals;
+    const each = attempts.map((a) => `${a.provider}/${a.model} ${a.outcome.toLowerCase()}: ${a.amount} ${a.currency}`);
+    return `${totals} (${each.join("; ")})`;
+  }
+
   function el(tag, attrs, ...children) {
     const node = document.createElement(tag);
     for (const [name, value] of Object.entries(attrs || {})) {
@@ -698,8 +707,11 @@
     if (state.me && state.me.admin) fact("User", task.user_id);
     const params = Object.entries(task.params || {});
     if (params.length) fact("Parameters", params.map(([k, v]) => `${k}: ${v}`).join(", "));
-    const usage = Object.entries((task.result && task.result.usage) || {});
-    if (usage.length) fact("Usage", usage.map(([k, v]) => `${k}: ${v}`).join(", "));
+    // usage and cost as the price table made them (docs/pricing.md); text nodes only, never markup
+    const units = Object.entries(task.usage || {}).filter(([, v]) => v !== null && v !== undefined);
+    const usage = units.length ? units : Object.entries((task.result && task.result.usage) || {});
+    if (usage.length) fact("Usage", el("span", { id: "task-usage" }, usage.map(([k, v]) => `${k.replace(/_/g, " ")}: ${v}`).join(", ")));
+    if (task.cost) fact("Cost", el("span", { id: "task-cost" }, costText(task.cost)));
     fact("Created", timeEl(task.created_at), task.created_at ? ` (${ago(task.created_at)})` : "");
     if (task.started_at) fact("Started", timeEl(task.started_at));
     if (task.completed_at) fact("Finished", timeEl(task.completed_at));

@@ -26,11 +26,13 @@ async def list_models(
 ) -> Envelope[ModelList]:
     """The catalog's models, with the parameters each accepts, by the API's names."""
     enabled = set(settings.providers)
+    prices = settings.price_table()
     models = [ModelView(
         provider=m.provider, model=m.model, type=m.type.value,
         parameters={to_snake(name): api_words(rule.accepted) for name, rule in m.params.items()},
         defaults={to_snake(name): value for name, value in m.defaults.items()},
         enabled=m.provider in enabled, retired=m.retired, successor=m.successor, note=m.note,
+        price=price.describe() if (price := prices.get(m.provider, m.model)) is not None else None,
     ) for m in catalog.MODELS
         if (type is None or m.type.value == type) and (provider is None or m.provider == provider)
         and (include_retired or not m.retired)]

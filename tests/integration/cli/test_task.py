@@ -66,6 +66,7 @@ def test_create_wait_get_list_download_delete(cli_api, tmp_path):
                    "--size", "64x64", "--wait")
     assert made.returncode == 0, made.stderr
     assert "status:" in made.stdout and "completed (Succeeded" in made.stdout
+    assert any(line.split() == ["cost:", "0.01", "XTS"] for line in made.stdout.splitlines()), made.stdout
     task_id = next(line.split()[-1] for line in made.stdout.splitlines() if line.startswith("task_id:"))
     # not a terminal: plain lines, one a change, the last one Succeeded
     lines = made.stderr.strip().splitlines()

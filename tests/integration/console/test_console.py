@@ -231,6 +231,9 @@ def test_a_task_from_the_form_completes_live_cancels_and_stays_private(console, 
     expect(page.locator("#timeline-list")).to_contain_text("Succeeded")
     for field in ("a red fox in the snow", "fake / fake-image", "size: 256x256"):
         expect(page.locator("#task-facts")).to_contain_text(field)
+    # what it consumed and cost, by the price table: one image at the simulator's 0.01 XTS
+    expect(page.locator("#task-usage")).to_have_text("images: 1")
+    expect(page.locator("#task-cost")).to_have_text("0.01 XTS")
 
     # "make another like this": the form, filled with this task's fields; Escape closes it
     again = page.get_by_role("button", name="Make another like this")

@@ -161,3 +161,20 @@ def test_links_lead_from_a_create_to_the_task_and_from_a_result_to_its_artifact(
     assert result["GetArtifact"]["parameters"] == {"task_id": "$response.body#/data/task_id",
                                                    "name": "$response.body#/data/result/artifacts/0/name"}
     assert result["GetArtifact"]["operationRef"] in targets
+
+
+def test_the_usage_endpoint_documents_its_filters_and_answers():
+    operation = DOCUMENT["paths"]["/api/v1/ai/usage"]["get"]
+    params = {p["name"]: p for p in operation["parameters"]}
+    assert set(params) == {"user_id", "from", "to", "group_by"}
+    assert params["group_by"]["schema"]["enum"] == ["model", "provider", "day", "user"]
+    for name in ("from", "to"):            # RFC 3339 text; from before to is the server's own check
+        schema = params[name]["schema"]
+        assert schema["format"] == "date-time" and schema["anyOf"][0]["pattern"].startswith("^[0-9]{4}-")
+        assert "x-gentask-checked-by-server" in schema
+    assert {"200", "401", "403", "422", "429", "503"} <= set(operation["responses"])
+    report = DOCUMENT["components"]["schemas"]["UsageReport"]
+    assert {"from", "to", "group_by", "totals", "groups", "tasks"} <= set(report["properties"])
+    # and every task view says what it cost
+    view = DOCUMENT["components"]["schemas"]["TaskView"]["properties"]
+    assert "cost" in view and "usage" in view

@@ -90,3 +90,26 @@ def test_the_watch_copy_of_a_version_the_index_holds_is_not_parsed_again():
     newer = index.put_object(_obj(rv=8, phase="Running"))
     assert newer is not created and index.view(newer).status == "processing"
     assert index.unfinished(created.metadata.labels.get("gentask.io/user", "")) == 1
+
+
+def test_usage_and_cost_read_the_same_in_a_view_and_in_a_webhook_body():
+    from gentask.domain.pricing import Attempt, PriceTable, task_cost
+    from gentask.domain.task import GenerationTask
+    from gentask.domain.webhooks import task_data
+
+    charged = task_cost([Attempt("volcengine", "doubao-seedance-1-0-pro-250528", False, {"video_tokens": 10},
+                                 reason="ContentRejected", vendor_task_id="cgt-1"),
+                         Attempt("fake", "fake-video", True, {"video_seconds": 2})],
+                        PriceTable(), primary=("volcengine", "doubao-seedance-1-0-pro-250528"))
+    task = GenerationTask.model_validate({
+        "metadata": {"name": "vid-1", "namespace": "ns", "uid": "u1"},
+        "spec": {"type": "video", "provider": "volcengine", "model": "doubao-seedance-1-0-pro-250528", "prompt": "p",
+                 "fallbacks": [{"provider": "fake", "model": "fake-video"}]},
+        "status": {"phase": "Succeeded", **charged}})
+    view = task_view(record_of(task)).model_dump(mode="json")
+    hook = task_data(task)
+    assert view["usage"] == hook["usage"] and view["cost"] == hook["cost"]
+    assert view["cost"]["totals"] == [{"amount": "0.00015", "currency": "CNY"}, {"amount": "0.1", "currency": "XTS"}]
+    assert view["cost"]["amount"] is None                      # two currencies: no single total
+    assert view["cost"]["attempts"][0]["vendor_task_id"] == "cgt-1"
+    assert view["usage"]["video_seconds"] == 2 and view["usage"]["video_tokens"] == 10

@@ -188,3 +188,25 @@ def test_service_monitor_is_optional_and_scrapes_both_components():
     selected = [s for s in by_kind(docs, "Service") if all(
         s["metadata"]["labels"].get(k) == v for k, v in monitor["spec"]["selector"]["matchLabels"].items())]
     assert {p["name"] for s in selected for p in s["spec"]["ports"]} == {"metrics", "http"}
+
+
+def test_price_overrides_reach_every_component_as_gentask_prices_and_bad_ones_are_refused(tmp_path):
+    import json
+
+    from gentask.config import load_settings
+
+    overrides = {"volcengine/doubao-seedream-4-0-250828": {"perImage": "0.18", "source": "our contract"}}
+    docs = render(values={"pricing": {"overrides": overrides}, "operator": {"executor": "pool"}}, tmp=tmp_path)
+    for name in ("operator", "api", "pool"):
+        env = env_of(one(docs, "Deployment", name))
+        assert json.loads(env["GENTASK_PRICES"]["value"]) == overrides, name
+        # what the chart writes, the settings take
+        table = load_settings(prices=env["GENTASK_PRICES"]["value"]).price_table()
+        assert str(table.get("volcengine", "doubao-seedream-4-0-250828").per_image) == "0.18"
+    assert "GENTASK_PRICES" not in env_of(one(render(), "Deployment", "operator"))     # none by default
+    for bad in ({"acme": {"perImage": "1"}}, {"fake/fake-image": {"perImage": 0.1}},
+                {"fake/fake-image": {"perPicture": "1"}}):
+        path = tmp_path / "bad.yaml"
+        path.write_text(yaml.safe_dump({"pricing": {"overrides": bad}}))
+        proc = helm("template", "t", str(CHART), "--kube-version", "1.36.3", "-f", str(path), check=False)
+        assert proc.returncode != 0 and "schema" in proc.stderr, f"{bad} was accepted:\n{proc.stderr}"

@@ -121,3 +121,12 @@ def test_the_status_patch_holds_what_the_transition_sets_and_no_more():
     assert "completionTime" not in done and "startTime" not in done      # only when it first becomes terminal
     assert [c["type"] for c in done["conditions"]] == ["Accepted", "Scheduled", "Running", "Succeeded"]
     assert done["conditions"][0]["lastTransitionTime"] == "2026-01-02T03:04:05Z"
+
+
+def test_the_price_overrides_go_to_the_worker_that_computes_the_cost():
+    prices = '{"fake/fake-image": {"perImage": "0.5"}}'
+    env = {e["name"]: e for e in job_manifest(TASK, load_settings(prices=prices))["spec"]["template"]["spec"]
+           ["containers"][0]["env"]}
+    assert env["GENTASK_PRICES"]["value"] == prices
+    default = job_manifest(TASK, load_settings(prices=""))["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert "GENTASK_PRICES" not in {e["name"] for e in default}

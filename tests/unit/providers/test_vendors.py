@@ -61,7 +61,7 @@ async def test_ark_video_task_is_created_polled_and_returns_an_mp4_url(vendors, 
     assert vendors.ark.count("GET", "/contents/generations/tasks/") == 3      # queued, running, succeeded
     response = await download(result.video.url)
     assert mp4_boxes(response.content) == ["ftyp", "moov", "mdat"]
-    assert result.usage["total_tokens"] == 108900
+    assert result.usage["total_tokens"] == 1920 * 1088 * 24 * 3 // 1024     # 1080p: w x h x 24 fps x s / 1024
 
 
 async def test_jimeng_image_as_url_and_as_base64(vendors, registry, policy):
