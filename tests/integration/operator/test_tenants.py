@@ -139,7 +139,8 @@ def test_missing_credentials_and_provider_keys_wait_with_what_to_create(cluster,
                                what="to say the provider key is missing")
     assert "has no ARK_API_KEY" in status["message"] and "kubectl patch secret gentask-credentials" in \
         status["message"], status
-    assert [e for e in events_of(cluster, tasks.ns, other) if e.reason == "ProviderNotConfigured"]
+    wait_for(lambda: [e for e in events_of(cluster, tasks.ns, other) if e.reason == "ProviderNotConfigured"], 15,
+             what="the ProviderNotConfigured Event")     # recorded just after the status
     # the first task saw the Secret come too (within seconds, not at the 60 s resync): it now lacks the key
     status = tasks.wait_status(name, lambda s: s.get("reason") == "ProviderNotConfigured", 20,
                                what="to look again once the Secret exists")
