@@ -8,6 +8,7 @@ start-up with a SettingsError naming the variable, the value and what it accepts
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Mapping
@@ -159,6 +160,11 @@ class Settings(BaseModel):
                                      description="key=value (or key): a watched namespace carrying this label is "
                                                  "served; tasks of other watched namespaces wait with reason "
                                                  "NamespaceNotEnabled")
+    worker_network_policy: str | None = Field(
+        None, validation_alias=_env("GENTASK_WORKER_NETWORK_POLICY"),
+        description='JSON {"egress": [NetworkPolicy egress rules]}: the operator makes a NetworkPolicy '
+                    "with these rules (and no ingress) for the task pods of each namespace it serves, with "
+                    "the namespace's worker account; the chart sets it when tenants opt in by label")
     worker_image: str = Field("ghcr.io/gentask/gentask:0.1.0", min_length=1,
                               validation_alias=_env("GENTASK_WORKER_IMAGE"))
     worker_image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field(
@@ -298,6 +304,30 @@ class Settings(BaseModel):
     @classmethod
     def _blank_is_none(cls, v: object) -> object:
         return None if isinstance(v, str) and not v.strip() else v
+
+    @field_validator("worker_network_policy", mode="before")
+    @classmethod
+    def _worker_network_policy(cls, v: object) -> object:
+        if v is None or (isinstance(v, str) and not v.strip()):
+            return None
+        try:
+            doc = json.loads(v) if isinstance(v, str) else v
+        except ValueError as exc:
+            raise ValueError(f"not JSON ({exc}); expected {{\"egress\": [the rules of a NetworkPolicy's "
+                             "spec.egress]}") from None
+        if (not isinstance(doc, dict) or set(doc) != {"egress"} or not isinstance(doc["egress"], list)
+                or not all(isinstance(rule, dict) for rule in doc["egress"])):
+            raise ValueError('expected {"egress": [rules]}, each rule an object as in a NetworkPolicy\'s '
+                             "spec.egress (to, ports), and no other key")
+        return json.dumps(doc, separators=(",", ":"))
+
+    @property
+    def worker_egress(self) -> list[dict[str, Any]] | None:
+        """The egress rules of the task pods' NetworkPolicy (GENTASK_WORKER_NETWORK_POLICY); None: no policy."""
+        if self.worker_network_policy is None:
+            return None
+        rules: list[dict[str, Any]] = json.loads(self.worker_network_policy)["egress"]
+        return rules
 
     @field_validator("tenant_label")
     @classmethod

@@ -54,6 +54,7 @@ _KINDS: dict[str, tuple[str, str]] = {
     "Job": ("/apis/batch/v1", "jobs"),
     "Event": ("/api/v1", "events"),
     "Pod": ("/api/v1", "pods"),
+    "NetworkPolicy": ("/apis/networking.k8s.io/v1", "networkpolicies"),
 }
 
 

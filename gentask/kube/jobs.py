@@ -37,13 +37,29 @@ def _meta(task: GenerationTask, name: str, component: str) -> dict[str, Any]:
             "ownerReferences": [owner_reference(task)]}
 
 
-def worker_rbac(namespace: str) -> list[dict[str, Any]]:
-    """The namespace's worker service account, allowed to patch task statuses and nothing else.
+MANAGED = "app.kubernetes.io/managed-by"
+
+
+def worker_network_policy(namespace: str, egress: list[dict[str, Any]]) -> dict[str, Any]:
+    """The NetworkPolicy of a namespace's task pods: no ingress (a task pod serves nothing), egress
+    by these rules only (GENTASK_WORKER_NETWORK_POLICY: DNS, the API server, MongoDB, the vendors)."""
+    return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"name": WORKER_ACCOUNT, "namespace": namespace,
+                         "labels": {**MANAGED_BY, LABEL_COMPONENT: "worker"}},
+            # the labels of every task pod (job_manifest), as the chart's own worker policy selects them
+            "spec": {"podSelector": {"matchLabels": {MANAGED: MANAGED_BY[MANAGED], LABEL_COMPONENT: "worker"}},
+                     "policyTypes": ["Ingress", "Egress"], "egress": egress}}
+
+
+def worker_rbac(namespace: str, egress: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """The namespace's worker service account, allowed to patch task statuses and nothing else (and,
+    with `egress`, the task pods' NetworkPolicy: worker_network_policy).
 
     No get: a worker learns its task from its pod (ANNOTATION_TASK) and reads it again, when it
     must, through an empty status patch, which the admission policy allows for its own task only."""
     meta = {"name": WORKER_ACCOUNT, "namespace": namespace, "labels": {**MANAGED_BY, LABEL_COMPONENT: "worker"}}
-    return [
+    fence = [worker_network_policy(namespace, egress)] if egress is not None else []
+    return [*fence,
         {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta, "automountServiceAccountToken": False},
         {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": meta,
          "rules": [{"apiGroups": [GROUP], "resources": [f"{PLURAL}/status"], "verbs": ["patch"]}]},

@@ -37,7 +37,7 @@ async def ensure_job(ctx: OperatorContext, task: GenerationTask) -> bool:
         # one ensure a namespace at a time: a burst of first tasks would each send the three creates
         async with ctx.worker_rbac_locks.setdefault(task.namespace, asyncio.Lock()):
             if due():
-                for manifest in worker_rbac(task.namespace):
+                for manifest in worker_rbac(task.namespace, ctx.settings.worker_egress):
                     await create_once(ctx, manifest)
                 ctx.worker_rbac[task.namespace] = time.monotonic()
     return await create_once(ctx, job_manifest(task, ctx.settings))

@@ -7,6 +7,7 @@ GENTASK_TENANT_LABEL=gentask.io/tenant=enabled; the local Ark server accepts one
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 
@@ -23,6 +24,10 @@ KEY_A = "ark-key-of-team-a"
 KEY_B = "ark-key-of-team-b"
 ARK_TEXT = {"type": "text", "provider": "volcengine", "model": "doubao-pro-4k", "prompt": "hello",
             "params": {"maxTokens": 16}}
+# as the chart gives them in label mode (networkPolicy.enabled): the task pods' egress rules
+WORKER_EGRESS = [{"ports": [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]},
+                 {"to": [{"ipBlock": {"cidr": "0.0.0.0/0", "except": ["10.0.0.0/8", "169.254.0.0/16"]}}],
+                  "ports": [{"port": 443, "protocol": "TCP"}]}]
 FAKE_TEXT = {"type": "text", "provider": "fake", "model": "fake-text", "prompt": "hello", "params": {"maxTokens": 8}}
 
 
@@ -38,7 +43,8 @@ def tenant_run(cluster, ark, tmp_path_factory):
     prefix = f"tn{uuid.uuid4().hex[:6]}"
     log = tmp_path_factory.mktemp("tenants") / "operator.log"
     op = start_operator(cluster, log, GENTASK_WATCH_NAMESPACES=f"{prefix}-*",
-                        GENTASK_TENANT_LABEL=f"{LABEL}=enabled", ARK_BASE_URL=ark.url, GENTASK_RESYNC_SECONDS="60")
+                        GENTASK_TENANT_LABEL=f"{LABEL}=enabled", ARK_BASE_URL=ark.url, GENTASK_RESYNC_SECONDS="60",
+                        GENTASK_WORKER_NETWORK_POLICY=json.dumps({"egress": WORKER_EGRESS}))
     made: list[str] = []
     yield prefix, op, made
     stop_operator(op)
@@ -155,3 +161,20 @@ def test_missing_credentials_and_provider_keys_wait_with_what_to_create(cluster,
         done = tasks.wait_phase(waiting, "Succeeded", "Failed", timeout=60)
         assert done["phase"] == "Succeeded", done
     assert time.monotonic() - fixed < 40
+
+
+def test_a_namespace_that_opts_in_gets_the_task_pods_network_policy(cluster, tenant_run):
+    """The chart cannot render a policy for a namespace labelled after the install: the operator
+    makes it with the namespace's worker account, and it selects the task's real pod."""
+    from tests.support.netpol import Pod, policy_selects
+    team = make_namespace(cluster, tenant_run, "fenced", labelled=True, secret={"MONGO_URL": cluster.mongo_url})
+    name = team.create(**FAKE_TEXT)
+    assert team.wait_phase(name, "Succeeded", "Failed")["phase"] == "Succeeded"
+    net = client.NetworkingV1Api(cluster.api)
+    policy = net.read_namespaced_network_policy("gentask-worker", team.ns)
+    assert policy.spec.policy_types == ["Ingress", "Egress"] and not policy.spec.ingress
+    stored = cluster.api.sanitize_for_serialization(policy)
+    assert stored["spec"]["egress"] == WORKER_EGRESS
+    pods = client.CoreV1Api(cluster.api).list_namespaced_pod(team.ns, label_selector=f"gentask.io/task={name}").items
+    assert pods, f"no pod of task {name} left to check"
+    assert all(policy_selects(stored, Pod(team.ns, dict(p.metadata.labels or {}))) for p in pods)

@@ -64,3 +64,25 @@ def test_the_task_pods_network_policy_is_in_every_listed_tenant_namespace():
     workers = [p["metadata"]["namespace"] for p in by_kind(docs, "NetworkPolicy")
                if p["metadata"]["name"].endswith("-workers")]
     assert sorted(workers) == ["gentask-tasks", "team-a", "team-b", "x"]
+
+
+def test_label_tenants_get_the_task_pods_network_policy_from_the_operator():
+    """A namespace that opts in by label after the install has no policy of the chart's: the operator
+    is given the chart's worker egress rules and the right to create the policy there, and nothing more."""
+    import json
+
+    from gentask.config import Settings
+    docs = render("--set", "tenants.label.enabled=true")
+    env = env_of(one(docs, "Deployment", "operator"))
+    given = json.loads(env["GENTASK_WORKER_NETWORK_POLICY"]["value"])
+    static = [p for p in by_kind(docs, "NetworkPolicy") if p["metadata"]["name"].endswith("-workers")]
+    assert static and all(given == {"egress": p["spec"]["egress"]} for p in static)
+    assert Settings(worker_network_policy=env["GENTASK_WORKER_NETWORK_POLICY"]["value"]).worker_egress == given["egress"]
+    tenants = [c for c in by_kind(docs, "ClusterRole") if c["metadata"]["name"] == "gentask-t-gentask-operator-tenants"]
+    assert _rules(tenants[0])[("networking.k8s.io", "networkpolicies")] == ({"create", "get"}, None)
+    for args in (("--set", "tenants.namespaces={team-a}"),                       # the chart renders those
+                 ("--set", "tenants.label.enabled=true", "--set", "networkPolicy.enabled=false")):
+        docs = render(*args)
+        assert "GENTASK_WORKER_NETWORK_POLICY" not in env_of(one(docs, "Deployment", "operator"))
+        assert all(("networking.k8s.io", "networkpolicies") not in _rules(r)
+                   for r in [*by_kind(docs, "Role"), *by_kind(docs, "ClusterRole")])

@@ -130,3 +130,35 @@ def test_the_price_overrides_go_to_the_worker_that_computes_the_cost():
     assert env["GENTASK_PRICES"]["value"] == prices
     default = job_manifest(TASK, load_settings(prices=""))["spec"]["template"]["spec"]["containers"][0]["env"]
     assert "GENTASK_PRICES" not in {e["name"] for e in default}
+
+
+def test_with_egress_rules_the_namespace_also_gets_the_task_pods_network_policy():
+    """GENTASK_WORKER_NETWORK_POLICY (set by the chart when tenants opt in by label, so no policy of
+    the chart's is in their namespaces): the operator fences each served namespace's task pods."""
+    from tests.support.netpol import Address, allows_egress, allows_ingress, pod_of_template, policy_selects
+
+    egress = [{"to": [{"ipBlock": {"cidr": "10.96.0.1/32"}}], "ports": [{"port": 443, "protocol": "TCP"}]}]
+    assert [o["kind"] for o in worker_rbac("tasks")] == ["ServiceAccount", "Role", "RoleBinding"]
+    objects = worker_rbac(TASK.namespace, egress)
+    assert [o["kind"] for o in objects] == ["NetworkPolicy", "ServiceAccount", "Role", "RoleBinding"]
+    policy = objects[0]
+    pod = pod_of_template(job_manifest(TASK, load_settings()))
+    assert policy_selects(policy, pod)
+    assert allows_egress([policy], pod, Address("10.96.0.1"), 443)
+    assert not allows_egress([policy], pod, Address("10.96.0.1"), 80)
+    assert not allows_egress([policy], pod, Address("169.254.169.254"), 80)
+    assert not allows_ingress([policy], pod, Address("10.0.0.9"), 8080)
+
+
+def test_the_task_pods_network_policy_setting_says_what_it_accepts(monkeypatch):
+    import pytest
+
+    from gentask.config import SettingsError
+    for bad, says in (("{not json", "not JSON"), ('{"egress": {}}', 'expected {"egress": [rules]}'),
+                      ('{"egress": [], "ingress": []}', "no other key"), ('{"egress": [1]}', "each rule an object")):
+        monkeypatch.setenv("GENTASK_WORKER_NETWORK_POLICY", bad)
+        with pytest.raises(SettingsError, match="GENTASK_WORKER_NETWORK_POLICY") as err:
+            load_settings()
+        assert says in str(err.value)
+    monkeypatch.setenv("GENTASK_WORKER_NETWORK_POLICY", "  ")
+    assert load_settings().worker_egress is None
