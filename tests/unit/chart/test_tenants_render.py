@@ -77,7 +77,8 @@ def test_label_tenants_get_the_task_pods_network_policy_from_the_operator():
     given = json.loads(env["GENTASK_WORKER_NETWORK_POLICY"]["value"])
     static = [p for p in by_kind(docs, "NetworkPolicy") if p["metadata"]["name"].endswith("-workers")]
     assert static and all(given == {"egress": p["spec"]["egress"]} for p in static)
-    assert Settings(worker_network_policy=env["GENTASK_WORKER_NETWORK_POLICY"]["value"]).worker_egress == given["egress"]
+    setting = env["GENTASK_WORKER_NETWORK_POLICY"]["value"]
+    assert Settings(worker_network_policy=setting).worker_egress == given["egress"]
     tenants = [c for c in by_kind(docs, "ClusterRole") if c["metadata"]["name"] == "gentask-t-gentask-operator-tenants"]
     assert _rules(tenants[0])[("networking.k8s.io", "networkpolicies")] == ({"create", "get"}, None)
     for args in (("--set", "tenants.namespaces={team-a}"),                       # the chart renders those
