@@ -20,7 +20,7 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed ## create .venv and install gentask with its dev extra
 
-tools: ## build etcd, the control plane, kubectl, FerretDB and helm into $GENTASK_TOOLS_DIR (once)
+tools: ## build etcd, the control plane, kubectl, FerretDB, helm and kube-score into $GENTASK_TOOLS_DIR (once)
 	@bash hack/system-packages.sh postgresql containerd runc containernetworking-plugins iptables busybox-static buildah skopeo mmdebstrap tmux chromium
 	@bash hack/build-tools.sh
 
@@ -73,7 +73,11 @@ image: ## build the image with Docker, or with buildah when no engine answers; w
 chart-lint: tools ## helm lint the chart (strict) with its values schema
 	$(HELM) lint --strict charts/gentask
 
+chart-score: tools ## kube-score on the default render (every finding left is deliberate: values.yaml "kube-score")
+	$(HELM) template gentask charts/gentask --namespace gentask --kube-version 1.36.3 \
+	  | $(GENTASK_TOOLS_DIR)/bin/kube-score score --kubernetes-version v1.36 --exit-one-on-warning -
+
 kind-e2e: install ## the chart e2e suite on kind with the built image (needs Docker, kind, kubectl, helm)
 	IMAGE=$(IMAGE) bash hack/kind-e2e.sh
 
-.PHONY: help install lint tools crds devcluster-up devcluster-down devcluster-status run test test-unit bench image chart-lint kind-e2e
+.PHONY: help install lint tools crds devcluster-up devcluster-down devcluster-status run test test-unit bench image chart-lint chart-score kind-e2e

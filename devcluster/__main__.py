@@ -29,6 +29,10 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--timeout", type=float, default=180)
     run.add_argument("--api-port", type=int, default=int(os.environ.get("PORT", "8080")))
     run.add_argument("--node", choices=NODE_MODES, help=node_help)
+    user = sub.add_parser("user", help="write a kubeconfig for a user of the running cluster (a client "
+                                       "certificate signed by its CA; grant it rights with RBAC)")
+    user.add_argument("username")
+    user.add_argument("--group", action="append", default=[], help="a group of the user (repeatable)")
     sub.add_parser("down", help="stop every process the cluster started, by PID")
     sub.add_parser("status", help="print what runs and where")
     logs = sub.add_parser("logs", help="print a pod's log: NAMESPACE/POD [CONTAINER]")
@@ -60,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
             from devcluster.realnode import import_images
             for name in import_images(cluster.root, args.archives, name=args.name):
                 print(f"  imported {name}")
+        elif args.cmd == "user":
+            print(cluster.user_kubeconfig(args.username, args.group))
         elif args.cmd == "status":
             return _status(cluster)
         elif args.cmd == "logs":
@@ -112,6 +118,10 @@ Try it (provider {provider}):
   curl -s {api}/api/v1/ai/task/result/<task_id> -H 'Authorization: Bearer {key}'
 
 In another shell: . {cluster.root / 'env'} && kubectl get gt -n {system['namespace']}
+
+Another team's namespace (docs/tenants.md): a task there waits, saying what to do, until
+  kubectl label namespace team-a {system['tenant_label']}
+  kubectl create secret generic gentask-credentials -n team-a --from-literal=MONGO_URL={system['pod_mongo_url']}
 
 Press Ctrl-C to stop all of it.""", flush=True)
         while not stop.wait(1.0):

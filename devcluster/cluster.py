@@ -24,6 +24,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -342,6 +343,30 @@ class DevCluster:
                "contexts": [{"name": "gentask-dev", "context": {"cluster": "gentask-dev", "user": "admin"}}]}
         state.kubeconfig.write_text(yaml.safe_dump(doc))
         state.kubeconfig.chmod(0o600)
+
+    def user_kubeconfig(self, username: str, groups: Sequence[str] = ()) -> Path:
+        """A kubeconfig for a real user of the running cluster: a client certificate (CN username,
+        O groups) signed by its CA, written to <root>/users/<username>.kubeconfig. The user may do
+        nothing until RBAC allows it (kubectl create rolebinding ... --user <username>)."""
+        import yaml
+
+        from devcluster.pki import write_user
+        state = self.running()
+        if state is None:
+            raise ClusterError("the cluster is not running (start it with `python -m devcluster up`)")
+        crt, key = write_user(self.root / "pki", username, groups)
+        doc = {"apiVersion": "v1", "kind": "Config", "current-context": f"gentask-dev-{crt.stem}",
+               "clusters": [{"name": "gentask-dev", "cluster": {
+                   "server": state.server, "certificate-authority": str(self.root / "pki" / "ca.crt")}}],
+               "users": [{"name": username, "user": {"client-certificate": str(crt), "client-key": str(key)}}],
+               "contexts": [{"name": f"gentask-dev-{crt.stem}", "context": {"cluster": "gentask-dev",
+                                                                            "user": username}}]}
+        folder = self.root / "users"
+        folder.mkdir(exist_ok=True)
+        path = folder / f"{crt.stem}.kubeconfig"
+        path.write_text(yaml.safe_dump(doc))
+        path.chmod(0o600)
+        return path
 
     def _write_env(self, state: State) -> None:
         bin_dir = tools_dir() / "bin"

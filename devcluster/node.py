@@ -806,6 +806,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cpu", default=os.environ.get("GENTASK_NODE_CPU", "8"))
     parser.add_argument("--memory", default=os.environ.get("GENTASK_NODE_MEMORY", "16Gi"))
     parser.add_argument("--pods", default=os.environ.get("GENTASK_NODE_PODS", "110"))
+    # node disk for pods' ephemeral-storage requests (the chart's pods and the task pods make them);
+    # a node that reports none fits no such pod
+    parser.add_argument("--ephemeral-storage", default=os.environ.get("GENTASK_NODE_EPHEMERAL_STORAGE", "100Gi"))
     parser.add_argument("--taint", action="append", type=parse_taint, default=[])
     parser.add_argument("--label", action="append", default=[], help="KEY=VALUE")
     parser.add_argument("--images", type=Path, help="YAML file mapping image names to local environments")
@@ -815,7 +818,8 @@ def main(argv: list[str] | None = None) -> int:
     kc = yaml.safe_load(args.kubeconfig.read_text())
     cluster = kc["clusters"][0]["cluster"]
     ca = Path(cluster["certificate-authority"]) if cluster.get("certificate-authority") else None
-    node = ProcessNode(api, args.name, args.root, {"cpu": args.cpu, "memory": args.memory, "pods": args.pods},
+    node = ProcessNode(api, args.name, args.root, {"cpu": args.cpu, "memory": args.memory, "pods": args.pods,
+                                                       "ephemeral-storage": args.ephemeral_storage},
                        server=cluster["server"], ca_file=ca, taints=args.taint,
                        labels=dict(item.split("=", 1) for item in args.label),
                        images=ImageMap.load(args.images))

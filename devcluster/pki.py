@@ -85,3 +85,29 @@ def write_pki(folder: Path) -> None:
     token = secrets.token_urlsafe(32)
     _write(folder / "admin.token", token.encode())
     _write(folder / "tokens.csv", f'{token},admin,admin-uid,"system:masters"\n'.encode())
+
+
+def write_user(folder: Path, username: str, groups: Sequence[str] = (), days: int = 30) -> tuple[Path, Path]:
+    """A client certificate for `username` (CN) in `groups` (O), signed by the cluster's CA: how a real
+    user of the local cluster authenticates (RBAC then says what it may do). Written to
+    <folder>/users/<username>.crt and .key; returns the two paths."""
+    ca_key = serialization.load_pem_private_key((folder / "ca.key").read_bytes(), password=None)
+    ca = x509.load_pem_x509_certificate((folder / "ca.crt").read_bytes())
+    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
+        raise ValueError(f"{folder / 'ca.key'} is not the cluster's EC CA key")
+    now = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, g) for g in groups]
+                        + [x509.NameAttribute(NameOID.COMMON_NAME, username)])
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(ca.subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now).not_valid_after(now + dt.timedelta(days=days))
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    users = folder / "users"
+    users.mkdir(exist_ok=True)
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in username)
+    crt, pem = users / f"{safe}.crt", users / f"{safe}.key"
+    _write(crt, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    _write(pem, _pem_key(key))
+    return crt, pem

@@ -25,6 +25,7 @@ CRD = ROOT / "crds" / "generationtasks.gentask.io.yaml"
 WORKER_POLICY = ROOT / "crds" / "gentask-worker-policy.yaml"
 PRIORITY_CLASSES = {"gentask-critical": 1000, "gentask-default": 100, "gentask-low": 10}
 TASK_NAMESPACE = "gentask-tasks"
+TENANT_LABEL = "gentask.io/tenant=enabled"
 DEV_API_KEY = "dev-key-change-me"
 VENDOR_KEYS = ("ARK_API_KEY", "VOLCENGINE_ACCESS_KEY", "VOLCENGINE_SECRET_KEY", "OPENAI_API_KEY")
 
@@ -128,7 +129,10 @@ def start_system(cluster: DevCluster, state: State, api_port: int = 8080) -> dic
     api.close()
     metrics_port = _free_port()
     env = {**os.environ, "KUBECONFIG": str(state.kubeconfig), "MONGO_URL": state.mongo_url,
-           "GENTASK_NAMESPACE": TASK_NAMESPACE, "GENTASK_WATCH_NAMESPACES": TASK_NAMESPACE,
+           # namespaces as tenants (docs/tenants.md): the operator watches every namespace and serves
+           # the task namespace and those labelled TENANT_LABEL; a task anywhere else gets a status saying so
+           "GENTASK_NAMESPACE": TASK_NAMESPACE, "GENTASK_WATCH_NAMESPACES": "",
+           "GENTASK_TENANT_NAMESPACES": TASK_NAMESPACE, "GENTASK_TENANT_LABEL": TENANT_LABEL,
            "GENTASK_WORKER_IMAGE": "gentask:dev", "GENTASK_METRICS_PORT": str(metrics_port),
            "PORT": str(api_port), "GENTASK_API_KEYS": os.environ.get("GENTASK_API_KEYS", f"{DEV_API_KEY}:demo:admin")}
     cluster._start(state, "operator", [sys.executable, "-m", "gentask", "operator"], env=env)
@@ -136,4 +140,5 @@ def start_system(cluster: DevCluster, state: State, api_port: int = 8080) -> dic
     _wait_http(f"http://127.0.0.1:{metrics_port}/readyz", state.pids["operator"], "operator", cluster)
     _wait_http(f"http://127.0.0.1:{api_port}/healthz", state.pids["api"], "api", cluster)
     return {"api": f"http://127.0.0.1:{api_port}", "metrics": f"http://127.0.0.1:{metrics_port}/metrics",
-            "namespace": TASK_NAMESPACE, "api_key": env["GENTASK_API_KEYS"].split(":", 1)[0]}
+            "namespace": TASK_NAMESPACE, "tenant_label": TENANT_LABEL, "pod_mongo_url": mongo_url,
+            "api_key": env["GENTASK_API_KEYS"].split(":", 1)[0]}

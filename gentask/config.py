@@ -14,7 +14,16 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_core import ErrorDetails
 
 if TYPE_CHECKING:
@@ -22,6 +31,9 @@ if TYPE_CHECKING:
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+_LABEL_NAME = re.compile(r"^(?=.{1,63}$)[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+_LABEL_PREFIX = re.compile(r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
 LINK_KEY_MIN = 32                    # characters of one GENTASK_API_LINK_KEYS entry
 LINK_SECONDS_MIN, LINK_SECONDS_MAX = 60, 7 * 86400
@@ -35,6 +47,22 @@ def parse_duration(value: object) -> float:
     if not match:
         raise ValueError("expected seconds (e.g. 60) or a duration such as 30s, 2m, 1h, 1500ms")
     return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+
+
+_QUANTITY = re.compile(r"^\+?([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei|[eE][-+]?[0-9]+)?$")
+_QUANTITY_SCALE = {"m": 1e-3, "": 1.0, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18,
+                   "Ki": 2.0**10, "Mi": 2.0**20, "Gi": 2.0**30, "Ti": 2.0**40, "Pi": 2.0**50, "Ei": 2.0**60}
+
+
+def parse_quantity(value: str) -> float:
+    """The number a Kubernetes resource quantity stands for: "512Mi" -> 536870912.0, "50m" -> 0.05."""
+    match = _QUANTITY.match(value)
+    if not match:
+        raise ValueError("expected a Kubernetes quantity such as 64Mi, 1Gi, 500M or 250m")
+    number, suffix = float(match.group(1)), match.group(2) or ""
+    if suffix[:1] in ("e", "E"):
+        return number * 10.0 ** int(suffix[1:])
+    return number * _QUANTITY_SCALE[suffix]
 
 
 def _env(*names: str) -> AliasChoices:
@@ -115,13 +143,22 @@ class Settings(BaseModel):
                                                      description="job: a Job per task; inline: in the operator; "
                                                                  "pool: a Deployment of workers (gentask worker pool)")
     api_keys: SecretStr | None = Field(None, validation_alias=_env("GENTASK_API_KEYS"),
-                                       description="comma-separated key:user[:role]")
+                                       description="comma-separated key:user[:role][:namespace=NS]; NS: where "
+                                                   "the key's tasks live (default GENTASK_NAMESPACE)")
     auth_disabled: bool = Field(False, validation_alias=_env("GENTASK_AUTH_DISABLED"))
 
     # --- operator and worker ---
     watch_namespaces: list[str] = Field(
         default_factory=list, validation_alias=_env("GENTASK_WATCH_NAMESPACES"),
         description="namespaces the operator watches, comma-separated; empty: all")
+    tenant_namespaces: list[str] = Field(
+        default_factory=list, validation_alias=_env("GENTASK_TENANT_NAMESPACES"),
+        description="watched namespaces (names or globs, comma-separated) served as tenants without a label; "
+                    "with GENTASK_TENANT_LABEL unset too, every watched namespace is served (no tenancy checks)")
+    tenant_label: str | None = Field(None, validation_alias=_env("GENTASK_TENANT_LABEL"),
+                                     description="key=value (or key): a watched namespace carrying this label is "
+                                                 "served; tasks of other watched namespaces wait with reason "
+                                                 "NamespaceNotEnabled")
     worker_image: str = Field("ghcr.io/gentask/gentask:0.1.0", min_length=1,
                               validation_alias=_env("GENTASK_WORKER_IMAGE"))
     worker_image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field(
@@ -172,6 +209,15 @@ class Settings(BaseModel):
     worker_cpu_request: str = Field("50m", validation_alias=_env("GENTASK_WORKER_CPU_REQUEST"))
     worker_memory_request: str = Field("128Mi", validation_alias=_env("GENTASK_WORKER_MEMORY_REQUEST"))
     worker_memory_limit: str = Field("512Mi", validation_alias=_env("GENTASK_WORKER_MEMORY_LIMIT"))
+    worker_ephemeral_storage_request: str = Field(
+        "64Mi", validation_alias=_env("GENTASK_WORKER_EPHEMERAL_STORAGE_REQUEST"),
+        description="node disk the scheduler reserves for a task pod (its /tmp, its logs)")
+    worker_ephemeral_storage_limit: str = Field(
+        "512Mi", validation_alias=_env("GENTASK_WORKER_EPHEMERAL_STORAGE_LIMIT"),
+        description="a task pod that writes more node disk than this is evicted")
+    worker_tmp_size_limit: str = Field("256Mi", validation_alias=_env("GENTASK_WORKER_TMP_SIZE_LIMIT"),
+                                       description="sizeLimit of a task pod's /tmp (emptyDir), at most "
+                                                   "GENTASK_WORKER_EPHEMERAL_STORAGE_LIMIT")
 
     # --- api ---
     api_host: str = Field("0.0.0.0", min_length=1, validation_alias=_env("GENTASK_API_HOST"),
@@ -248,10 +294,29 @@ class Settings(BaseModel):
             raise ValueError("expected a URL starting with mongodb:// or mongodb+srv://")
         return v
 
-    @field_validator("pool_lease_namespace", "api_public_url", "api_link_keys", mode="before")
+    @field_validator("pool_lease_namespace", "api_public_url", "api_link_keys", "tenant_label", mode="before")
     @classmethod
     def _blank_is_none(cls, v: object) -> object:
         return None if isinstance(v, str) and not v.strip() else v
+
+    @field_validator("tenant_label")
+    @classmethod
+    def _tenant_label(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        key, _, value = v.strip().partition("=")
+        prefix, _, name = key.rpartition("/")
+        if (not _LABEL_NAME.match(name) or (prefix and not _LABEL_PREFIX.match(prefix))
+                or (value and not _LABEL_NAME.match(value))):
+            raise ValueError("expected a label as key=value or key, e.g. gentask.io/tenant=enabled "
+                             "(key: [prefix/]name, name and value up to 63 of [A-Za-z0-9_.-])")
+        return f"{key}={value}" if value else key
+
+    @property
+    def tenancy(self) -> bool:
+        """Namespaces are tenants: GENTASK_TENANT_LABEL or GENTASK_TENANT_NAMESPACES is set, so the
+        operator serves only the watched namespaces that opt in, and checks their credentials."""
+        return bool(self.tenant_label or self.tenant_namespaces)
 
     @field_validator("api_public_url")
     @classmethod
@@ -281,6 +346,23 @@ class Settings(BaseModel):
     def link_keys(self) -> list[str]:
         """The keys of GENTASK_API_LINK_KEYS, the signing one first; empty when none is set."""
         return self.api_link_keys.get_secret_value().split(",") if self.api_link_keys is not None else []
+
+    @field_validator("worker_cpu_request", "worker_memory_request", "worker_memory_limit",
+                     "worker_ephemeral_storage_request", "worker_ephemeral_storage_limit", "worker_tmp_size_limit")
+    @classmethod
+    def _quantity(cls, v: str, info: ValidationInfo) -> str:
+        v = v.strip()
+        amount = parse_quantity(v)
+        # a limit below its request is refused by the API server at every Job's create: say so at start
+        request = {"worker_memory_limit": "worker_memory_request",
+                   "worker_ephemeral_storage_limit": "worker_ephemeral_storage_request"}.get(info.field_name or "")
+        if request and isinstance(info.data.get(request), str) and amount < parse_quantity(info.data[request]):
+            raise ValueError(f"expected at least {_variable(request)} ({info.data[request]})")
+        limit = info.data.get("worker_ephemeral_storage_limit")
+        if info.field_name == "worker_tmp_size_limit" and isinstance(limit, str) and amount > parse_quantity(limit):
+            raise ValueError(f"expected at most GENTASK_WORKER_EPHEMERAL_STORAGE_LIMIT ({limit}): the pod "
+                             "would be evicted before its /tmp is full")
+        return v
 
     @field_validator("webhook_horizon", "webhook_retry_base", "webhook_retry_max", mode="before")
     @classmethod
@@ -333,7 +415,7 @@ class Settings(BaseModel):
         parse_keys(v.get_secret_value(), "the key")     # its message never holds the key
         return v
 
-    @field_validator("providers", "watch_namespaces", "webhook_allow", mode="before")
+    @field_validator("providers", "watch_namespaces", "webhook_allow", "tenant_namespaces", mode="before")
     @classmethod
     def _providers(cls, v: object) -> object:
         if isinstance(v, str):

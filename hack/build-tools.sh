@@ -5,19 +5,21 @@
 #   kubelet, kube-proxy, images/pause.tar                                   (the same pin)        group kubelet
 #   ferretdb                                                                (FerretDB v1.x)
 #   helm                                                                    (helm.sh/helm/v3)
+#   kube-score    (the chart's linter: tests/unit/chart/test_kube_score.py)  (github.com/zegl/kube-score)
 #
 # Every tool is built from the Go module proxy, into $GENTASK_TOOLS_DIR/bin. A tool whose
 # stamp file matches its pinned version is not rebuilt, so a second run takes seconds.
 # The kubelet group is what the real node needs (python -m devcluster up --node real): the
 # kubelet and kube-proxy, and the pause image compiled from the module's build/pause/linux/pause.c
 # (gcc -static) and packed as an OCI archive (devcluster/ociarchive.py) for containerd.
-# Usage: hack/build-tools.sh [kube|kubelet|ferretdb|helm ...]   (default: all)
+# Usage: hack/build-tools.sh [kube|kubelet|ferretdb|helm|kube-score ...]   (default: all)
 set -euo pipefail
 
 KUBE_VERSION=${KUBE_VERSION:-v1.36.3}
 ETCD_VERSION=${ETCD_VERSION:-v3.6.8}          # the etcd that KUBE_VERSION's go.mod names
 FERRETDB_VERSION=${FERRETDB_VERSION:-v1.24.2}
 HELM_VERSION=${HELM_VERSION:-v3.22.0}
+KUBE_SCORE_VERSION=${KUBE_SCORE_VERSION:-v1.20.0}
 
 PAUSE_VERSION=${PAUSE_VERSION:-3.10.2}         # build/pause/Makefile's TAG at KUBE_VERSION
 
@@ -188,16 +190,18 @@ build_ferretdb() {
 }
 
 build_helm() { go_install helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm helm; }
+build_kube_score() { go_install kube-score "$KUBE_SCORE_VERSION" github.com/zegl/kube-score/cmd/kube-score kube-score; }
 
 targets=("$@")
-(( ${#targets[@]} )) || targets=(kube kubelet ferretdb helm)
+(( ${#targets[@]} )) || targets=(kube kubelet ferretdb helm kube-score)
 for t in "${targets[@]}"; do
   case $t in
     kube) build_kube ;;
     kubelet) build_kubelet ;;
     ferretdb) build_ferretdb ;;
     helm) build_helm ;;
-    *) say "unknown tool '$t': expected kube, kubelet, ferretdb or helm"; exit 2 ;;
+    kube-score) build_kube_score ;;
+    *) say "unknown tool '$t': expected kube, kubelet, ferretdb, helm or kube-score"; exit 2 ;;
   esac
 done
 say "tools ready in $BIN"

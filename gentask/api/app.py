@@ -90,41 +90,51 @@ def create_app(settings: Settings | None = None, *, kubeconfig: str | None = Non
                         "with a key made at start, so they stop working when this process restarts and other "
                         "API replicas refuse them (403); set GENTASK_API_LINK_KEYS (the chart always does)")
         client = TaskClient(load_connection(kubeconfig), timeout=settings.api_kube_timeout)
-        index = TaskIndex(client, settings.namespace)
+        # One index (and event hub) per namespace the API serves: GENTASK_NAMESPACE and each namespace an
+        # API key names (docs/tenants.md); a caller's requests look in its own namespace only.
+        namespaces = [settings.namespace, *sorted(keys.namespaces() - {settings.namespace})]
+        indexes = {ns: TaskIndex(client, ns) for ns in namespaces}
+        index = indexes[settings.namespace]
         storage = MirrorWriter(settings, max_pending=MIRROR_PENDING_MAX)
         storage.start()
-        metrics.gauges["gentask_api_watched_tasks"] = lambda: len(index)
-        metrics.gauges["gentask_api_watch_healthy"] = lambda: int(index.healthy)
+        metrics.gauges["gentask_api_watched_tasks"] = lambda: sum(len(i) for i in indexes.values())
+        metrics.gauges["gentask_api_watch_healthy"] = lambda: int(all(i.healthy for i in indexes.values()))
         metrics.gauges["gentask_api_mirror_pending"] = lambda: storage.pending
         metrics.gauges["gentask_api_mirror_lag_seconds"] = lambda: round(storage.lag, 3)
-        hub = EventHub(index, max_streams=settings.api_sse_max_streams,
-                       max_per_user=settings.api_sse_max_streams_per_user, queue=settings.api_sse_queue,
-                       heartbeat=settings.api_sse_heartbeat_seconds, lifetime=settings.api_sse_max_seconds,
-                       links=links)
-        index.listener = hub
-        metrics.gauges["gentask_api_sse_streams"] = lambda: len(hub)
+        hubs = {ns: EventHub(i, max_streams=settings.api_sse_max_streams,
+                             max_per_user=settings.api_sse_max_streams_per_user, queue=settings.api_sse_queue,
+                             heartbeat=settings.api_sse_heartbeat_seconds, lifetime=settings.api_sse_max_seconds,
+                             links=links) for ns, i in indexes.items()}
+        for ns, i in indexes.items():
+            i.listener = hubs[ns]
+        hub = hubs[settings.namespace]
+        metrics.gauges["gentask_api_sse_streams"] = lambda: sum(len(h) for h in hubs.values())
         metrics.counters["gentask_api_sse_events_total"] = ("Events sent on the event streams.",
-                                                            lambda: hub.events_sent)
+                                                            lambda: sum(h.events_sent for h in hubs.values()))
         metrics.counters["gentask_api_sse_resyncs_total"] = ("Event streams that fell behind and were resynced "
-                                                             "from the index.", lambda: hub.resyncs)
+                                                             "from the index.",
+                                                             lambda: sum(h.resyncs for h in hubs.values()))
         app.state.services = Services(settings=settings, keys=keys, limiter=RateLimiter(
             settings.api_rate_per_user, settings.api_rate_burst), metrics=metrics, storage=storage, index=index,
-            tasks=TaskService(settings, client, index, storage, metrics), links=links, hub=hub)
+            tasks=TaskService(settings, client, index, storage, metrics, indexes), links=links, hub=hub,
+            hubs=hubs)
         server = running_server()       # uvicorn waits for open responses before it tells the app it stops
         shutdown = None if server is None else asyncio.create_task(follow_shutdown(server, hub),
                                                                    name="gentask-api-sse-shutdown")
         collector = FreezeSurvivors()      # the index's objects would make every full collection long
         collector.start()
-        watch = asyncio.create_task(index.run(), name="gentask-api-watch")
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(index.synced.wait(), 5)   # serve even if the cluster is not there yet
-        log.info("REST API ready", extra={"namespace": settings.namespace, "watched": len(index),
+        watches = [asyncio.create_task(i.run(), name=f"gentask-api-watch-{ns}") for ns, i in indexes.items()]
+        with contextlib.suppress(asyncio.TimeoutError):       # serve even if the cluster is not there yet
+            await asyncio.wait_for(asyncio.gather(*(i.synced.wait() for i in indexes.values())), 5)
+        log.info("REST API ready", extra={"namespace": settings.namespace, "namespaces": namespaces,
+                                          "watched": sum(len(i) for i in indexes.values()),
                                           "auth": not settings.auth_disabled})
         try:
             yield
         finally:
-            hub.close()
-            for background in (watch, shutdown):
+            for each in hubs.values():
+                each.close()
+            for background in (*watches, shutdown):
                 if background is not None:
                     background.cancel()
                     with contextlib.suppress(asyncio.CancelledError):

@@ -1,16 +1,21 @@
 """API keys and callers: who is asking, and may they see this task.
 
-GENTASK_API_KEYS holds comma-separated `key:user[:role]` entries (role `user`, the default, or
-`admin`). Keys are kept only as SHA-256 digests after parsing, so a lookup never compares the
+GENTASK_API_KEYS holds comma-separated `key:user[:role][:namespace=NS]` entries (role `user`, the
+default, or `admin`; namespace: where the key's tasks live, default GENTASK_NAMESPACE). A caller
+acts in its key's namespace only, an admin too: it may act for any user there, never elsewhere.
+Keys are kept only as SHA-256 digests after parsing, so a lookup never compares the
 secret itself and nothing printable of a key stays in memory beyond the settings object.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 
 ROLES = ("user", "admin")
+NAMESPACE_FIELD = "namespace="
+_NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 
 @dataclass(frozen=True)
@@ -19,6 +24,7 @@ class Caller:
 
     user_id: str | None
     role: str = "user"
+    namespace: str | None = None        # the key's namespace; None: GENTASK_NAMESPACE
 
     @property
     def admin(self) -> bool:
@@ -52,27 +58,38 @@ class KeyRing:
     def __len__(self) -> int:
         return len(self._by_digest)
 
+    def namespaces(self) -> set[str]:
+        """The namespaces the keys name (besides GENTASK_NAMESPACE, where the others' tasks live)."""
+        return {c.namespace for c in self._by_digest.values() if c.namespace}
+
     def lookup(self, key: str) -> Caller | None:
         """The caller whose key this is, or None."""
         return self._by_digest.get(_digest(key)) if key else None
 
     @classmethod
     def parse(cls, text: str | None) -> KeyRing:
-        """Parse `key:user[:role],...`; a bad entry raises ValueError naming its position, never the key."""
+        """Parse `key:user[:role][:namespace=NS],...`; a bad entry raises ValueError naming its position,
+        never the key."""
         entries: dict[str, Caller] = {}
         for position, item in enumerate((text or "").split(","), start=1):
             item = item.strip()
             if not item:
                 continue
             parts = item.split(":")
+            namespace = None
+            if len(parts) >= 3 and parts[-1].startswith(NAMESPACE_FIELD):
+                namespace = parts.pop()[len(NAMESPACE_FIELD):]
+                if not _NAMESPACE.match(namespace):
+                    raise ValueError(f"GENTASK_API_KEYS entry {position}: namespace={namespace!r} is not a namespace "
+                                     "name (lower-case letters, digits and '-', at most 63)")
             if len(parts) >= 3 and parts[-1] in ROLES:
                 key, user, role = parts[0], ":".join(parts[1:-1]), parts[-1]
             else:
                 key, user, role = parts[0], ":".join(parts[1:]), "user"
             if not key or not user:
-                raise ValueError(f"GENTASK_API_KEYS entry {position}: expected key:user[:role] with role "
-                                 f"{' or '.join(ROLES)}")
-            entries[_digest(key)] = Caller(user, role)
+                raise ValueError(f"GENTASK_API_KEYS entry {position}: expected key:user[:role][:namespace=NS] "
+                                 f"with role {' or '.join(ROLES)}")
+            entries[_digest(key)] = Caller(user, role, namespace)
         return cls(entries)
 
 

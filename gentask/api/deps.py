@@ -34,7 +34,12 @@ class Services:
     index: TaskIndex
     tasks: TaskService
     links: LinkSigner
-    hub: EventHub
+    hub: EventHub                       # GENTASK_NAMESPACE's
+    hubs: dict[str, EventHub] | None = None     # one a namespace the API serves (docs/tenants.md)
+
+    def hub_of(self, caller: Caller) -> EventHub:
+        """The event hub of the caller's namespace."""
+        return (self.hubs or {}).get(self.tasks.namespace_of(caller), self.hub)
 
 
 async def get_services(request: Request) -> Services:

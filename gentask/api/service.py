@@ -1,6 +1,7 @@
 """What the endpoints do, without FastAPI: create, read, delete, cancel, list, download.
 
-Tasks are GenerationTasks in one namespace (GENTASK_NAMESPACE); task_id is the resource's name.
+Tasks are GenerationTasks in the caller's namespace (its API key's, else GENTASK_NAMESPACE); task_id
+is the resource's name. Every verb looks in the caller's namespace only (one index per namespace).
 Reads go to the watch-fed index, then the API server, then the MongoDB mirror (where a task
 stays after its TTL removed the resource). Ownership is checked on every verb: a task that is
 not the caller's is reported as not found. Requests become specs in gentask.api.translate;
@@ -109,13 +110,37 @@ class TaskService:
     """The REST API's verbs over the cluster (TaskClient, TaskIndex) and MongoDB (MirrorWriter)."""
 
     def __init__(self, settings: Settings, client: TaskClient, index: TaskIndex, storage: MirrorWriter,
-                 metrics: Metrics) -> None:
+                 metrics: Metrics, indexes: Mapping[str, TaskIndex] | None = None) -> None:
         self.settings = settings
         self.namespace = settings.namespace
+        self.indexes: dict[str, TaskIndex] = {**(indexes or {}), settings.namespace: index}
         self.enabled = set(settings.providers)
         self.client, self.index, self.storage, self.metrics = client, index, storage, metrics
         self.max_unfinished = settings.api_max_unfinished_per_user
         self.webhook_policy = policy_of(settings)
+
+    # --- namespaces (tenants) --------------------------------------------------------------
+
+    def namespace_of(self, caller: Caller) -> str:
+        """Where the caller's tasks live: its key's namespace, else GENTASK_NAMESPACE."""
+        return caller.namespace or self.namespace
+
+    def index_of(self, namespace: str) -> TaskIndex:
+        """The index of one of the API's namespaces."""
+        return self.indexes[namespace]
+
+    def _namespace_of_link(self, task_id: str, uid: str) -> str:
+        """The namespace of the task a signed link names (by its uid): an index's, else the history's."""
+        for namespace, index in self.indexes.items():
+            task = index.get(task_id)
+            if task is not None and task.metadata.uid == uid:
+                return namespace
+        try:
+            record = self.storage.open_mirror().get(uid)
+        except Exception:  # noqa: BLE001 - MongoDB away: the default namespace answers (404 if not there)
+            record = None
+        namespace = str((record or {}).get("namespace") or "")
+        return namespace if namespace in self.indexes else self.namespace
 
     # --- ownership ----------------------------------------------------------------------
 
@@ -145,32 +170,34 @@ class TaskService:
                      idempotency_key: str | None) -> tuple[TaskView, bool]:
         """(task view, replayed): replayed is True when an Idempotency-Key found its earlier task."""
         owner = self.owner_for(caller, req.user_id)
+        namespace = self.namespace_of(caller)
+        index = self.index_of(namespace)
         await self._check_callback(req.callback_url)
         spec = build_spec(type_, owner, req, self.enabled)
         request_hash = canonical_hash(type_, owner, req)
         user_key = user_label(owner)
         if idempotency_key:
-            replay = self._replay(idempotency_key, type_, owner, request_hash)
+            replay = self._replay(index, idempotency_key, type_, owner, request_hash)
             if replay is not None:
                 return replay, True
-        if self.max_unfinished and self.index.unfinished(user_key) >= self.max_unfinished:
+        if self.max_unfinished and index.unfinished(user_key) >= self.max_unfinished:
             self.metrics.rejected["unfinished"] += 1
             raise TooManyRequests(f"user {owner!r} has {self.max_unfinished} unfinished tasks, the most allowed "
                                   "(GENTASK_API_MAX_UNFINISHED_PER_USER); wait for some to finish or cancel them",
                                   retry_after=RETRY_AFTER)
-        self.index.reserve(user_key)
+        index.reserve(user_key)
         try:
             with cluster_errors():
-                obj, replayed = await self._create(type_, owner, spec, request_hash, idempotency_key)
+                obj, replayed = await self._create(namespace, type_, owner, spec, request_hash, idempotency_key)
             task = _typed(obj)
-            self.index.put(task)
+            index.put(task)
         finally:
-            self.index.release(user_key)
+            index.release(user_key)
         if not replayed:
             self.metrics.created[type_.value] += 1
             if self.settings.api_mirror_creates and not self.storage.put(obj):
                 self.metrics.mirror_dropped += 1
-        return self.index.view(task), replayed
+        return index.view(task), replayed
 
     async def _check_callback(self, url: str | None) -> None:
         """422 naming callback_url when gentask may not call it (the operator checks it again before
@@ -187,13 +214,13 @@ class TaskService:
         except Unresolved:
             log.info("callback_url not resolvable now; the operator checks it before sending")
 
-    def _replay(self, key: str, type_: TaskType, owner: str, request_hash: str) -> TaskView | None:
+    def _replay(self, index: TaskIndex, key: str, type_: TaskType, owner: str, request_hash: str) -> TaskView | None:
         """The task an Idempotency-Key made before, if the index knows it (409 if the body differs)."""
-        task = self.index.get(idempotent_name(type_.value, owner, key))
+        task = index.get(idempotent_name(type_.value, owner, key))
         if task is None:
             return None
         self._same_request(task.metadata.annotations.get(ANNOTATION_REQUEST_HASH), request_hash)
-        return self.index.view(task)
+        return index.view(task)
 
     @staticmethod
     def _same_request(known: str | None, request_hash: str) -> None:
@@ -201,20 +228,20 @@ class TaskService:
             raise Conflict("this Idempotency-Key was used before with a different request body; "
                            "use a new key for a new task")
 
-    async def _create(self, type_: TaskType, owner: str, spec: dict[str, Any], request_hash: str,
+    async def _create(self, namespace: str, type_: TaskType, owner: str, spec: dict[str, Any], request_hash: str,
                       key: str | None) -> tuple[dict[str, Any], bool]:
         """Create the resource under a fresh name, or find the one this Idempotency-Key made."""
         name = idempotent_name(type_.value, owner, key) if key else random_name(type_.value)
         for _attempt in range(CREATE_ATTEMPTS):
             try:
-                body = manifest(name, self.namespace, type_, owner, spec, request_hash)
-                return await self.client.create(self.namespace, body), False
+                body = manifest(name, namespace, type_, owner, spec, request_hash)
+                return await self.client.create(namespace, body), False
             except TaskExists:
                 pass
             if not key:
                 name = random_name(type_.value)           # a random name collided: draw another
                 continue
-            existing = await self.client.get(self.namespace, name)
+            existing = await self.client.get(namespace, name)
             if existing is None:
                 continue                                  # deleted in between: create it again
             known = ((existing.get("metadata") or {}).get("annotations") or {}).get(ANNOTATION_REQUEST_HASH)
@@ -224,23 +251,25 @@ class TaskService:
 
     # --- read ---------------------------------------------------------------------------
 
-    async def find(self, caller: Caller, task_id: str) -> Found:
-        """The task if the caller may see it; NotFound otherwise (also for other users' tasks)."""
+    async def find(self, caller: Caller, task_id: str, namespace: str | None = None) -> Found:
+        """The task if the caller may see it; NotFound otherwise (also for other users' tasks, and for
+        tasks of other namespaces than the caller's). `namespace`: look there instead (signed links)."""
         if len(task_id) > 63 or not NAME.match(task_id):
             raise NotFound(f"task {echo(task_id)!r} not found")
-        task = self.index.get(task_id)
+        namespace = namespace or self.namespace_of(caller)
+        task = self.index_of(namespace).get(task_id)
         cluster_down: ClusterUnavailable | None = None
         if task is None:
             try:
                 with cluster_errors():
-                    obj = await self._get_or_down(task_id)
+                    obj = await self._get_or_down(namespace, task_id)
             except _ClusterDown as down:            # not an error yet: the history may still know it
                 obj, cluster_down = None, down.cause
             task = _typed(obj) if obj is not None else None
         if task is not None:
             found = Found(task)
         else:
-            record = await self._archived(task_id, cluster_down)
+            record = await self._archived(namespace, task_id, cluster_down)
             if record is None:
                 if cluster_down is not None:
                     raise cluster_unavailable(cluster_down)
@@ -250,19 +279,19 @@ class TaskService:
             raise NotFound(f"task {task_id!r} not found")
         return found
 
-    async def _get_or_down(self, task_id: str) -> dict[str, Any] | None:
+    async def _get_or_down(self, namespace: str, task_id: str) -> dict[str, Any] | None:
         """The API server's object; _ClusterDown (not an API error) when the cluster is unreachable."""
         try:
-            return await self.client.get(self.namespace, task_id)
+            return await self.client.get(namespace, task_id)
         except ClusterUnavailable as exc:
             raise _ClusterDown(exc) from exc
 
-    async def _archived(self, task_id: str, cluster_down: ClusterUnavailable | None) -> dict[str, Any] | None:
+    async def _archived(self, namespace: str, task_id: str, cluster_down: ClusterUnavailable | None
+                        ) -> dict[str, Any] | None:
         """The mirror's record of a task the API server no longer has."""
         try:
             with storage_errors():
-                record = await asyncio.to_thread(lambda: self.storage.open_mirror().get_by_name(self.namespace,
-                                                                                              task_id))
+                record = await asyncio.to_thread(lambda: self.storage.open_mirror().get_by_name(namespace, task_id))
         except Unavailable:
             if cluster_down is not None:
                 raise cluster_unavailable(cluster_down) from None
@@ -276,7 +305,7 @@ class TaskService:
         found = await self.find(caller, task_id)
         full_text = await self._full_text(found)
         if found.task is not None and full_text is None:
-            return self.index.view(found.task)           # built once per version of the task
+            return self.index_of(self.namespace_of(caller)).view(found.task)   # built once per version
         return task_view(found.record, full_text)
 
     async def _full_text(self, found: Found) -> str | None:
@@ -300,10 +329,11 @@ class TaskService:
         """Delete the resource (stopping its Job), then the task's history record and its artifacts."""
         found = await self.find(caller, task_id)
         uid = found.uid
+        namespace = self.namespace_of(caller)
         if found.task is not None:
             with cluster_errors():
-                await self.client.delete(self.namespace, task_id, uid)
-            self.index.remove(task_id, uid)
+                await self.client.delete(namespace, task_id, uid)
+            self.index_of(namespace).remove(task_id, uid)
         try:
             with storage_errors():
                 await asyncio.wait_for(self.storage.forget(uid), FORGET_WAIT)
@@ -322,13 +352,15 @@ class TaskService:
         if found.task is None or found.finished:
             word = OLD_STATUS.get(found.record.get("phase") or "", "finished")
             raise Conflict(f"task {task_id!r} has already finished ({word}); there is nothing to cancel")
+        namespace = self.namespace_of(caller)
         with cluster_errors():
-            obj = await self.client.cancel(self.namespace, task_id)
+            obj = await self.client.cancel(namespace, task_id)
         if obj is None:
             raise NotFound(f"task {task_id!r} not found")
         task = _typed(obj)
-        self.index.put(task)
-        return self.index.view(task)
+        index = self.index_of(namespace)
+        index.put(task)
+        return index.view(task)
 
     # --- artifacts ----------------------------------------------------------------------
 
@@ -338,7 +370,8 @@ class TaskService:
 
         `uid` (a signed link's, already verified): the file of that task only; a task that has
         reused the name since is not the one the link was made for."""
-        found = await self.find(caller, task_id)
+        namespace = await asyncio.to_thread(self._namespace_of_link, task_id, uid) if uid is not None else None
+        found = await self.find(caller, task_id, namespace)
         if uid is not None and found.uid != uid:
             raise NotFound(f"task {task_id!r} not found: the task this link was made for no longer exists")
         entry = find_artifact(found.record.get("result"), name)
@@ -360,9 +393,10 @@ class TaskService:
             raise Forbidden(f"user_id {echo(user_id)!r} is not yours; only an admin may list another user's tasks")
         owner = user_id if caller.admin else caller.user_id
         phases = PHASES_OF[status] if status else None
+        namespace = self.namespace_of(caller)
 
         def page() -> tuple[list[dict[str, Any]], int]:
-            return self.storage.open_mirror().list(user_id=owner, type=type_, phases=phases, namespace=self.namespace,
+            return self.storage.open_mirror().list(user_id=owner, type=type_, phases=phases, namespace=namespace,
                                                  include_deleted=True, limit=limit, offset=offset)
         with storage_errors():
             records, total = await asyncio.to_thread(page)

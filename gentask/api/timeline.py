@@ -95,10 +95,11 @@ def event_view(event: Mapping[str, Any]) -> EventView | None:
         return None
 
 
-async def task_events(tasks: TaskService, task_id: str, uid: str) -> list[EventView]:
-    """The Events about this incarnation of the task (a name used again has its own), oldest first."""
+async def task_events(tasks: TaskService, task_id: str, uid: str, namespace: str | None = None) -> list[EventView]:
+    """The Events about this incarnation of the task (a name used again has its own), oldest first;
+    `namespace`: the task's (else GENTASK_NAMESPACE)."""
     selector = f"involvedObject.kind={KIND},involvedObject.name={task_id}"
-    items = await tasks.client.list_events(tasks.namespace, field_selector=selector)
+    items = await tasks.client.list_events(namespace or tasks.namespace, field_selector=selector)
     views = [v for e in items
              if not uid or (e.get("involvedObject") or {}).get("uid") in (None, "", uid)
              if (v := event_view(e)) is not None]
@@ -120,7 +121,7 @@ async def timeline(tasks: TaskService, found: Found) -> TimelineView:
                                      last_transition_time=c.last_transition_time) for c in status.conditions]
     view.provider_failures = [FailureView(**f.model_dump()) for f in status.provider_failures]
     try:
-        view.events = await task_events(tasks, view.task_id, found.uid)
+        view.events = await task_events(tasks, view.task_id, found.uid, found.task.metadata.namespace)
     except ClusterUnavailable as exc:
         view.events_note = f"the cluster's Events could not be read ({exc}); try again in {RETRY_AFTER} s"
     except KubeError as exc:       # e.g. 403: the API's Role lacks list on events

@@ -47,6 +47,9 @@ class ConditionType(str, Enum):  # noqa: UP042 - StrEnum would change str() of m
 # Every reason a status or condition may carry, with what it means. The CRD lists them as an enum.
 REASONS: dict[str, str] = {
     "Created": "the task was accepted by the API server and waits for the operator",
+    "NamespaceNotEnabled": "the task's namespace is not a gentask tenant (not labelled or listed); it waits",
+    "CredentialsMissing": "the namespace has no credentials Secret (or it lacks MONGO_URL); the task waits",
+    "ProviderNotConfigured": "the namespace's credentials Secret lacks the key the task's provider needs; it waits",
     "Validated": "the spec passed the model catalog's validation",
     "JobCreated": "the task's Job exists and waits for a node",
     "Started": "a worker started calling the provider",

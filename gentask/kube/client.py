@@ -384,6 +384,21 @@ class KubeClient:
         items, _ = await self._list("/api/v1/namespaces")
         return items
 
+    async def get_namespace(self, name: str) -> Object:
+        """One namespace (its labels say whether it is a gentask tenant); KubeError (not_found)."""
+        return await self.request("GET", f"/api/v1/namespaces/{name}")
+
+    async def list_namespaces_labelled(self, label_selector: str) -> tuple[list[Object], str]:
+        """The namespaces matching label_selector, and the list's resourceVersion (to watch from)."""
+        return await self._list("/api/v1/namespaces", {"labelSelector": label_selector})
+
+    def watch_namespaces(self, resource_version: str, *, label_selector: str) -> AsyncIterator[tuple[str, Object]]:
+        """(event type, namespace) of the namespaces matching label_selector, from resource_version on:
+        a namespace that gets the label comes as ADDED, one that loses it as DELETED."""
+        params = {"watch": "true", "resourceVersion": resource_version, "allowWatchBookmarks": "true",
+                  "timeoutSeconds": str(WATCH_TIMEOUT_SECONDS), "labelSelector": label_selector}
+        return self.stream("/api/v1/namespaces", params, resource_version)
+
     async def _list(self, path: str, params: Mapping[str, str] | None = None,
                     page: int = LIST_PAGE) -> tuple[list[Object], str]:
         params = {**(params or {}), "limit": str(page)}

@@ -84,6 +84,17 @@ def _env(settings: Settings) -> list[dict[str, Any]]:
     return env
 
 
+def _resources(settings: Settings) -> dict[str, Any]:
+    """Requests and limits of the worker container (GENTASK_WORKER_*). No CPU limit: a worker waits on
+    its vendor, and a quota would only throttle its start; the request reserves its share. Node disk
+    (ephemeral-storage: its /tmp and its logs) is requested and capped, so a runaway task is evicted
+    rather than filling the node."""
+    return {"requests": {"cpu": settings.worker_cpu_request, "memory": settings.worker_memory_request,
+                         "ephemeral-storage": settings.worker_ephemeral_storage_request},
+            "limits": {"memory": settings.worker_memory_limit,
+                       "ephemeral-storage": settings.worker_ephemeral_storage_limit}}
+
+
 def job_manifest(task: GenerationTask, settings: Settings) -> dict[str, Any]:
     """The task's Job: deadline, retries and TTL from the spec, the restricted pod, credentials by reference.
 
@@ -120,12 +131,10 @@ def job_manifest(task: GenerationTask, settings: Settings) -> dict[str, Any]:
                         "command": ["gentask", "worker", "run", f"{task.namespace}/{name}"],
                         "env": _env(settings),
                         "securityContext": RESTRICTED_CONTAINER,
-                        "resources": {"requests": {"cpu": settings.worker_cpu_request,
-                                                   "memory": settings.worker_memory_request},
-                                      "limits": {"memory": settings.worker_memory_limit}},
+                        "resources": _resources(settings),
                         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
                     }],
-                    "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}}],
+                    "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": settings.worker_tmp_size_limit}}],
                 },
             },
         },

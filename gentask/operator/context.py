@@ -32,4 +32,5 @@ class OperatorContext:
     worker_rbac_locks: dict[str, asyncio.Lock] = field(default_factory=dict)   # one ensure a namespace at a time
     background: list[asyncio.Task[Any]] = field(default_factory=list)
     notifier: Any = None                                        # gentask.operator.notify.Notifier (webhooks)
+    tenants: Any = None                                         # gentask.operator.tenants.Tenants
     ready: bool = False

@@ -81,12 +81,18 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
                           registry=registry_from_settings(config), metrics=metrics,
                           mirror=MirrorWriter(config))
     from gentask.operator.notify import Notifier
+    from gentask.operator.tenants import Tenants
     ctx.notifier = Notifier(ctx)
+    ctx.tenants = Tenants(config, ctx.kube)
     metrics.webhook_pending.set_function(lambda: len(ctx.notifier.loops))
     metrics.mirror_lag.set_function(lambda: ctx.mirror.lag)
     metrics.mirror_pending.set_function(lambda: ctx.mirror.pending)
     ctx.mirror.start()
     ctx.background.append(asyncio.create_task(resync.resync_loop(ctx)))
+    if config.tenant_label:      # a namespace that gets the label starts its waiting tasks at once
+        ctx.background.append(asyncio.create_task(resync.tenant_watch_loop(ctx)))
+    if config.tenancy:           # a task waiting for its namespace's Secret starts within seconds of it
+        ctx.background.append(asyncio.create_task(resync.tenant_recheck_loop(ctx)))
     if config.executor == "inline":
         from gentask.operator.inline import InlineExecutor
         from gentask.storage import ArtifactStore, connect
@@ -99,7 +105,9 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         ctx.background.append(asyncio.create_task(serve(ctx, config.metrics_port)))
     memo.ctx = ctx
     ctx.ready = True
-    log.info("operator started", extra={"executor": config.executor, "namespaces": config.watch_namespaces or "all"})
+    log.info("operator started", extra={"executor": config.executor, "namespaces": config.watch_namespaces or "all",
+                                        "tenants": (config.tenant_label, config.tenant_namespaces)
+                                        if config.tenancy else "every watched namespace"})
 
 
 @kopf.on.cleanup()

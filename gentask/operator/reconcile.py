@@ -16,22 +16,24 @@ from typing import Any, TypeVar
 from pydantic import ValidationError
 
 from gentask.domain.catalog import InvalidSpecError, ModelRetiredError, validate_spec
-from gentask.domain.reasons import Phase
+from gentask.domain.reasons import ConditionType, Phase
 from gentask.domain.task import GenerationTask, GenerationTaskSpec, GenerationTaskStatus, ObjectMeta, Priority, TaskType
+from gentask.kube.conditions import set_condition
 from gentask.kube.errors import KubeError
 from gentask.kube.names import job_name
 from gentask.kube.status import transition
 from gentask.operator.context import OperatorContext
 from gentask.operator.jobs import ensure_job
 from gentask.operator.observe import forget, observe
+from gentask.operator.tenants import SECRET_REASONS, Refusal
 from gentask.operator.ttl import schedule_ttl
-from gentask.operator.writes import write_status
+from gentask.operator.writes import record_event, write_status
 
 log = logging.getLogger("gentask.operator")
 
 E = TypeVar("E", TaskType, Priority)
 
-__all__ = ["cancel", "forget", "parse_task", "reconcile_task", "start"]
+__all__ = ["cancel", "forget", "parse_task", "reconcile_task", "start", "wait"]
 
 
 def _member(enum: type[E], value: Any, default: E) -> E:
@@ -99,7 +101,14 @@ async def reconcile_task(ctx: OperatorContext, task: GenerationTask, raw: Mappin
 
 
 async def start(ctx: OperatorContext, task: GenerationTask, spec_error: str | None = None) -> None:
-    """Validate against the catalog, then hand the task to its executor: status Queued."""
+    """Validate against the catalog, then hand the task to its executor: status Queued.
+
+    In a tenant setup (gentask.operator.tenants) a task of a namespace gentask does not serve, or
+    whose namespace lacks the credentials its pod needs, waits instead (Pending with the reason)."""
+    tenants = ctx.tenants
+    if tenants is not None and tenants.enabled and not await tenants.served(task.namespace):
+        await wait(ctx, task, tenants.not_enabled(task.namespace))
+        return
     if spec_error is not None:     # pydantic: a spec the CRD let through but the models refuse
         await write_status(ctx, task, transition(task, Phase.FAILED, "InvalidSpec", spec_error))
         return
@@ -116,6 +125,11 @@ async def start(ctx: OperatorContext, task: GenerationTask, spec_error: str | No
     if refusal is not None:         # a receiver gentask may not call: no run, and nothing is sent to it
         await write_status(ctx, task, transition(task, Phase.FAILED, "InvalidSpec", refusal))
         return
+    if tenants is not None and tenants.enabled:
+        refusal = await tenants.refusal(task, check_credentials=ctx.executor is None)
+        if refusal is not None:
+            await wait(ctx, task, refusal)
+            return
     if ctx.executor is not None:     # inline, or the worker pool (gentask.operator.pool): no Job
         message = getattr(ctx.executor, "queued_message", "queued for the inline executor")
         await write_status(ctx, task, transition(task, Phase.QUEUED, "Validated", message, attempts=0))
@@ -128,6 +142,22 @@ async def start(ctx: OperatorContext, task: GenerationTask, spec_error: str | No
     if queued is not None:     # Queued first, then the Job: no worker can write before the operator has
         await ensure_job(ctx, queued)     # its pod carries the queued task: the version its worker claims
         ctx.jobs_ensured.add(task.uid)
+
+
+async def wait(ctx: OperatorContext, task: GenerationTask, refusal: Refusal) -> None:
+    """The task stays Pending with the refusal's reason and message (Scheduled False), and one Warning
+    Event says so; nothing is written when the status says it already."""
+    status = task.status
+    if ctx.tenants is not None and refusal.reason in SECRET_REASONS:
+        ctx.tenants.waiting.add(task.namespace)        # looked at again soon (resync.tenant_recheck_loop)
+    if status.reason == refusal.reason and status.message == refusal.message:
+        return
+    pending = transition(task, Phase.PENDING, refusal.reason, refusal.message)
+    pending.conditions = set_condition(pending.conditions, ConditionType.SCHEDULED.value, "False", refusal.reason,
+                                       refusal.message, task.metadata.generation)
+    if await write_status(ctx, task, pending) is not None:
+        await record_event(ctx, task, refusal.reason, refusal.message, warning=True)
+        log.info("task waits: %s", refusal.reason, extra={"task": f"{task.namespace}/{task.name}"})
 
 
 async def cancel(ctx: OperatorContext, task: GenerationTask) -> None:

@@ -192,3 +192,74 @@ async def resync_loop(ctx: OperatorContext) -> None:
         except Exception:  # noqa: BLE001 - a failed round is logged; the next one runs on time
             log.exception("%s failed", round_)
         await asyncio.sleep(min(ctx.settings.resync_seconds, max(0.0, audit_due - time.monotonic())))
+
+
+async def start_waiting(ctx: OperatorContext, namespace: str, reasons: frozenset[str] | None = None) -> int:
+    """Reconcile the tasks of a namespace that wait for it (reason NamespaceNotEnabled, CredentialsMissing
+    or ProviderNotConfigured, or those of `reasons`): it just got the tenant label, or its Secret may
+    be fixed. Returns how many were waiting."""
+    from gentask.operator.tenants import WAITING_REASONS
+    started = 0
+    async for page in ctx.kube.task_pages(namespace, field_selector=f"status.phase={Phase.PENDING.value}"):
+        for raw in page:
+            if (raw.get("status") or {}).get("reason") not in (reasons or WAITING_REASONS):
+                continue
+            try:
+                task, spec_error = parse_task(raw)
+                await reconcile_task(ctx, task, raw, spec_error)
+                started += 1
+            except Exception as exc:  # noqa: BLE001 - the resync tries again
+                log.warning("could not start waiting task %s: %s", raw["metadata"].get("name"), exc)
+    return started
+
+
+async def tenant_watch_loop(ctx: OperatorContext) -> None:
+    """Watch the namespaces carrying GENTASK_TENANT_LABEL: one that gets it starts its waiting tasks
+    at once (else the next resync would), one that loses it is no longer served. Only namespaces in
+    GENTASK_WATCH_NAMESPACES are looked at."""
+    from gentask.kube.errors import WatchExpired
+    label = ctx.settings.tenant_label or ""
+    patterns = ctx.settings.watch_namespaces
+    tenants = ctx.tenants
+    while True:
+        try:
+            items, version = await ctx.kube.list_namespaces_labelled(label)
+            names = {ns["metadata"]["name"] for ns in items if in_scope(ns["metadata"]["name"], patterns)}
+            for gone in tenants.labelled - names:
+                tenants.saw(gone, False)
+            fresh = [name for name in sorted(names) if tenants.saw(name, True)]
+            tenants.synced = True
+            for name in fresh:      # at start, and after a gap: what got the label meanwhile starts
+                await start_waiting(ctx, name)
+            async for kind, obj in ctx.kube.watch_namespaces(version, label_selector=label):
+                version = str((obj.get("metadata") or {}).get("resourceVersion") or version)
+                name = (obj.get("metadata") or {}).get("name") or ""
+                if kind == "BOOKMARK" or not in_scope(name, patterns):
+                    continue
+                if tenants.saw(name, kind != "DELETED"):
+                    waiting = await start_waiting(ctx, name)
+                    if waiting:
+                        log.info("namespace %s is now a tenant: %d waiting task(s) looked at again", name, waiting)
+        except asyncio.CancelledError:
+            raise
+        except WatchExpired:
+            continue
+        except Exception as exc:  # noqa: BLE001 - list again after a pause; the resync covers the gap
+            tenants.synced = False          # meanwhile each namespace is read (5 s cache)
+            log.warning("the tenant namespace watch failed (%s); trying again in 5 s", exc)
+            await asyncio.sleep(5)
+
+
+async def tenant_recheck_loop(ctx: OperatorContext) -> None:
+    """Every RECHECK_SECONDS, the namespaces whose tasks wait for their credentials Secret look again:
+    a Secret created or fixed starts them within seconds. A namespace leaves the set when none waits."""
+    from gentask.operator.tenants import RECHECK_SECONDS, SECRET_REASONS
+    tenants = ctx.tenants
+    while True:
+        await asyncio.sleep(RECHECK_SECONDS)
+        for namespace in sorted(tenants.waiting):
+            try:
+                if not await start_waiting(ctx, namespace, SECRET_REASONS):
+                    tenants.waiting.discard(namespace)
+            except Exception as exc:  # noqa: BLE001 - the next round (or the resync) tries again
+                log.warning("could not look again at the waiting tasks of %s: %s", namespace, exc)

@@ -19,6 +19,7 @@ from kubernetes.client.rest import ApiException
 from tests.e2e.conftest import IMAGE, PRIORITY_CLASSES, Release, dump, helm_manifest, service_backend
 from tests.integration.conftest import ROOT
 from tests.support.helm import CHART, CRD_NAME, helm
+from tests.support.netpol import Address, Pod, allows_egress, policy_selects
 from tests.support.waits import namespace_progress, task_progress, wait_for, watching
 
 TASKS = {   # type -> (request body, what the downloaded artifact starts with)
@@ -237,6 +238,35 @@ def test_task_pods_run_restricted(release: Release, finished: dict):
         assert_restricted(log, f"{name} (the worker's pod template)")
     finally:
         core.delete_namespaced_pod(name, release.task_namespace, grace_period_seconds=0)
+
+
+def test_network_policies_fence_every_pod_and_name_this_api_server(release: Release, finished: dict):
+    """Installed, the policies select every running pod of the release and its task pods, and name this
+    cluster's API server (looked up at install: the `kubernetes` Service and its EndpointSlice). The
+    node's CNI bridge enforces none: what they allow is tests/unit/chart/test_network_policy.py's."""
+    api = client.ApiClient()
+    networking = client.NetworkingV1Api(release.cluster.api)
+    policies = [api.sanitize_for_serialization(p) for ns in (release.namespace, release.task_namespace)
+                for p in networking.list_namespaced_network_policy(ns).items]
+    assert {(p["metadata"]["namespace"], p["metadata"]["name"]) for p in policies} == {
+        (release.namespace, f"{release.name}-gentask-api"), (release.namespace, f"{release.name}-gentask-operator"),
+        (release.task_namespace, f"{release.name}-gentask-workers")}
+    core = client.CoreV1Api(release.cluster.api)
+    pods = core.list_namespaced_pod(release.namespace).items + core.list_namespaced_pod(
+        release.task_namespace, label_selector="app.kubernetes.io/component=worker").items
+    assert any(p.metadata.namespace == release.task_namespace for p in pods), "no task pod left to check"
+    for pod in pods:
+        seen = Pod(pod.metadata.namespace, pod.metadata.labels or {}, name=pod.metadata.name)
+        assert sum(policy_selects(p, seen) for p in policies) == 1, pod.metadata.name
+    svc = core.read_namespaced_service("kubernetes", "default")
+    eps = client.DiscoveryV1Api(release.cluster.api).read_namespaced_endpoint_slice("kubernetes", "default")
+    endpoints = [(a, p.port) for e in eps.endpoints for a in e.addresses for p in eps.ports]
+    assert endpoints, "the real node's cluster advertises its API server at the node's address"
+    task_pod = next(Pod(p.metadata.namespace, p.metadata.labels) for p in pods
+                    if p.metadata.namespace == release.task_namespace)
+    for ip, port in [*((ip, 443) for ip in svc.spec.cluster_ips), *endpoints]:
+        assert allows_egress(policies, task_pod, Address(ip), port), (ip, port, dump(policies))
+    assert not allows_egress(policies, task_pod, Address("10.255.255.254"), 443)
 
 
 def test_operator_metrics_count_the_tasks(release: Release, finished: dict):

@@ -2,7 +2,7 @@
 
 import pytest
 
-from gentask.config import Settings, SettingsError, load_settings, parse_duration
+from gentask.config import Settings, SettingsError, load_settings, parse_duration, parse_quantity
 
 OLD_NAMES = ["PORT", "ENVIRONMENT", "MONGO_URL", "ARK_API_KEY", "VOLCENGINE_ACCESS_KEY",
              "VOLCENGINE_SECRET_KEY", "AI_TIMEOUT", "LOG_LEVEL", "LOG_KEEP_DAYS"]
@@ -44,6 +44,11 @@ def test_old_server_variables_are_read(monkeypatch):
     ("MONGO_URL", "postgres://x", "mongodb://"),
     ("GENTASK_EXECUTOR", "thread", "'job', 'inline' or 'pool'"),
     ("GENTASK_NAMESPACE", "Bad_NS", "match pattern"),
+    ("GENTASK_WORKER_EPHEMERAL_STORAGE_LIMIT", "lots", "Kubernetes quantity such as 64Mi"),
+    ("GENTASK_WORKER_EPHEMERAL_STORAGE_LIMIT", "32Mi", "at least GENTASK_WORKER_EPHEMERAL_STORAGE_REQUEST (64Mi)"),
+    ("GENTASK_WORKER_TMP_SIZE_LIMIT", "1Gi", "at most GENTASK_WORKER_EPHEMERAL_STORAGE_LIMIT (512Mi)"),
+    ("GENTASK_WORKER_MEMORY_LIMIT", "64Mi", "at least GENTASK_WORKER_MEMORY_REQUEST (128Mi)"),
+    ("GENTASK_WORKER_CPU_REQUEST", "half", "Kubernetes quantity"),
 ])
 def test_bad_value_names_the_variable_and_what_it_accepts(monkeypatch, name, value, accepted):
     monkeypatch.setenv(name, value)
@@ -104,3 +109,22 @@ def test_settings_import_no_settings_library():
     code = "import sys, gentask.config; print('pydantic_settings' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_tenant_settings_off_by_default_and_a_bad_label_is_named():
+    assert not load_settings().tenancy
+    s = load_settings(tenant_label=" gentask.io/tenant=enabled ", tenant_namespaces="gentask-tasks, team-*")
+    assert (s.tenant_label, s.tenant_namespaces, s.tenancy) == ("gentask.io/tenant=enabled",
+                                                                 ["gentask-tasks", "team-*"], True)
+    assert load_settings(tenant_label="tenant").tenant_label == "tenant"
+    assert not load_settings(tenant_label="  ").tenancy
+    for bad in ("not a label", "Bad_Prefix/x=y", "k=v w"):
+        with pytest.raises(SettingsError) as err:
+            load_settings(tenant_label=bad)
+        assert "GENTASK_TENANT_LABEL" in str(err.value) and "key=value" in str(err.value)
+
+
+@pytest.mark.parametrize("text,amount", [("64Mi", 64 * 2**20), ("1Gi", 2**30), ("500M", 5e8), ("250m", 0.25),
+                                         ("2", 2.0), ("1.5Gi", 1.5 * 2**30), ("1e3", 1000.0), ("0.5", 0.5)])
+def test_quantities_as_kubernetes_writes_them(text, amount):
+    assert parse_quantity(text) == amount

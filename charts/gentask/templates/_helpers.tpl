@@ -35,6 +35,10 @@
 {{- printf "%s-%s-operator" .Release.Namespace (include "gentask.fullname" .) | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
+{{- define "gentask.ownerPolicyName" -}}
+{{- printf "%s-%s-task-owner" .Release.Namespace (include "gentask.fullname" .) | trunc 55 | trimSuffix "-" }}
+{{- end }}
+
 {{- define "gentask.taskNamespace" -}}
 {{- .Values.taskNamespace.name }}
 {{- end }}
@@ -164,10 +168,180 @@ capabilities:
 {{- define "gentask.tmpVolume" -}}
 - name: tmp
   emptyDir:
-    sizeLimit: 256Mi
+    sizeLimit: {{ .Values.tmpVolume.sizeLimit }}
+{{- end }}
+
+{{/* The kube-score checks a Deployment deliberately fails (values.yaml, "kube-score"), each only
+while the value that causes it is as the chart's default: (dict "ctx" $ "resources" ... "always" (list ...)).
+container-resources only when the CPU limit is all it would miss. */}}
+{{- define "gentask.kubeScoreIgnore" -}}
+{{- $ignore := .always | default list }}
+{{- $r := .resources | default dict }}
+{{- $req := $r.requests | default dict }}
+{{- $lim := $r.limits | default dict }}
+{{- if and (not (hasKey $lim "cpu")) (hasKey $lim "memory") (hasKey $req "cpu") (hasKey $req "memory") }}
+{{- $ignore = append $ignore "container-resources" }}
+{{- end }}
+{{- if ne .ctx.Values.image.pullPolicy "Always" }}
+{{- $ignore = append $ignore "container-image-pull-policy" }}
+{{- end }}
+{{- join "," $ignore }}
+{{- end }}
+
+{{/* A preferred spread over nodes of one component's pods, when it has more than one. */}}
+{{- define "gentask.spreadAffinity" -}}
+podAntiAffinity:
+  preferredDuringSchedulingIgnoredDuringExecution:
+    - weight: 100
+      podAffinityTerm:
+        topologyKey: kubernetes.io/hostname
+        labelSelector:
+          matchLabels:
+            {{- include "gentask.selectorLabels" . | nindent 12 }}
 {{- end }}
 
 {{/* The Secret with the artifact link keys: the one given, else the one the chart makes. */}}
 {{- define "gentask.api.linksSecret" -}}
 {{- default (printf "%s-links" (include "gentask.api.fullname" .) | trunc 63 | trimSuffix "-") .Values.api.links.existingSecret }}
+{{- end }}
+
+{{/* Network policies (templates/networkpolicy.yaml) --------------------------------------------- */}}
+
+{{/* The namespaces whose task pods the workers' policy covers: the task namespace, the listed
+tenants (tenants.namespaces) and networkPolicy.taskNamespaces, as a JSON list. */}}
+{{- define "gentask.networkPolicy.taskNamespaces" -}}
+{{- concat (list (include "gentask.taskNamespace" .)) .Values.tenants.namespaces .Values.networkPolicy.taskNamespaces | uniq | toJson }}
+{{- end }}
+
+{{/* An address as a CIDR: 10.1.2.3 -> 10.1.2.3/32, fd00::1 -> fd00::1/128, a CIDR as it is. */}}
+{{- define "gentask.networkPolicy.cidr" -}}
+{{- $a := trimAll "[]" . }}
+{{- if contains "/" $a }}{{ $a }}{{ else if contains ":" $a }}{{ $a }}/128{{ else }}{{ $a }}/32{{ end }}
+{{- end }}
+
+{{/* The API server: networkPolicy.apiServer.cidrs; empty: the `kubernetes` Service's ClusterIPs and
+its EndpointSlice's addresses, looked up at install and upgrade; where nothing can be looked up
+(helm template, Argo CD) any address on networkPolicy.apiServer.ports. */}}
+{{- define "gentask.networkPolicy.apiServerEgress" -}}
+{{- $cfg := .Values.networkPolicy.apiServer }}
+{{- $cidrs := list }}
+{{- $ports := list }}
+{{- range $cfg.ports }}{{ $ports = append $ports (int .) }}{{ end }}
+{{- if $cfg.cidrs }}
+{{- $cidrs = $cfg.cidrs }}
+{{- else }}
+{{- $svc := lookup "v1" "Service" "default" "kubernetes" }}
+{{- if and $svc $svc.spec }}
+{{- range ($svc.spec.clusterIPs | default (list $svc.spec.clusterIP)) }}{{ $cidrs = append $cidrs (include "gentask.networkPolicy.cidr" .) }}{{ end }}
+{{- range $svc.spec.ports }}{{ $ports = append $ports (int .port) }}{{ end }}
+{{- end }}
+{{- $slice := lookup "discovery.k8s.io/v1" "EndpointSlice" "default" "kubernetes" }}
+{{- if $slice }}
+{{- range ($slice.endpoints | default list) }}{{ range .addresses }}{{ $cidrs = append $cidrs (include "gentask.networkPolicy.cidr" .) }}{{ end }}{{ end }}
+{{- range ($slice.ports | default list) }}{{ $ports = append $ports (int .port) }}{{ end }}
+{{- end }}
+{{- end }}
+# the API server{{ if not $cidrs }} (not looked up: any address on its ports; set networkPolicy.apiServer.cidrs){{ end }}
+- ports:
+    {{- range ($ports | uniq) }}
+    - {port: {{ . }}, protocol: TCP}
+    {{- end }}
+  {{- if $cidrs }}
+  to:
+    {{- range ($cidrs | uniq) }}
+    - ipBlock: {cidr: {{ . | quote }}}
+    {{- end }}
+  {{- end }}
+{{- end }}
+
+{{/* DNS, the API server and MongoDB: what every gentask process talks to. */}}
+{{- define "gentask.networkPolicy.baseEgress" -}}
+{{- $np := .Values.networkPolicy }}
+# DNS: the cluster's resolver (names of MongoDB, vendors and webhook receivers)
+- ports:
+    - {port: 53, protocol: UDP}
+    - {port: 53, protocol: TCP}
+  to:
+    - namespaceSelector:
+        {{- toYaml $np.dns.namespaceSelector | nindent 8 }}
+      podSelector:
+        {{- toYaml $np.dns.podSelector | nindent 8 }}
+    {{- range $np.dns.cidrs }}
+    - ipBlock: {cidr: {{ . | quote }}}
+    {{- end }}
+{{ include "gentask.networkPolicy.apiServerEgress" . | trim }}
+# MongoDB: the task mirror and the artifact store{{ if not $np.mongodb.peers }} (any address on its ports; set networkPolicy.mongodb.peers){{ end }}
+- ports:
+    {{- range $np.mongodb.ports }}
+    - {port: {{ . }}, protocol: TCP}
+    {{- end }}
+  {{- with $np.mongodb.peers }}
+  to:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+{{- end }}
+
+{{- define "gentask.networkPolicy.ipBlocks" -}}
+{{- range . }}
+- ipBlock:
+    cidr: {{ .cidr | quote }}
+    {{- with .except }}
+    except:
+      {{- range . }}
+      - {{ . | quote }}
+      {{- end }}
+    {{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The AI vendors' APIs and the hosts their results are downloaded from. */}}
+{{- define "gentask.networkPolicy.vendorEgress" -}}
+{{- $v := .Values.networkPolicy.vendors }}
+# AI vendors (Ark, Visual, OpenAI) and their result downloads
+- ports:
+    {{- range $v.ports }}
+    - {port: {{ . }}, protocol: TCP}
+    {{- end }}
+  to:
+    {{- include "gentask.networkPolicy.ipBlocks" $v.ipBlocks | trim | nindent 4 }}
+{{- end }}
+
+{{/* Webhook receivers (the operator sends): public addresses on networkPolicy.webhooks.ports (80 too
+when http may be used), and every address or CIDR of webhooks.allow on any port. */}}
+{{- define "gentask.networkPolicy.webhookEgress" -}}
+{{- $w := .Values.networkPolicy.webhooks }}
+{{- $ports := list }}
+{{- range $w.ports }}{{ $ports = append $ports (int .) }}{{ end }}
+{{- if or .Values.webhooks.allowHTTP .Values.webhooks.allow }}{{ $ports = append $ports 80 }}{{ end }}
+{{- $allowed := list }}
+{{- range .Values.webhooks.allow }}
+{{- $entry := trimAll "[]" (trim .) }}
+{{- if or (contains "/" $entry) (contains ":" $entry) (regexMatch "^[0-9]+\\.[0-9]+\\.[0-9]+\\.[0-9]+$" $entry) }}
+{{- $allowed = append $allowed (include "gentask.networkPolicy.cidr" $entry) }}
+{{- end }}
+{{- end }}
+{{- if not $w.ipBlocks }}
+{{- /* the same addresses as the vendors' rule: only the ports it does not open already */}}
+{{- $vendorPorts := list }}
+{{- range .Values.networkPolicy.vendors.ports }}{{ $vendorPorts = append $vendorPorts (int .) }}{{ end }}
+{{- $left := list }}
+{{- range $ports }}{{ if not (has . $vendorPorts) }}{{ $left = append $left . }}{{ end }}{{ end }}
+{{- $ports = $left }}
+{{- end }}
+{{- if $ports }}
+# webhook receivers: public addresses{{ if not $w.ipBlocks }} (on the vendors' ports: the rule above){{ end }}
+- ports:
+    {{- range ($ports | uniq) }}
+    - {port: {{ . }}, protocol: TCP}
+    {{- end }}
+  to:
+    {{- include "gentask.networkPolicy.ipBlocks" ($w.ipBlocks | default .Values.networkPolicy.vendors.ipBlocks) | trim | nindent 4 }}
+{{- end }}
+{{- if $allowed }}
+# webhook receivers on the allowlist (webhooks.allow's addresses and CIDRs), any port
+- to:
+    {{- range ($allowed | uniq) }}
+    - ipBlock: {cidr: {{ . | quote }}}
+    {{- end }}
+{{- end }}
 {{- end }}

@@ -28,6 +28,7 @@
     page: [],                 // the gallery's tasks, in order
     cards: new Map(),         // task_id -> card element
     tasks: new Map(),         // task_id -> latest view seen
+    streamed: new Set(),      // task_ids the event stream has told of since it (re)opened
     models: null,
     stream: null,
     poll: null,
@@ -259,10 +260,20 @@
     try {
       const data = await call("tasks", { query: { ...f, limit: PAGE_SIZE, offset: state.offset } });
       if (loading !== mine) return;
-      state.total = data.total;
-      state.page = data.tasks;
       for (const t of data.tasks) remember(t, true);
+      const late = state.offset === 0 ? notYetListed(data.tasks) : [];
+      state.total = data.total + late.length;
+      state.page = late.length ? [...late, ...data.tasks].sort(newestFirst).slice(0, PAGE_SIZE) : data.tasks;
       renderGallery();
+      // the history lags the cluster, and a new stream tells only of tasks still unfinished when it
+      // opened: an unfinished task of this page that the stream has not told of may have finished
+      // already, so it is read once from the live result endpoint
+      for (const t of data.tasks) {
+        const known = state.tasks.get(t.task_id);
+        if (known && !state.streamed.has(t.task_id) && (known.status === "pending" || known.status === "processing")) {
+          refreshTask(t.task_id, true);
+        }
+      }
     } catch (e) {
       if (loading !== mine || e.status === 401 || e.status === 0) return;
       $("gallery-note").textContent = e.status === 503
@@ -270,6 +281,20 @@
         : `Could not list the tasks: ${e.message}`;
       if (e.status === 503 || e.status === 429) setTimeout(() => { if (state.route?.name === "gallery") loadGallery(); }, POLL_MS);
     }
+  }
+
+  const made = (task) => Date.parse(task.created_at || task.created || "") || 0;
+  const newestFirst = (a, b) => made(b) - made(a);
+
+  // The history (MongoDB) lags the cluster: a task the stream has told of may not be listed yet. On
+  // the first page, such tasks (matching the filters, and newer than the page's oldest when the page
+  // is full) are shown anyway, so a page read while the history lags never hides a new task.
+  function notYetListed(listed) {
+    const ids = new Set(listed.map((t) => t.task_id));
+    const full = listed.length >= PAGE_SIZE;
+    const oldest = listed.length ? made(listed[listed.length - 1]) : 0;
+    return [...state.tasks.values()].filter((t) => !ids.has(t.task_id) && state.streamed.has(t.task_id)
+      && matches(t) && (!full || made(t) > oldest));
   }
 
   const RANK = { pending: 0, processing: 1, completed: 2, failed: 2, cancelled: 2 };
@@ -508,6 +533,7 @@
     const f = state.me && state.me.admin ? filters() : {};
     const stream = new EventStream("events", { user_id: f.user_id || "" }, onStreamEvent, (what, status) => {
       if (what === "open") {
+        state.streamed.clear();
         if (state.down) { state.down = false; hideBanner(); }
         // a new stream starts with the tasks still running: one that finished between the page read
         // and the stream's start would stay as the page showed it, so read each unfinished one once
@@ -550,6 +576,7 @@
     if (type === "deleted") { forget(doc.task_id); return; }
     if (type !== "task") return;
     const before = state.tasks.get(doc.task_id);
+    state.streamed.add(doc.task_id);
     remember(doc);
     const task = state.tasks.get(doc.task_id);
     if (before && before.status !== task.status) announce(`Task ${task.task_id} (${task.prompt.slice(0, 60)}) is now ${task.status}.`);
@@ -562,7 +589,7 @@
     if (state.route?.name === "gallery") {
       const card = state.cards.get(task.task_id);
       if (card) updateCard(card, task);
-      else if (state.offset === 0 && matches(task) && !before) scheduleGallery();
+      else if (state.offset === 0 && matches(task) && !state.page.some((t) => t.task_id === task.task_id)) scheduleGallery();
     } else if (state.route?.name === "task" && state.route.id === task.task_id) {
       renderTask(task);
       scheduleTimeline(task.task_id);
@@ -575,16 +602,21 @@
     galleryTimer = setTimeout(loadGallery, 250);
   }
 
+  // One read of a task at a time; a refresh asked for while one is under way is made after it (the
+  // one under way may have been answered before the change that prompted the second).
   async function refreshTask(id, quiet) {
-    if (refreshing.get(id)) return;
-    refreshing.set(id, true);
+    if (refreshing.has(id)) { refreshing.set(id, "again"); return; }
+    refreshing.set(id, "once");
     try {
-      const task = await call(`task/result/${encodeURIComponent(id)}`);
-      remember(task, true);              // an answer never moves a task back from a newer event
-      const fresh = state.tasks.get(id);
-      const card = state.cards.get(id);
-      if (card) updateCard(card, fresh);
-      if (state.route?.name === "task" && state.route.id === id) { renderTask(fresh); if (!quiet) scheduleTimeline(id); }
+      do {
+        refreshing.set(id, "once");
+        const task = await call(`task/result/${encodeURIComponent(id)}`);
+        remember(task, true);              // an answer never moves a task back from a newer event
+        const fresh = state.tasks.get(id);
+        const card = state.cards.get(id);
+        if (card) updateCard(card, fresh);
+        if (state.route?.name === "task" && state.route.id === id) { renderTask(fresh); if (!quiet) scheduleTimeline(id); }
+      } while (refreshing.get(id) === "again");
     } catch (e) {
       if (e.status === 404) forget(id);
     } finally {

@@ -102,9 +102,9 @@ def _since(header: str | None, query: str | None) -> int | None:
     return int(value) if value is not None else None
 
 
-def _subscribe(services: Services, key: str, **which: str | None) -> Subscriber:
+def _subscribe(services: Services, hub: EventHub, key: str, **which: str | None) -> Subscriber:
     try:
-        sub: Subscriber = services.hub.subscribe(key, **which)
+        sub: Subscriber = hub.subscribe(key, **which)
     except TooManyRequests:
         services.metrics.rejected["streams"] += 1
         raise
@@ -125,12 +125,12 @@ async def task_events(task_id: str, caller: CallerDep, services: ServicesDep, re
     deleted), then the end. A task only the history still has: its one event, then the end."""
     found = await services.tasks.find(caller, task_id)      # 404 as on the result endpoint
     since = _since(last_event_id_header, last_event_id)
-    hub: EventHub = services.hub
-    live = services.index.get(task_id) or found.task
+    hub: EventHub = services.hub_of(caller)
+    live = hub.index.get(task_id) or found.task
     first = [hub.current(live) if live is not None else hub.archived(found.record)]
     if since is not None and first[0].version <= since and first[0].final:
         return Response(status_code=204, headers=HEADERS)
-    sub = _subscribe(services, caller.limit_key, name=task_id)
+    sub = _subscribe(services, hub, caller.limit_key, name=task_id)
     return _respond(hub, sub, hub.stream(sub, first, since=since, one_task=True, base=str(request.base_url)))
 
 
@@ -149,7 +149,7 @@ async def all_events(caller: CallerDep, services: ServicesDep, request: Request,
         raise Forbidden(f"user_id {echo(user_id)!r} is not yours; only an admin may follow another user's tasks")
     owner = user_id if caller.admin else caller.user_id
     since = _since(last_event_id_header, last_event_id)
-    hub: EventHub = services.hub
-    sub = _subscribe(services, caller.limit_key, owner=owner)
+    hub: EventHub = services.hub_of(caller)
+    sub = _subscribe(services, hub, caller.limit_key, owner=owner)
     first = hub.backlog(sub, since)          # taken with the subscription: nothing falls between the two
     return _respond(hub, sub, hub.stream(sub, first, since=since, one_task=False, base=str(request.base_url)))

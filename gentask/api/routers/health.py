@@ -29,8 +29,9 @@ async def healthz() -> Envelope[dict[str, str]]:
 async def readyz(services: ServicesDep) -> Envelope[Readiness]:
     """Ready while the task watch is live. MongoDB is reported, not required: creates and results
     work without it (lists answer 503), so a MongoDB outage must not take the API out of service."""
-    index = services.index
-    cluster = "ok" if index.synced.is_set() and index.healthy else f"unavailable: {index.last_error}"
+    indexes = list(services.tasks.indexes.values())
+    down = [i for i in indexes if not (i.synced.is_set() and i.healthy)]
+    cluster = "ok" if not down else "; ".join(f"unavailable ({i.namespace}): {i.last_error}" for i in down)
     try:
         await asyncio.wait_for(asyncio.to_thread(_probe_mongo, services), MONGO_PROBE_TIMEOUT)
         mongodb = "ok"
@@ -41,7 +42,7 @@ async def readyz(services: ServicesDep) -> Envelope[Readiness]:
     if cluster != "ok":
         raise Unavailable(f"not ready: cluster {cluster}; mongodb {mongodb}", retry_after=RETRY_AFTER)
     return Envelope[Readiness](success=True, data=Readiness(cluster=cluster, mongodb=mongodb,
-                                                             tasks_watched=len(index)),
+                                                             tasks_watched=sum(len(i) for i in indexes)),
                                message="ready" if mongodb == "ok" else "ready (MongoDB unavailable: lists answer 503)")
 
 

@@ -433,3 +433,31 @@ def test_without_the_event_stream_the_gallery_is_read_again_every_3_s(console, c
     wait_for(lambda: tab.settle(len, lists), 20, until=lambda n: n >= 3, what="the gallery to be read again (polling)")
     gaps = [b - a for a, b in zip(lists[1:], lists[2:], strict=False)]
     assert all(gap > 2 for gap in gaps), gaps
+
+
+def test_a_new_task_shows_while_the_history_lags_behind(console, console_api):
+    """The gallery pages come from the history (MongoDB), which lags the cluster; the stream is live.
+    Here every page the browser reads leaves the new task out (as a lagging history would), and its
+    card still appears from the stream and completes: a page read too early never hides a task."""
+    marker = "a task the history has not caught up with"
+
+    def lagging(route, request):
+        answer = route.fetch()
+        body = answer.json()
+        tasks = body["data"]["tasks"]
+        kept = [t for t in tasks if marker not in t["prompt"]]
+        body["data"]["tasks"], body["data"]["total"] = kept, body["data"]["total"] - (len(tasks) - len(kept))
+        route.fulfill(response=answer, json=body)
+    tab = console()
+    tab.page.route("**/api/v1/ai/tasks?*", lagging)
+    tab.sign_in("alice")
+    tab.shows(tab.page.locator("#page-info"), "the first page")
+    made = rest(console_api, "alice").post("/api/v1/ai/text/task", json={
+        "prompt": marker, "provider": "fake", "model": "fake-text", "max_tokens": 8})
+    assert made.status_code == 200, made.text
+    task_id = made.json()["data"]["task_id"]
+    card = tab.page.locator(f'.card[data-task="{task_id}"]')
+    tab.shows(card, f"the card of {task_id}, which no page of the history lists")
+    tab.shows(card.locator(".status"), f"{task_id} to complete", text="completed")
+    tab.shows(card.locator("pre.preview"), f"the text preview of {task_id}")
+    assert not tab.errors, tab.errors

@@ -57,6 +57,10 @@ def test_the_job_is_made_as_specified(cluster, tasks):
                    if e.value_from and e.value_from.secret_key_ref}
     assert {"ARK_API_KEY", "OPENAI_API_KEY", "MONGO_URL"} <= set(secret_refs)
     assert all(ref.name == "gentask-credentials" for ref in secret_refs.values())
+    # node disk requested and capped (the scheduler placed it on a node that has some: it ran)
+    assert container.resources.requests["ephemeral-storage"] == "64Mi"
+    assert container.resources.limits["ephemeral-storage"] == "512Mi"
+    assert [v.empty_dir.size_limit for v in pod.volumes] == ["256Mi"]
 
 
 def pod_token(cluster, namespace: str, pod: client.V1Pod) -> str:

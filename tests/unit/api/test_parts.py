@@ -28,6 +28,18 @@ def test_key_ring_parses_users_and_roles_and_hides_keys():
     assert "entry 2" in str(err.value) and "secret-two" not in str(err.value)
 
 
+def test_key_ring_maps_keys_to_namespaces():
+    ring = KeyRing.parse("k1:ann:namespace=team-a,k2:boss:admin:namespace=team-b,k3:alice,k4:team:ops:admin")
+    assert (ring.lookup("k1").user_id, ring.lookup("k1").namespace, ring.lookup("k1").admin) == ("ann", "team-a", False)
+    assert (ring.lookup("k2").user_id, ring.lookup("k2").namespace, ring.lookup("k2").admin) == ("boss", "team-b", True)
+    assert ring.lookup("k3").namespace is None                  # GENTASK_NAMESPACE, as before
+    assert (ring.lookup("k4").user_id, ring.lookup("k4").admin) == ("team:ops", True)
+    assert ring.namespaces() == {"team-a", "team-b"}
+    with pytest.raises(ValueError) as err:
+        KeyRing.parse("k1:ann,very-secret:ben:namespace=Team_B")
+    assert "entry 2" in str(err.value) and "Team_B" in str(err.value) and "very-secret" not in str(err.value)
+
+
 def test_presented_key_from_either_header():
     assert presented_key("Bearer abc", None) == "abc"
     assert presented_key("bearer  abc ", None) == "abc"

@@ -27,6 +27,20 @@ def test_job_follows_the_task():
     assert pod["containers"][0]["image"] == "gentask:test"
 
 
+def test_the_task_pod_requests_and_caps_node_disk_and_sizes_its_tmp():
+    pod = job_manifest(TASK, load_settings())["spec"]["template"]["spec"]
+    assert pod["containers"][0]["resources"] == {
+        "requests": {"cpu": "50m", "memory": "128Mi", "ephemeral-storage": "64Mi"},
+        "limits": {"memory": "512Mi", "ephemeral-storage": "512Mi"}}
+    assert pod["volumes"] == [{"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}}]
+    custom = load_settings(worker_ephemeral_storage_request="1Gi", worker_ephemeral_storage_limit="4Gi",
+                           worker_tmp_size_limit="3Gi")
+    pod = job_manifest(TASK, custom)["spec"]["template"]["spec"]
+    resources = pod["containers"][0]["resources"]
+    assert (resources["requests"]["ephemeral-storage"], resources["limits"]["ephemeral-storage"]) == ("1Gi", "4Gi")
+    assert pod["volumes"][0]["emptyDir"] == {"sizeLimit": "3Gi"}
+
+
 def test_no_secret_value_in_the_job(monkeypatch):
     monkeypatch.setenv("ARK_API_KEY", "ark-very-secret")
     monkeypatch.setenv("MONGO_URL", "mongodb://user:pw-secret@db/gentask")
