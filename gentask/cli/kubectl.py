@@ -205,6 +205,13 @@ async def cmd_describe(kube: KubeClient, args: argparse.Namespace, out: IO[str],
     served = status.get("servedBy") or {}
     if served:
         lines.append(f"Served by:   {served.get('provider')}/{served.get('model')}")
+    cost = status.get("cost") or {}
+    if cost:                   # each currency's total, then each vendor attempt (docs/pricing.md)
+        totals = " + ".join(f"{t.get('amount')} {t.get('currency')}" for t in cost.get("totals") or [])
+        lines.append(f"Cost:        {totals or '-'}")
+        lines += [f"  {a.get('provider')}/{a.get('model')} {a.get('outcome')}"
+                  f"{' (' + str(a['reason']) + ')' if a.get('reason') else ''}: {a.get('amount')} {a.get('currency')}"
+                  f" {json.dumps(a.get('usage') or {})}" for a in cost.get("attempts") or []]
     lines.append(f"Job:         {status.get('jobName') or '-'}")
     lines.append(f"Worker pod:  {status.get('workerPod') or '-'}")
     conditions = status.get("conditions") or []

@@ -115,6 +115,7 @@ def build_crd() -> dict[str, Any]:
         ("Phase", "string", ".status.phase"), ("Reason", "string", ".status.reason"),
         ("Attempts", "integer", ".status.attempts"), ("Age", "date", ".metadata.creationTimestamp"),
     ]
+    wide = [("Cost", "string", ".status.cost.amount"), ("Currency", "string", ".status.cost.currency")]   # -o wide
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
@@ -129,7 +130,8 @@ def build_crd() -> dict[str, Any]:
                 "served": True,
                 "storage": True,
                 "subresources": {"status": {}},
-                "additionalPrinterColumns": [{"name": n, "type": t, "jsonPath": p} for n, t, p in columns],
+                "additionalPrinterColumns": [{"name": n, "type": t, "jsonPath": p} for n, t, p in columns]
+                + [{"name": n, "type": t, "jsonPath": p, "priority": 1} for n, t, p in wide],
                 # Field selectors the API server evaluates itself: the operator and the worker pool
                 # watch only unfinished tasks (status.phase!=Succeeded,...), however many have finished.
                 "selectableFields": [{"jsonPath": p} for p in SELECTABLE_FIELDS],

@@ -65,6 +65,8 @@ def test_create_wait_get_describe_logs(cluster, tasks_ns, operator):
     assert described.returncode == 0, described.stderr
     text = described.stdout
     assert "Phase:       Succeeded" in text and "Model:       fake/fake-text" in text
+    cost = one["status"]["cost"]                          # what it cost, as the status says, with each attempt
+    assert f"Cost:        {cost['amount']} XTS" in text and "fake/fake-text Succeeded:" in text
     conditions = text.split("Conditions:")[1].split("Pods:")[0]
     assert any(line.split()[:2] == ["Succeeded", "True"] for line in conditions.splitlines())
     pods = text.split("Pods:")[1].split("Events:")[0]

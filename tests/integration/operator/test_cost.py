@@ -93,7 +93,7 @@ def dec(value: str) -> Decimal:
     return Decimal(value)
 
 
-def test_succeeded_tasks_cost_what_the_price_table_says(s: Setup):
+def test_succeeded_tasks_cost_what_the_price_table_says(s: Setup, cluster: Cluster):
     image = s.create(s.alice, "image", prompt="a red fox", provider="volcengine", model=SEEDREAM,
                      size="1280x720", n=2)
     video = s.create(s.alice, "video", prompt="waves at dusk", provider="volcengine", model=SEEDANCE,
@@ -125,6 +125,9 @@ def test_succeeded_tasks_cost_what_the_price_table_says(s: Setup):
     page = s.alice.get("/api/v1/ai/tasks", params={"limit": 100}).json()["data"]["tasks"]
     listed = {t["task_id"]: t for t in page}
     assert listed[image]["cost"]["amount"] == "0.4" and listed[video]["cost"] == vid["cost"]
+    # kubectl shows it with -o wide
+    wide = cluster.kubectl("get", "gt", image, "-n", s.ns, "-o", "wide", check=True).stdout.splitlines()
+    assert wide[0].split()[-2:] == ["COST", "CURRENCY"] and wide[1].split()[-2:] == ["0.4", "CNY"], wide
     # and the operator counted them, each once, under namespace, user, provider and model
     wait_for(lambda: s.operator.metric("gentask_task_cost_total", namespace=s.ns, user="alice",
                                        provider="volcengine", model=SEEDREAM, currency="CNY"),

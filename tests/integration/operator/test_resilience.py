@@ -168,6 +168,10 @@ def test_a_pod_started_twice_for_one_attempt_pays_once(cluster, r_ns, tmp_path):
         assert vendors.ark.count("POST", "contents/generations/tasks") == 1     # resumed, not submitted again
     status = tasks.status(name)
     assert status["phase"] == "Succeeded" and status["attempts"] == 1 and status["providerTaskID"] == submitted
+    # and is charged once: one vendor attempt, the resumed job, at the price table's token price
+    (charged,) = status["cost"]["attempts"]
+    assert charged["vendorTaskID"] == submitted and charged["outcome"] == "Succeeded"
+    assert charged["usage"]["videoTokens"] == 1920 * 1088 * 24 * 5 // 1024 and status["cost"]["currency"] == "CNY"
     uid = tasks.get(name)["metadata"]["uid"]
     refs = ArtifactStore(connect(load_settings(mongo_url=cluster.mongo_url))).list_for_task(uid)
     assert len(refs) == 1 and refs[0].name == status["result"]["video"]["artifact"]

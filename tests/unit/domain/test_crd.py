@@ -29,7 +29,8 @@ def test_names_scope_and_columns():
     version = spec["versions"][0]
     assert version["name"] == "v1alpha1" and version["subresources"] == {"status": {}}
     assert [c["name"] for c in version["additionalPrinterColumns"]] == [
-        "Type", "Provider", "Model", "Priority", "Phase", "Reason", "Attempts", "Age"]
+        "Type", "Provider", "Model", "Priority", "Phase", "Reason", "Attempts", "Age", "Cost", "Currency"]
+    assert [c.get("priority", 0) for c in version["additionalPrinterColumns"]][-2:] == [1, 1]    # -o wide only
 
 
 def test_schema_bounds_and_enums():
