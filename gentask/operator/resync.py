@@ -67,6 +67,8 @@ async def resync(ctx: OperatorContext) -> dict[str, int]:
                                                            and raw["metadata"]["uid"] not in ctx.jobs_ensured)
             if not unstarted or raw["metadata"].get("deletionTimestamp"):
                 continue
+            if ctx.quotas is not None and (raw.get("status") or {}).get("reason") == "QuotaWait":
+                continue        # waits for room: the quotas look at it again when some frees, in order
             # Kopf does not retry an event handler that failed (a burst that timed the client out, an
             # API server that refused a write): without this such a task would wait for its next change,
             # which never comes. Starting twice is harmless: the Queued write is guarded by resourceVersion.
@@ -78,6 +80,34 @@ async def resync(ctx: OperatorContext) -> dict[str, int]:
                 log.warning("resync could not start task %s: %s", raw["metadata"].get("name"), exc)
     await requeue_lost(ctx)       # pool executor: tasks of dead pool workers (gentask.operator.pool)
     return {"tasks": tasks, "started": started}
+
+
+async def quota_sync(ctx: OperatorContext) -> None:
+    """The quotas seeded from one listing of the GenerationQuotas and the unfinished tasks of the watched
+    namespaces (before Kopf's watches start, so no task is admitted on half the picture)."""
+    patterns = ctx.settings.watch_namespaces
+    quotas: list[dict[str, Any]] = []
+    try:
+        for ns in namespaces_of(patterns):
+            quotas += [q for q in await ctx.kube.list_quotas(ns) if in_scope(q["metadata"]["namespace"], patterns)]
+    except KubeError as exc:
+        if not exc.not_found:
+            raise
+        log.warning("the GenerationQuota CRD is not installed (crds/generationquotas.gentask.io.yaml): no quotas")
+    await ctx.quotas.sync(quotas, _pages(ctx, UNFINISHED))
+    log.info("quotas synced", extra={"quotas": len(quotas), "unfinished": len(ctx.quotas.entries)})
+
+
+async def wake(ctx: OperatorContext, namespace: str, name: str) -> None:
+    """A task waiting for a quota's room, looked at again (it may start now)."""
+    try:
+        raw = await ctx.kube.get_task(namespace, name)
+    except KubeError as exc:
+        if exc.not_found:
+            return
+        raise
+    task, spec_error = parse_task(raw)
+    await reconcile_task(ctx, task, raw, spec_error)
 
 
 async def audit(ctx: OperatorContext) -> dict[str, int]:

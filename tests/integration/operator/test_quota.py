@@ -1,0 +1,136 @@
+"""GenerationQuotas on the local cluster: a concurrency limit queues tasks and starts them by priority,
+a budget stops the task that would exceed it (and not the one before), an operator killed mid-run
+counts the same after its restart, `kubectl get generationquota` shows used/limit.
+
+Each test has a namespace of its own (q-…, out of the session operator's sight), an operator serving
+it alone and a database of its own (FerretDB scans a whole collection on every query)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+import uuid
+
+import pytest
+from kubernetes import client
+
+from tests.integration.conftest import wait_default_account
+from tests.integration.operator.conftest import Tasks, start_operator, stop_operator
+from tests.support.waits import describe_namespace, wait_for
+
+GROUP, VERSION, QUOTAS = "gentask.io", "v1alpha1", "generationquotas"
+TERMINAL = ("Succeeded", "Failed", "Cancelled")
+ADMITTED = ("Queued", "Running")
+
+
+@pytest.fixture
+def q_ns(cluster):
+    core = client.CoreV1Api(cluster.api)
+    name = f"q-{uuid.uuid4().hex[:8]}"
+    core.create_namespace({"metadata": {"name": name}})
+    wait_default_account(cluster, name)
+    url = cluster.mongo_url.rsplit("/", 1)[0] + "/" + name.replace("-", "_")
+    core.create_namespaced_secret(name, {"metadata": {"name": "gentask-credentials"},
+                                         "stringData": {"MONGO_URL": url}})
+    yield name, url
+    core.delete_namespace(name, propagation_policy="Background")
+
+
+def make_quota(cluster, ns: str, name: str, user: str | None = None, **limits) -> None:
+    spec: dict = {"limits": limits}
+    if user is not None:
+        spec["user"] = user
+    client.CustomObjectsApi(cluster.api).create_namespaced_custom_object(
+        GROUP, VERSION, ns, QUOTAS, {"apiVersion": f"{GROUP}/{VERSION}", "kind": "GenerationQuota",
+                                     "metadata": {"name": name}, "spec": spec})
+
+
+def patch_quota(cluster, ns: str, name: str, **limits) -> None:
+    client.CustomObjectsApi(cluster.api).patch_namespaced_custom_object(GROUP, VERSION, ns, QUOTAS, name,
+                                                                        {"spec": {"limits": limits}})
+
+
+def quota_status(cluster, ns: str, name: str) -> dict:
+    return client.CustomObjectsApi(cluster.api).get_namespaced_custom_object(
+        GROUP, VERSION, ns, QUOTAS, name).get("status") or {}
+
+
+def _all(tasks: Tasks) -> list[dict]:
+    return tasks.api.list_namespaced_custom_object(GROUP, VERSION, tasks.ns, "generationtasks")["items"]
+
+
+class Sampler:
+    """Lists the namespace's tasks every 0.2 s: the most admitted at once, and when each was first admitted."""
+
+    def __init__(self, tasks: Tasks) -> None:
+        self.tasks = tasks
+        self.most = 0
+        self.first_admitted: dict[str, float] = {}
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Sampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                items = _all(self.tasks)
+            except Exception:  # noqa: BLE001 - a busy API server: the next sample
+                continue
+            now = time.monotonic()
+            admitted = [t["metadata"]["name"] for t in items if (t.get("status") or {}).get("phase") in ADMITTED]
+            self.most = max(self.most, len(admitted))
+            for t in items:
+                if (t.get("status") or {}).get("phase") in (*ADMITTED, *TERMINAL) and \
+                        (t.get("status") or {}).get("reason") != "QuotaExceeded":
+                    self.first_admitted.setdefault(t["metadata"]["name"], now)
+            self.samples += 1
+            self._stop.wait(0.2)
+
+
+@pytest.mark.timeout(300)
+def test_a_concurrency_quota_of_2_runs_6_tasks_2_at_a_time_critical_first(cluster, q_ns, tmp_path):
+    ns, url = q_ns
+    make_quota(cluster, ns, "two-at-once", concurrent=0)        # closed: every task waits first
+    op = start_operator(cluster, tmp_path / "op.log", GENTASK_WATCH_NAMESPACES=ns, MONGO_URL=url)
+    tasks = Tasks(cluster, ns, op.log)
+    try:
+        order = ["low", "default", "critical", "low", "default", "critical"]
+        names = [tasks.create(f"{p}-{i}", type="text", model="fake-text", prompt=f"task {i} [latency:2s]",
+                              params={"maxTokens": 5}, priority=p) for i, p in enumerate(order)]
+        for name in names:
+            status = tasks.wait_status(name, lambda s: s.get("reason") == "QuotaWait", 60, "to wait for the quota")
+            assert status["phase"] == "Pending"
+            assert "quota two-at-once" in status["message"] and "0 concurrent" in status["message"]
+        assert not client.BatchV1Api(cluster.api).list_namespaced_job(ns).items, "a waiting task got a Job"
+        wait_for(lambda: quota_status(cluster, ns, "two-at-once").get("used", {}).get("waiting"), 30,
+                 until=lambda n: n == 6, what="the quota's status to show 6 waiting")
+        with Sampler(tasks) as sampler:
+            patch_quota(cluster, ns, "two-at-once", concurrent=2)
+            wait_for(lambda: [(t["metadata"]["name"], (t.get("status") or {}).get("phase")) for t in _all(tasks)],
+                     120, interval=1, until=lambda pairs: all(p in TERMINAL for _, p in pairs),
+                     what="all 6 tasks to finish", describe=lambda: describe_namespace(cluster, ns, logs=[op.log]))
+        assert {tasks.status(n)["phase"] for n in names} == {"Succeeded"}
+        assert sampler.samples > 10
+        assert sampler.most <= 2, f"{sampler.most} tasks were admitted at once under a limit of 2"
+        assert sampler.most == 2
+        first = sampler.first_admitted
+        by = {p: [first[n] for n in names if n.startswith(p)] for p in ("critical", "default", "low")}
+        assert max(by["critical"]) <= min(by["default"]) and max(by["default"]) <= min(by["low"]), first
+        shown = cluster.kubectl("get", "generationquota", "-n", ns)
+        assert shown.returncode == 0, shown.stderr
+        header, row = shown.stdout.splitlines()[:2]
+        assert header.split()[:5] == ["NAME", "USER", "CONCURRENT", "WAITING", "TODAY"], shown.stdout
+        wait_for(lambda: cluster.kubectl("get", "gq", "two-at-once", "-n", ns).stdout, 30,
+                 until=lambda out: " 0/2 " in out and " 6/- " in out, what="kubectl get gq to show 0/2 and 6 today")
+    finally:
+        stop_operator(op)
