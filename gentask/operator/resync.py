@@ -59,9 +59,12 @@ async def _pages(ctx: OperatorContext, field_selector: str | None) -> AsyncItera
 async def resync(ctx: OperatorContext) -> dict[str, int]:
     """Start every unfinished task a missed event left unstarted."""
     tasks = started = 0
+    listed: set[str] = set()
+    known = set(ctx.quotas.entries) if ctx.quotas is not None else set()
     async for page in _pages(ctx, UNFINISHED):
         for raw in page:
             tasks += 1
+            listed.add(raw["metadata"]["uid"])
             phase = Phase.parse((raw.get("status") or {}).get("phase"))
             unstarted = phase in (None, Phase.PENDING) or (phase is Phase.QUEUED and ctx.executor is None
                                                            and raw["metadata"]["uid"] not in ctx.jobs_ensured)
@@ -79,7 +82,28 @@ async def resync(ctx: OperatorContext) -> dict[str, int]:
             except Exception as exc:  # noqa: BLE001 - the next round tries again; one task must not stop the rest
                 log.warning("resync could not start task %s: %s", raw["metadata"].get("name"), exc)
     await requeue_lost(ctx)       # pool executor: tasks of dead pool workers (gentask.operator.pool)
+    if ctx.quotas is not None:
+        await _settle_quotas(ctx, known - listed)
     return {"tasks": tasks, "started": started}
+
+
+async def _settle_quotas(ctx: OperatorContext, missing: set[str]) -> None:
+    """Tasks the quotas count as unfinished that the listing did not show: finished or gone while no
+    watch looked (between the start-up listing and Kopf's watch, say). One read each tells."""
+    for uid in missing:
+        entry = ctx.quotas.entries.get(uid)
+        if entry is None:
+            continue
+        try:
+            raw = await ctx.kube.get_task(entry.namespace, entry.name)
+        except KubeError as exc:
+            if not exc.not_found:
+                raise
+            raw = None
+        if raw is None or raw["metadata"].get("uid") != uid:
+            ctx.quotas.forget(uid)
+        else:
+            ctx.quotas.saw(raw)
 
 
 async def quota_sync(ctx: OperatorContext) -> None:

@@ -134,3 +134,104 @@ def test_a_concurrency_quota_of_2_runs_6_tasks_2_at_a_time_critical_first(cluste
                  until=lambda out: " 0/2 " in out and " 6/- " in out, what="kubectl get gq to show 0/2 and 6 today")
     finally:
         stop_operator(op)
+
+
+PRICES = '{"fake/fake-image": {"perImage": "1.00"}}'     # a fake image costs 1 XTS: the arithmetic shows
+
+
+@pytest.mark.timeout(300)
+def test_a_budget_stops_the_task_that_would_exceed_it_and_not_the_one_before(cluster, q_ns, tmp_path):
+    ns, url = q_ns
+    make_quota(cluster, ns, "team-budget", costPerMonth={"amount": "2.5", "currency": "XTS"})
+    op = start_operator(cluster, tmp_path / "op.log", GENTASK_WATCH_NAMESPACES=ns, MONGO_URL=url,
+                        GENTASK_PRICES=PRICES)
+    tasks = Tasks(cluster, ns, op.log)
+    try:
+        image = {"type": "image", "model": "fake-image", "params": {"size": "64x64"}}
+        first = tasks.create("first", prompt="one", **image)
+        assert tasks.wait_phase(first, *TERMINAL)["cost"]["amount"] == "1"      # spent: 1 of 2.5
+        # a burst: the second is admitted (1 + 1 <= 2.5) and reserved at once, so the third, created
+        # while the second still runs, is refused (1 + 1 + 1 > 2.5) before any Job or vendor call
+        second = tasks.create("second", prompt="two [latency:2s]", **image)
+        third = tasks.create("third", prompt="three", **image)
+        refused = wait_for(lambda: tasks.status(third), 60, until=lambda s: s.get("phase") in TERMINAL,
+                           what="the third task to end", **tasks.watching(third))
+        assert refused["phase"] == "Failed" and refused["reason"] == "QuotaExceeded", refused
+        assert refused["message"].startswith("quota team-budget: 0.50 XTS of 2.50 XTS left this month"), refused
+        assert "this task would cost about 1.00 XTS" in refused["message"]
+        assert "attempts" not in refused and "cost" not in refused and "jobName" not in refused
+        assert tasks.wait_phase(second, *TERMINAL)["phase"] == "Succeeded"
+        jobs = {j.metadata.name for j in client.BatchV1Api(cluster.api).list_namespaced_job(ns).items}
+        assert third not in jobs and {first, second} <= jobs
+        events = client.CoreV1Api(cluster.api).list_namespaced_event(ns, field_selector=f"involvedObject.name={third}")
+        assert any(e.reason == "QuotaExceeded" and "team-budget" in e.message for e in events.items)
+        wait_for(lambda: quota_status(cluster, ns, "team-budget").get("month"), 30,
+                 until=lambda m: m == "2.00/2.50 XTS", what="the quota's status to show 2 of 2.5 XTS spent")
+    finally:
+        stop_operator(op)
+
+
+@pytest.mark.timeout(300)
+def test_tasks_per_day_of_one_user_stop_her_third_task_and_not_another_user(cluster, q_ns, tmp_path):
+    ns, url = q_ns
+    make_quota(cluster, ns, "alice-daily", user="alice", tasksPerDay=2)
+    op = start_operator(cluster, tmp_path / "op.log", GENTASK_WATCH_NAMESPACES=ns, MONGO_URL=url)
+    tasks = Tasks(cluster, ns, op.log)
+    text = {"type": "text", "model": "fake-text", "params": {"maxTokens": 5}}
+    try:
+        ran = [tasks.create(f"alice-{i}", prompt=f"a{i}", userID="alice", **text) for i in range(2)]
+        third = tasks.create("alice-2", prompt="a2", userID="alice", **text)
+        bob = tasks.create("bob-0", prompt="b0", userID="bob", **text)
+        for name in [*ran, bob]:
+            assert tasks.wait_phase(name, *TERMINAL)["phase"] == "Succeeded"
+        refused = wait_for(lambda: tasks.status(third), 60, until=lambda s: s.get("phase") in TERMINAL,
+                           what="alice's third task to end", **tasks.watching(third))
+        assert refused["reason"] == "QuotaExceeded", refused
+        assert refused["message"].startswith("quota alice-daily: 0 of 2 tasks left today (UTC)"), refused
+        wait_for(lambda: quota_status(cluster, ns, "alice-daily").get("today"), 30, until=lambda t: t == "2/2",
+                 what="the quota's status to show 2 of 2 today")
+    finally:
+        stop_operator(op)
+
+
+@pytest.mark.timeout(420)
+def test_an_operator_killed_mid_run_resumes_with_the_same_counts(cluster, q_ns, tmp_path):
+    ns, url = q_ns
+    make_quota(cluster, ns, "two", concurrent=2, tasksPerDay=100,
+               costPerMonth={"amount": "50", "currency": "XTS"})
+    extra = {"GENTASK_WATCH_NAMESPACES": ns, "MONGO_URL": url, "GENTASK_PRICES": PRICES}
+    op = start_operator(cluster, tmp_path / "op1.log", **extra)
+    tasks = Tasks(cluster, ns, tmp_path / "op1.log", tmp_path / "op2.log")
+    image = {"type": "image", "model": "fake-image", "params": {"size": "64x64"}}
+    names = [tasks.create(f"k{i}", prompt=f"slow {i} [latency:4s]", **image) for i in range(5)]
+    op2 = None
+    try:
+        before = wait_for(lambda: quota_status(cluster, ns, "two"), 60, what="2 running and 3 waiting",
+                          until=lambda s: s.get("concurrent") == "2/2" and (s.get("used") or {}).get("waiting") == 3)
+        os.killpg(op.proc.pid, signal.SIGKILL)
+        op.proc.wait()
+        killed_at = time.time()
+        with Sampler(tasks) as sampler:
+            op2 = start_operator(cluster, tmp_path / "op2.log", **extra)
+            after = wait_for(lambda: quota_status(cluster, ns, "two"), 60, what="the restarted operator's count",
+                             until=lambda s: s.get("observedAt", "") > time.strftime(
+                                 "%Y-%m-%dT%H:%M:%S", time.gmtime(killed_at)))
+            # the same tasks are admitted or waiting (one may have finished meanwhile and let the next in)
+            assert after["used"]["concurrent"] + after["used"]["waiting"] + \
+                sum(tasks.status(n).get("phase") in TERMINAL for n in names) == 5, (before, after)
+            assert after["concurrent"] == "2/2", (before, after)
+            wait_for(lambda: [tasks.status(n).get("phase") for n in names], 180, interval=1,
+                     until=lambda ps: all(p in TERMINAL for p in ps), what="all 5 tasks to finish",
+                     describe=lambda: describe_namespace(cluster, ns, logs=tasks.logs))
+        assert sampler.most <= 2, f"{sampler.most} admitted at once after the restart"
+        assert {tasks.status(n)["phase"] for n in names} == {"Succeeded"}
+        # while the last one runs the month shows its estimate (1) beside the others' cost (4): the same
+        # 5.00, so the wait is for nothing running
+        final = wait_for(lambda: quota_status(cluster, ns, "two"), 30, what="the final counts",
+                         until=lambda s: s.get("concurrent") == "0/2")
+        assert final["today"] == "5/100" and final["month"] == "5.00/50.00 XTS", final
+    finally:
+        if op.proc.poll() is None:
+            stop_operator(op)
+        if op2 is not None:
+            stop_operator(op2)
