@@ -8,6 +8,7 @@ it alone and a database of its own (FerretDB scans a whole collection on every q
 from __future__ import annotations
 
 import os
+import re
 import signal
 import threading
 import time
@@ -235,3 +236,55 @@ def test_an_operator_killed_mid_run_resumes_with_the_same_counts(cluster, q_ns, 
             stop_operator(op)
         if op2 is not None:
             stop_operator(op2)
+
+
+@pytest.mark.timeout(300)
+def test_rest_answers_429_with_the_quota_and_a_retry_after_and_creates_nothing(cluster, q_ns, tmp_path):
+    from tests.integration.api.conftest import launch
+
+    ns, url = q_ns
+    make_quota(cluster, ns, "alice-one", user="alice", concurrent=1)
+    make_quota(cluster, ns, "bob-daily", user="bob", tasksPerDay=1)
+    make_quota(cluster, ns, "team-budget", costPerMonth={"amount": "1.5", "currency": "XTS"})
+    op = start_operator(cluster, tmp_path / "op.log", GENTASK_WATCH_NAMESPACES=ns, MONGO_URL=url,
+                        GENTASK_PRICES=PRICES)
+    api = launch(cluster, ns, mongo_url=url, prices=PRICES)
+    tasks = Tasks(cluster, ns, op.log)
+    alice, bob, root = api.client("alice"), api.client("bob"), api.client("root")
+    text = {"provider": "fake", "model": "fake-text", "max_tokens": 5, "retries": 0}
+    try:
+        first = alice.post("/api/v1/ai/text/task", json={"prompt": "slow [latency:3s]", **text})
+        assert first.status_code == 200, first.text
+        over = alice.post("/api/v1/ai/text/task", json={"prompt": "one too many", **text})
+        assert over.status_code == 429, over.text
+        assert "quota alice-one" in over.json()["message"] and "limit of 1 concurrent" in over.json()["message"]
+        assert over.headers["Retry-After"] == "5"
+        assert bob.post("/api/v1/ai/text/task", json={"prompt": "bob's first", **text}).status_code == 200
+
+        def bob_refused():
+            r = bob.post("/api/v1/ai/text/task", json={"prompt": "bob's second", **text})
+            return r.status_code, r.json().get("message", ""), r.headers.get("Retry-After")
+        code, message, retry = wait_for(bob_refused, 30, until=lambda v: v[0] == 429,
+                                        what="bob's second task to be refused (the mirror's figures are cached 10 s)")
+        assert message.startswith("quota bob-daily: 0 of 1 tasks left today (UTC)"), message
+        assert 0 < int(retry) <= 86401
+        # the namespace's budget: an image costs 1 XTS of 1.5; the second would exceed it
+        image = {"provider": "fake", "model": "fake-image", "size": "64x64", "retries": 0}
+        made = root.post("/api/v1/ai/image/task", json={"prompt": "one", "user_id": "carol", **image})
+        assert made.status_code == 200, made.text
+        tasks.wait_phase(made.json()["data"]["task_id"], "Succeeded")
+
+        def carol_refused():
+            r = root.post("/api/v1/ai/image/task", json={"prompt": "two", "user_id": "carol", **image})
+            return r.status_code, r.json().get("message", ""), r.headers.get("Retry-After")
+        code, message, retry = wait_for(carol_refused, 30, until=lambda v: v[0] == 429,
+                                        what="the image that would exceed the budget to be refused")
+        # left: 1.5 - 1 (the image) - the few micro-XTS the text tasks of alice and bob cost (fake-text's tokens)
+        assert re.match(r"quota team-budget: 0\.49\d* XTS of 1\.50 XTS left this month .*this task would cost "
+                        r"about 1\.00 XTS", message), message
+        assert int(retry) > 0
+        owners = sorted(t["spec"]["userID"] for t in _all(tasks))
+        assert owners == ["alice", "bob", "carol"], owners       # nothing was created for the refused ones
+    finally:
+        api.stop()
+        stop_operator(op)
