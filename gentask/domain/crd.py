@@ -181,7 +181,9 @@ def build_quota_crd() -> dict[str, Any]:
             "group": GROUP,
             "scope": "Namespaced",
             "names": {"kind": quota.KIND, "listKind": f"{quota.KIND}List", "plural": quota.PLURAL,
-                      "singular": quota.SINGULAR, "shortNames": quota.SHORT_NAMES, "categories": ["gentask"]},
+                      "singular": quota.SINGULAR, "shortNames": quota.SHORT_NAMES},
+            # no category "gentask": it is also the tasks' short name, and `kubectl get gentask NAME`
+            # would then look for a quota of that name too (found by test_resource.py)
             "versions": [{
                 "name": VERSION,
                 "served": True,

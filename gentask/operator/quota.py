@@ -27,9 +27,10 @@ import asyncio
 import bisect
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -93,6 +94,7 @@ class Finished:
     admitted: bool
     cost: dict[str, Decimal]
     seen: float = field(default_factory=time.monotonic)
+    retired: float | None = None         # from then on the mirror's figures read count it, not this
 
 
 @dataclass
@@ -168,7 +170,10 @@ class Quotas:
         self.active: dict[Scope, set[str]] = {}
         self.estimates: dict[Scope, dict[str, Decimal]] = {}
         self.recent: dict[str, Finished] = {}
+        self.recent_of: dict[Scope, set[str]] = {}
+        self.active_days: dict[Scope, Counter[date]] = {}         # admitted, unfinished: by creation day
         self.figures_cache: dict[Scope, Figures] = {}
+        self._refreshing: set[Scope] = set()
         self.written: dict[tuple[str, str], tuple[dict[str, Any], float]] = {}
         self.synced = asyncio.Event()
         self.wake: Callable[[str, str], Awaitable[None]] | None = None   # look at a waiting task again
@@ -213,6 +218,7 @@ class Quotas:
             elif entry.state == "active":
                 self.active.get(scope, set()).discard(entry.uid)
                 self._add(scope, entry.estimate, -1)
+                self.active_days.setdefault(scope, Counter())[entry.created.date()] -= 1
         entry.state = "other"
 
     def _add(self, scope: Scope, estimate: Estimate | None, sign: int) -> None:
@@ -231,6 +237,7 @@ class Quotas:
             elif state == "active":
                 self.active.setdefault(scope, set()).add(entry.uid)
                 self._add(scope, entry.estimate, 1)
+                self.active_days.setdefault(scope, Counter())[entry.created.date()] += 1
 
     def saw(self, raw: Mapping[str, Any]) -> None:
         """A task as its watch (or a listing) shows it: where it stands for the quotas."""
@@ -285,6 +292,8 @@ class Quotas:
                 done = datetime.now(UTC)
             self.recent[entry.uid] = Finished(entry.namespace, entry.user, entry.created, done, True,
                                               cost_of(status.get("cost")))
+            for scope in self._scopes(entry):
+                self.recent_of.setdefault(scope, set()).add(entry.uid)
         if was_active:
             self._kick(entry.namespace)
 
@@ -300,12 +309,30 @@ class Quotas:
     # --- the figures --------------------------------------------------------------------------
 
     async def figures(self, scope: Scope, now: datetime) -> Figures:
-        """The scope's counts from the mirror, at most FIGURES_SECONDS old (and of today's day and month)."""
-        day, month = day_start(now), month_start(now)
+        """The scope's counts from the mirror, read at most every FIGURES_SECONDS. Older figures of the
+        same day are used while a fresh read runs in the background (what changed since is in memory:
+        the watch's admitted tasks and the finished ones kept in `recent`), so no check waits for it."""
+        day = day_start(now)
         cached = self.figures_cache.get(scope)
-        if cached is not None and cached.day == day and time.monotonic() - cached.at < FIGURES_SECONDS:
+        if cached is not None and cached.day == day:
+            if time.monotonic() - cached.at >= FIGURES_SECONDS and scope not in self._refreshing:
+                self._refreshing.add(scope)
+                asyncio.get_running_loop().create_task(self._refresh(scope, now))
             return cached
-        known = set(self.entries) | set(self.recent)
+        return await self._read(scope, now)
+
+    async def _refresh(self, scope: Scope, now: datetime) -> None:
+        try:
+            await self._read(scope, now)
+        except Exception as exc:  # noqa: BLE001 - MongoDB away: the older figures stand, the next check tries again
+            log.info("quota figures of %s/%s could not be read: %s", scope[0], scope[1] or "*", exc)
+        finally:
+            self._refreshing.discard(scope)
+
+    async def _read(self, scope: Scope, now: datetime) -> Figures:
+        day, month = day_start(now), month_start(now)
+        at = time.monotonic()
+        known = set(self.entries) | {uid for uid, f in self.recent.items() if f.retired is None}
         ns, user = scope
 
         def read() -> tuple[list[str], list[dict[str, Any]]]:
@@ -319,24 +346,25 @@ class Quotas:
                 continue
             for currency, amount in cost_of(record.get("cost")).items():
                 cost[currency] = cost.get(currency, Decimal(0)) + amount
-        figures = Figures(sum(1 for uid in today_uids if uid not in known), cost, day, month, time.monotonic())
+        figures = Figures(sum(1 for uid in today_uids if uid not in known), cost, day, month, at)
         self.figures_cache[scope] = figures
         return figures
 
     def used(self, scope: Scope, figures: Figures | None, currency: str | None) -> tuple[int, int, Decimal]:
         """(admitted and unfinished, admitted today, cost this month in `currency`) of a scope."""
-        ns, user = scope
         active = self.active.get(scope, set())
         today = 0
         cost = Decimal(0)
         if figures is not None:
             day, month = figures.day, figures.month
-            today = figures.today + sum(1 for uid in active if self.entries[uid].created >= day)
-            for f in self.recent.values():
-                if f.namespace == ns and (user is None or f.user == user):
-                    today += f.created >= day
-                    if currency is not None and f.completed >= month:
-                        cost += f.cost.get(currency, Decimal(0))
+            today = figures.today + self.active_days.get(scope, Counter()).get(day.date(), 0)
+            for uid in self.recent_of.get(scope, ()):
+                f = self.recent[uid]
+                if f.retired is not None and figures.at > f.retired:
+                    continue                # the figures read since count it
+                today += f.created >= day
+                if currency is not None and f.completed >= month:
+                    cost += f.cost.get(currency, Decimal(0))
             if currency is not None:
                 cost += figures.cost.get(currency, Decimal(0)) + self.estimates.get(scope, {}).get(currency, Decimal(0))
         return len(active), today, cost
@@ -490,14 +518,20 @@ class Quotas:
         return written
 
     def prune(self, healthy: bool) -> None:
-        """Drop the finished tasks the mirror has had long enough (their scopes' figures are read again)."""
+        """The finished tasks the mirror has had for RECENT_SECONDS retire (the next figures read counts
+        them); a retired one goes once every figures of its scopes were read after it retired."""
         if not healthy:
             return
-        old = [uid for uid, f in self.recent.items() if time.monotonic() - f.seen > RECENT_SECONDS]
-        for uid in old:
-            f = self.recent.pop(uid)
-            self.figures_cache.pop((f.namespace, None), None)
-            self.figures_cache.pop((f.namespace, f.user), None)
+        now = time.monotonic()
+        for uid, f in list(self.recent.items()):
+            scopes = ((f.namespace, None), (f.namespace, f.user))
+            if f.retired is None:
+                if now - f.seen > RECENT_SECONDS:
+                    f.retired = now
+            elif all(sc not in self.figures_cache or self.figures_cache[sc].at > f.retired for sc in scopes):
+                del self.recent[uid]
+                for sc in scopes:
+                    self.recent_of.get(sc, set()).discard(uid)
 
     async def loop(self) -> None:
         """Every STATUS_SECONDS: the quotas' status, the waiting tasks that fit looked at, old figures pruned."""
@@ -508,7 +542,7 @@ class Quotas:
                 for ns in list(self.quotas):
                     self._kick(ns)
                 await self.write_statuses()
-                if time.monotonic() - self._pruned > 30:
+                if time.monotonic() - self._pruned > 10:
                     self.prune(bool(getattr(self.mirror, "healthy", True)))
                     self._pruned = time.monotonic()
             except asyncio.CancelledError:

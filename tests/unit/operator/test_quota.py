@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -17,6 +18,7 @@ from gentask.operator.quota import Exceeded, Quotas, Wait
 
 PRICES = PriceTable(parse_overrides('{"fake/fake-image": {"perImage": "1.00"}}'))
 _rv = itertools.count(100)
+NOW = datetime.now(UTC).isoformat().replace("+00:00", "Z")
 
 
 class Mirror:
@@ -118,11 +120,30 @@ async def test_a_budget_reserves_each_admitted_estimate_so_a_burst_cannot_oversp
 async def test_tasks_a_day_count_the_mirror_the_running_and_the_just_finished_once_each():
     mirror = Mirror(admitted=["uid-done", "uid-run"])               # the mirror has the running one too
     q = await quotas_with(quota("daily", tasksPerDay=3), mirror=mirror,
-                          tasks=[raw("run", phase="Running", attempts=1, created="2099-01-01T00:00:00Z")])
-    assert await admit(q, raw("new", created="2099-01-01T00:00:00Z")) is None       # done, run, new: 3
-    refused = await admit(q, raw("more", created="2099-01-01T00:00:00Z"))
+                          tasks=[raw("run", phase="Running", attempts=1, created=NOW)])
+    assert await admit(q, raw("new", created=NOW)) is None       # done, run, new: 3
+    refused = await admit(q, raw("more", created=NOW))
     assert isinstance(refused, Exceeded) and refused.message.startswith("quota daily: 0 of 3 tasks left today")
     assert mirror.reads == 1                                        # the figures are cached
+
+
+async def test_a_finished_task_counts_once_while_the_mirror_catches_up_and_after_it_retires(monkeypatch):
+    import gentask.operator.quota as module
+    mirror = Mirror()
+    q = await quotas_with(quota("daily", tasksPerDay=10), mirror=mirror, tasks=[])
+    scope = ("ns", None)
+    assert await admit(q, raw("a", created=NOW)) is None
+    q.saw(raw("a", phase="Succeeded", attempts=1, created=NOW))
+    figures = await q.figures(scope, datetime.now(UTC))
+    assert q.used(scope, figures, None)[1] == 1                     # from `recent`; the mirror lacks it yet
+    mirror.admitted = ["uid-a"]                                     # the mirror has it now
+    monkeypatch.setattr(module, "RECENT_SECONDS", 0.0)
+    q.prune(True)                                                   # retires: the next read counts it
+    assert q.used(scope, q.figures_cache[scope], None)[1] == 1      # the old figures: still from `recent`
+    fresh = await q._read(scope, datetime.now(UTC))
+    assert fresh.today == 1 and q.used(scope, fresh, None)[1] == 1  # now from the mirror, once
+    q.prune(True)
+    assert "uid-a" not in q.recent and q.used(scope, fresh, None)[1] == 1
 
 
 async def test_a_restart_seeds_the_same_counts_from_the_listing():
