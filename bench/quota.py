@@ -146,11 +146,12 @@ async def run(mongo_url: str, finished: int, unfinished: int, checks: int) -> st
             "| seed at start-up |\n"
             "|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n\n"
             "A check is `Quotas.saw` + `Quotas.admit` (reconcile.start's call): the waiting order is a sorted list "
-            "a scope (bisect), the admitted tasks a set a scope with their estimates summed as they come and go, so "
-            "a check does not walk the namespace's tasks; tasks a day walks the scope's admitted tasks and the "
-            "last two minutes' finished ones. The mirror read (two queries a scope: today's admitted uids and the "
-            "month's costs) grows with the scope's records on FerretDB v1 (it decodes each of them); it happens at "
-            "most every 10 s a scope, not per task.")
+            "a scope (bisect), the admitted tasks a set a scope with their estimates summed and their creation days "
+            "counted as they come and go, and the finished tasks of the last minutes indexed by scope, so a check "
+            "walks no list of tasks. The mirror read (two queries a scope: today's admitted uids and the month's "
+            "costs) grows with the scope's records on FerretDB v1 (it decodes each of them); it happens at most "
+            "every 10 s a scope and in the background: a check uses the figures it has meanwhile; only a scope's "
+            "very first read (start-up, or a new UTC day) makes its first task wait for it.")
 
 
 def main() -> None:
