@@ -196,7 +196,7 @@ class Quotas:
                 log.warning("GenerationQuota %s/%s cannot be read: %s", ns, name, exc)
                 return
             self.quotas.setdefault(ns, {})[name] = quota
-        self._kick(ns)          # a limit raised (or a quota gone) may make room
+        self._kick(ns, released=True)       # a limit raised, or a quota gone, may make room
 
     def of(self, namespace: str, user: str) -> list[GenerationQuota]:
         """The quotas that count a task of this namespace and user."""
@@ -424,15 +424,16 @@ class Quotas:
 
     # --- waking waiting tasks -------------------------------------------------------------------
 
-    def _kick(self, namespace: str) -> None:
-        """Room may have freed in the namespace: look again at the first waiting tasks of its quotas."""
+    def _kick(self, namespace: str, released: bool = False) -> None:
+        """Room may have freed in the namespace: look again at the first waiting tasks of its quotas
+        (`released`: and at those no concurrency quota holds any more: theirs was deleted or lifted)."""
         if self.wake is None or not self.synced.is_set():
             return
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return
-        for uid in self._next(namespace):
+        for uid in self._next(namespace) + (self._released(namespace) if released else []):
             entry = self.entries.get(uid)
             if entry is None or uid in self._waking:
                 continue
@@ -451,6 +452,18 @@ class Quotas:
             room = len(items) if limit is None else max(0, limit - len(self.active.get(scope, ())))
             out += [uid for _, uid in items[:room]]
         return list(dict.fromkeys(out))
+
+    def _released(self, namespace: str) -> list[str]:
+        """The waiting tasks of the namespace that no concurrency quota applies to (any more)."""
+        held: dict[str, bool] = {}
+        out = []
+        for _, uid in self.waiting.get((namespace, None), []):
+            entry = self.entries[uid]
+            if entry.user not in held:
+                held[entry.user] = any(q.spec.limits.concurrent is not None for q in self.of(namespace, entry.user))
+            if not held[entry.user]:
+                out.append(uid)
+        return out
 
     async def _wake(self, entry: Entry) -> None:
         try:
@@ -545,6 +558,8 @@ class Quotas:
                 if time.monotonic() - self._pruned > 10:
                     self.prune(bool(getattr(self.mirror, "healthy", True)))
                     self._pruned = time.monotonic()
+                    for ns in list(self.quotas):
+                        self._kick(ns, released=True)
             except asyncio.CancelledError:
                 raise
             except Exception:  # noqa: BLE001 - the next round tries again

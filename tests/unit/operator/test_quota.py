@@ -164,3 +164,17 @@ async def test_an_older_copy_of_a_task_does_not_undo_what_came_since():
     q.saw(pending)                       # a resync's listing from before: ignored
     assert q.entries["uid-t"].state == "active"
     assert Decimal(1) == q.estimates[("ns", None)]["XTS"]
+
+
+async def test_tasks_waiting_for_a_deleted_quota_are_woken():
+    q = await quotas_with(quota("zero", concurrent=0))
+    woken: list[str] = []
+
+    async def wake(ns: str, name: str) -> None:
+        woken.append(name)
+    q.wake = wake
+    assert isinstance(await admit(q, raw("w", phase="Pending", reason="QuotaWait")), Wait)
+    q.saw_quota(quota("zero", concurrent=0), deleted=True)
+    await asyncio.sleep(0)
+    assert woken == ["w"]
+    assert await admit(q, raw("w", phase="Pending", reason="QuotaWait")) is None
