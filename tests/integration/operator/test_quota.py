@@ -288,3 +288,20 @@ def test_rest_answers_429_with_the_quota_and_a_retry_after_and_creates_nothing(c
     finally:
         api.stop()
         stop_operator(op)
+
+
+@pytest.mark.timeout(180)
+def test_a_task_waiting_for_a_deleted_quota_starts(cluster, q_ns, tmp_path):
+    ns, url = q_ns
+    make_quota(cluster, ns, "closed", concurrent=0)
+    op = start_operator(cluster, tmp_path / "op.log", GENTASK_WATCH_NAMESPACES=ns, MONGO_URL=url)
+    tasks = Tasks(cluster, ns, op.log)
+    try:
+        name = tasks.create("held", type="text", model="fake-text", prompt="held", params={"maxTokens": 5})
+        assert tasks.wait_status(name, lambda s: s.get("reason") == "QuotaWait", 60)["phase"] == "Pending"
+        shown = cluster.kubectl("get", "gq", "-n", ns, "-o", "wide")
+        print(shown.stdout)
+        client.CustomObjectsApi(cluster.api).delete_namespaced_custom_object(GROUP, VERSION, ns, QUOTAS, "closed")
+        assert tasks.wait_phase(name, *TERMINAL, timeout=60)["phase"] == "Succeeded"
+    finally:
+        stop_operator(op)
