@@ -22,6 +22,7 @@ from devcluster.cluster import ClusterError, DevCluster, State
 
 ROOT = Path(__file__).resolve().parents[1]
 CRD = ROOT / "crds" / "generationtasks.gentask.io.yaml"
+QUOTA_CRD = ROOT / "crds" / "generationquotas.gentask.io.yaml"
 WORKER_POLICY = ROOT / "crds" / "gentask-worker-policy.yaml"
 PRIORITY_CLASSES = {"gentask-critical": 1000, "gentask-default": 100, "gentask-low": 10}
 TASK_NAMESPACE = "gentask-tasks"
@@ -54,15 +55,16 @@ def bootstrap(api: client.ApiClient, timeout: float = 30.0) -> None:
     """The CRD (created or replaced), the worker admission policy and the PriorityClasses
     gentask-{critical,default,low}."""
     ext = client.ApiextensionsV1Api(api)
-    crd = yaml.safe_load(CRD.read_text())
-    name = crd["metadata"]["name"]
-    try:
-        ext.create_custom_resource_definition(crd)
-    except ApiException as exc:
-        if exc.status != 409:
-            raise
-        crd["metadata"]["resourceVersion"] = ext.read_custom_resource_definition(name).metadata.resource_version
-        ext.replace_custom_resource_definition(name, crd)
+    for path in (QUOTA_CRD, CRD):
+        crd = yaml.safe_load(path.read_text())
+        name = crd["metadata"]["name"]
+        try:
+            ext.create_custom_resource_definition(crd)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+            crd["metadata"]["resourceVersion"] = ext.read_custom_resource_definition(name).metadata.resource_version
+            ext.replace_custom_resource_definition(name, crd)
     apply_worker_policy(api)
     sched = client.SchedulingV1Api(api)
     for pc, value in PRIORITY_CLASSES.items():

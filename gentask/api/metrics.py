@@ -65,7 +65,7 @@ class Metrics:
         out += ["# HELP gentask_api_tasks_created_total GenerationTasks created through the API, by type.",
                 "# TYPE gentask_api_tasks_created_total counter"]
         out += [f"gentask_api_tasks_created_total{_labels(type=t)} {n}" for t, n in sorted(self.created.items())]
-        out += ["# HELP gentask_api_rejected_total Requests refused by a limit (rate, unfinished).",
+        out += ["# HELP gentask_api_rejected_total Requests refused by a limit (rate, unfinished, quota).",
                 "# TYPE gentask_api_rejected_total counter"]
         out += [f"gentask_api_rejected_total{_labels(limit=k)} {n}" for k, n in sorted(self.rejected.items())]
         out += ["# HELP gentask_api_mirror_dropped_total Create-time mirror writes skipped "

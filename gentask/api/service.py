@@ -24,6 +24,7 @@ from gentask.api.errors import Conflict, Forbidden, NotFound, TooManyRequests, U
 from gentask.api.faults import RETRY_AFTER, cluster_errors, cluster_unavailable, storage_errors
 from gentask.api.index import TaskIndex, UnreadableTask, parse_task
 from gentask.api.metrics import Metrics
+from gentask.api.quotas import QuotaCheck
 from gentask.api.schemas import DeletedTask, TaskPage, TaskRequest, TaskView, UsageReport
 from gentask.api.translate import build_spec, canonical_hash, manifest
 from gentask.api.views import OLD_STATUS, PHASES_OF, find_artifact, is_finished, owner_of, record_of, task_view
@@ -118,6 +119,7 @@ class TaskService:
         self.client, self.index, self.storage, self.metrics = client, index, storage, metrics
         self.max_unfinished = settings.api_max_unfinished_per_user
         self.webhook_policy = policy_of(settings)
+        self.quotas = QuotaCheck(client, storage, settings.price_table())     # 429 before a held-back create
 
     # --- namespaces (tenants) --------------------------------------------------------------
 
@@ -185,6 +187,11 @@ class TaskService:
             raise TooManyRequests(f"user {owner!r} has {self.max_unfinished} unfinished tasks, the most allowed "
                                   "(GENTASK_API_MAX_UNFINISHED_PER_USER); wait for some to finish or cancel them",
                                   retry_after=RETRY_AFTER)
+        try:
+            await self.quotas.check(namespace, owner, spec, index)
+        except TooManyRequests:
+            self.metrics.rejected["quota"] += 1
+            raise
         index.reserve(user_key)
         try:
             with cluster_errors():

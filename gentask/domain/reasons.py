@@ -50,6 +50,7 @@ REASONS: dict[str, str] = {
     "NamespaceNotEnabled": "the task's namespace is not a gentask tenant (not labelled or listed); it waits",
     "CredentialsMissing": "the namespace has no credentials Secret (or it lacks MONGO_URL); the task waits",
     "ProviderNotConfigured": "the namespace's credentials Secret lacks the key the task's provider needs; it waits",
+    "QuotaWait": "a GenerationQuota's concurrency limit is reached; the task waits and starts when room frees",
     "Validated": "the spec passed the model catalog's validation",
     "JobCreated": "the task's Job exists and waits for a node",
     "Started": "a worker started calling the provider",
@@ -65,7 +66,8 @@ REASONS: dict[str, str] = {
     "ProviderBadRequest": "the vendor refused the request as malformed",
     "ContentRejected": "the vendor's safety system refused the prompt or the output",
     "AuthenticationFailed": "the vendor refused the credentials",
-    "QuotaExceeded": "the account has no quota or is in arrears",
+    "QuotaExceeded": "the vendor account has no quota or is in arrears, or a GenerationQuota's tasks a day or cost "
+                     "a month would be exceeded (the message names it and what is left); no vendor call was made",
     "ProviderError": "the vendor failed in a way not classified above",
     "DeadlineExceeded": "the task ran longer than spec.timeoutSeconds",
     "BackoffLimitExceeded": "every attempt failed",

@@ -25,6 +25,7 @@ import logging
 from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any
 
+from gentask.domain.quota import PLURAL as QUOTA_PLURAL
 from gentask.domain.task import GROUP, PLURAL, VERSION
 from gentask.kube.config import Connection, load_connection
 from gentask.kube.errors import ClusterUnavailable, KubeError, TaskExists, WatchExpired, error_from_answer
@@ -62,6 +63,13 @@ def task_path(namespace: str | None, name: str | None = None) -> str:
     """The API path of a namespace's GenerationTasks (all namespaces when None), or of one task."""
     base = f"/apis/{GROUP}/{VERSION}"
     base += f"/namespaces/{namespace}/{PLURAL}" if namespace else f"/{PLURAL}"
+    return f"{base}/{name}" if name else base
+
+
+def quota_path(namespace: str | None, name: str | None = None) -> str:
+    """The API path of a namespace's GenerationQuotas (all namespaces when None), or of one."""
+    base = f"/apis/{GROUP}/{VERSION}"
+    base += f"/namespaces/{namespace}/{QUOTA_PLURAL}" if namespace else f"/{QUOTA_PLURAL}"
     return f"{base}/{name}" if name else base
 
 
@@ -316,6 +324,17 @@ class KubeClient:
 
     # --- what the operator creates for a task ----------------------------------------------
 
+    # --- GenerationQuotas ------------------------------------------------------------------
+
+    async def list_quotas(self, namespace: str | None) -> list[Object]:
+        """The GenerationQuotas of a namespace (all namespaces when None)."""
+        return (await self._list(quota_path(namespace)))[0]
+
+    async def patch_quota_status(self, namespace: str, name: str, status: Object) -> Object:
+        """Merge-patch a quota's status (the operator's counts)."""
+        return await self.request("PATCH", quota_path(namespace, name) + "/status", body={"status": status},
+                                  content_type=MERGE_PATCH)
+
     async def create_object(self, manifest: Object) -> Object:
         """Create a ServiceAccount, Role, RoleBinding, Job or Event from its manifest (namespace in metadata)."""
         namespace = manifest["metadata"]["namespace"]
@@ -417,4 +436,4 @@ class KubeClient:
         return await self.request("GET", "/version")
 
 
-__all__ = ["KubeClient", "KubeError", "MERGE_PATCH", "lease_path", "object_path", "task_path"]
+__all__ = ["KubeClient", "KubeError", "MERGE_PATCH", "lease_path", "object_path", "quota_path", "task_path"]

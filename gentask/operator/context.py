@@ -33,4 +33,5 @@ class OperatorContext:
     background: list[asyncio.Task[Any]] = field(default_factory=list)
     notifier: Any = None                                        # gentask.operator.notify.Notifier (webhooks)
     tenants: Any = None                                         # gentask.operator.tenants.Tenants
+    quotas: Any = None                                          # gentask.operator.quota.Quotas
     ready: bool = False

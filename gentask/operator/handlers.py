@@ -15,6 +15,7 @@ from typing import Any
 import kopf
 
 from gentask.config import load_settings
+from gentask.domain.quota import PLURAL as QUOTA_PLURAL
 from gentask.domain.task import GROUP, PLURAL, VERSION
 from gentask.kube.client import KubeClient
 from gentask.kube.config import Connection, load_connection
@@ -81,9 +82,14 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
                           registry=registry_from_settings(config), metrics=metrics,
                           mirror=MirrorWriter(config))
     from gentask.operator.notify import Notifier
+    from gentask.operator.quota import Quotas
     from gentask.operator.tenants import Tenants
     ctx.notifier = Notifier(ctx)
     ctx.tenants = Tenants(config, ctx.kube)
+    ctx.quotas = Quotas(config, ctx.kube, ctx.mirror)
+    ctx.quotas.wake = lambda ns, name: resync.wake(ctx, ns, name)
+    await resync.quota_sync(ctx)        # before the watches: counts from what is, not from memory
+    ctx.background.append(asyncio.create_task(ctx.quotas.loop()))
     metrics.webhook_pending.set_function(lambda: len(ctx.notifier.loops))
     metrics.mirror_lag.set_function(lambda: ctx.mirror.lag)
     metrics.mirror_pending.set_function(lambda: ctx.mirror.pending)
@@ -144,6 +150,14 @@ async def task_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: An
     except Exception as exc:  # noqa: BLE001 - try again on the next event or resync
         log.exception("reconcile failed", extra={"task": body["metadata"]["name"]})
         raise kopf.TemporaryError(str(exc), delay=5) from exc
+
+
+@kopf.on.event(GROUP, VERSION, QUOTA_PLURAL)
+async def quota_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """A GenerationQuota added, changed or deleted: the limits the next admissions use."""
+    ctx: OperatorContext = memo.ctx
+    if ctx.quotas is not None:
+        ctx.quotas.saw_quota(dict(body), deleted=type == "DELETED")
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={LABEL_TASK: kopf.PRESENT})

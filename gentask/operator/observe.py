@@ -88,6 +88,8 @@ def forget(ctx: OperatorContext, uid: str) -> None:
     ctx.jobs_ensured.discard(uid)
     if ctx.notifier is not None:
         ctx.notifier.forget(uid)
+    if ctx.quotas is not None:
+        ctx.quotas.forget(uid)
     timer = ctx.ttl_timers.pop(uid, None)
     if timer:
         timer.cancel()

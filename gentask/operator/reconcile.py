@@ -25,6 +25,7 @@ from gentask.kube.status import transition
 from gentask.operator.context import OperatorContext
 from gentask.operator.jobs import ensure_job
 from gentask.operator.observe import forget, observe
+from gentask.operator.quota import Exceeded, Wait
 from gentask.operator.tenants import SECRET_REASONS, Refusal
 from gentask.operator.ttl import schedule_ttl
 from gentask.operator.writes import record_event, write_status
@@ -81,6 +82,8 @@ def parse_task(raw: Mapping[str, Any]) -> tuple[GenerationTask, str | None]:
 async def reconcile_task(ctx: OperatorContext, task: GenerationTask, raw: Mapping[str, Any],
                          spec_error: str | None = None) -> None:
     """One look at a task: observe it, then do what its phase still lacks."""
+    if ctx.quotas is not None:
+        ctx.quotas.saw(raw)            # where it stands for the quotas (gentask.operator.quota)
     await observe(ctx, task, raw)
     phase = task.status.phase
     if task.metadata.deletion_timestamp:
@@ -92,7 +95,7 @@ async def reconcile_task(ctx: OperatorContext, task: GenerationTask, raw: Mappin
         await cancel(ctx, task)
         return
     if phase in (None, Phase.PENDING):
-        await start(ctx, task, spec_error)
+        await start(ctx, task, spec_error, raw)
     elif ctx.executor is not None:
         ctx.executor.ensure(task)          # inline: a restarted operator picks its tasks up again
     elif task.uid not in ctx.jobs_ensured:
@@ -100,11 +103,14 @@ async def reconcile_task(ctx: OperatorContext, task: GenerationTask, raw: Mappin
         ctx.jobs_ensured.add(task.uid)
 
 
-async def start(ctx: OperatorContext, task: GenerationTask, spec_error: str | None = None) -> None:
+async def start(ctx: OperatorContext, task: GenerationTask, spec_error: str | None = None,
+                raw: Mapping[str, Any] | None = None) -> None:
     """Validate against the catalog, then hand the task to its executor: status Queued.
 
     In a tenant setup (gentask.operator.tenants) a task of a namespace gentask does not serve, or
-    whose namespace lacks the credentials its pod needs, waits instead (Pending with the reason)."""
+    whose namespace lacks the credentials its pod needs, waits instead (Pending with the reason). So
+    does a task over a GenerationQuota's concurrency (QuotaWait); one over its tasks a day or cost a
+    month fails (QuotaExceeded) before any Job or vendor call (gentask.operator.quota)."""
     tenants = ctx.tenants
     if tenants is not None and tenants.enabled and not await tenants.served(task.namespace):
         await wait(ctx, task, tenants.not_enabled(task.namespace))
@@ -129,6 +135,14 @@ async def start(ctx: OperatorContext, task: GenerationTask, spec_error: str | No
         refusal = await tenants.refusal(task, check_credentials=ctx.executor is None)
         if refusal is not None:
             await wait(ctx, task, refusal)
+            return
+    if ctx.quotas is not None:       # GenerationQuotas: wait for room, or fail before any vendor call
+        verdict = await ctx.quotas.admit(task, raw)
+        if isinstance(verdict, Wait):
+            await wait(ctx, task, Refusal(verdict.reason, verdict.message))
+            return
+        if isinstance(verdict, Exceeded):
+            await write_status(ctx, task, transition(task, Phase.FAILED, "QuotaExceeded", verdict.message))
             return
     if ctx.executor is not None:     # inline, or the worker pool (gentask.operator.pool): no Job
         message = getattr(ctx.executor, "queued_message", "queued for the inline executor")

@@ -59,14 +59,19 @@ async def _pages(ctx: OperatorContext, field_selector: str | None) -> AsyncItera
 async def resync(ctx: OperatorContext) -> dict[str, int]:
     """Start every unfinished task a missed event left unstarted."""
     tasks = started = 0
+    listed: set[str] = set()
+    known = set(ctx.quotas.entries) if ctx.quotas is not None else set()
     async for page in _pages(ctx, UNFINISHED):
         for raw in page:
             tasks += 1
+            listed.add(raw["metadata"]["uid"])
             phase = Phase.parse((raw.get("status") or {}).get("phase"))
             unstarted = phase in (None, Phase.PENDING) or (phase is Phase.QUEUED and ctx.executor is None
                                                            and raw["metadata"]["uid"] not in ctx.jobs_ensured)
             if not unstarted or raw["metadata"].get("deletionTimestamp"):
                 continue
+            if ctx.quotas is not None and (raw.get("status") or {}).get("reason") == "QuotaWait":
+                continue        # waits for room: the quotas look at it again when some frees, in order
             # Kopf does not retry an event handler that failed (a burst that timed the client out, an
             # API server that refused a write): without this such a task would wait for its next change,
             # which never comes. Starting twice is harmless: the Queued write is guarded by resourceVersion.
@@ -77,7 +82,56 @@ async def resync(ctx: OperatorContext) -> dict[str, int]:
             except Exception as exc:  # noqa: BLE001 - the next round tries again; one task must not stop the rest
                 log.warning("resync could not start task %s: %s", raw["metadata"].get("name"), exc)
     await requeue_lost(ctx)       # pool executor: tasks of dead pool workers (gentask.operator.pool)
+    if ctx.quotas is not None:
+        await _settle_quotas(ctx, known - listed)
     return {"tasks": tasks, "started": started}
+
+
+async def _settle_quotas(ctx: OperatorContext, missing: set[str]) -> None:
+    """Tasks the quotas count as unfinished that the listing did not show: finished or gone while no
+    watch looked (between the start-up listing and Kopf's watch, say). One read each tells."""
+    for uid in missing:
+        entry = ctx.quotas.entries.get(uid)
+        if entry is None:
+            continue
+        try:
+            raw = await ctx.kube.get_task(entry.namespace, entry.name)
+        except KubeError as exc:
+            if not exc.not_found:
+                raise
+            raw = None
+        if raw is None or raw["metadata"].get("uid") != uid:
+            ctx.quotas.forget(uid)
+        else:
+            ctx.quotas.saw(raw)
+
+
+async def quota_sync(ctx: OperatorContext) -> None:
+    """The quotas seeded from one listing of the GenerationQuotas and the unfinished tasks of the watched
+    namespaces (before Kopf's watches start, so no task is admitted on half the picture)."""
+    patterns = ctx.settings.watch_namespaces
+    quotas: list[dict[str, Any]] = []
+    try:
+        for ns in namespaces_of(patterns):
+            quotas += [q for q in await ctx.kube.list_quotas(ns) if in_scope(q["metadata"]["namespace"], patterns)]
+    except KubeError as exc:
+        if not exc.not_found:
+            raise
+        log.warning("the GenerationQuota CRD is not installed (crds/generationquotas.gentask.io.yaml): no quotas")
+    await ctx.quotas.sync(quotas, _pages(ctx, UNFINISHED))
+    log.info("quotas synced", extra={"quotas": len(quotas), "unfinished": len(ctx.quotas.entries)})
+
+
+async def wake(ctx: OperatorContext, namespace: str, name: str) -> None:
+    """A task waiting for a quota's room, looked at again (it may start now)."""
+    try:
+        raw = await ctx.kube.get_task(namespace, name)
+    except KubeError as exc:
+        if exc.not_found:
+            return
+        raise
+    task, spec_error = parse_task(raw)
+    await reconcile_task(ctx, task, raw, spec_error)
 
 
 async def audit(ctx: OperatorContext) -> dict[str, int]:

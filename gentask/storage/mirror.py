@@ -483,6 +483,19 @@ class TaskMirror:
             return [d for d in self.collection.find(query, projection, batch_size=_ALL_AT_ONCE)
                     if d.get("completionTime") is not None]
 
+    def admitted_since(self, *, namespace: str, user_id: str | None, since: datetime) -> builtins.list[str]:
+        """The uids of the tasks created since `since` that an executor was given (status.attempts set at
+        Queued; a task refused before, by its spec or a quota, never has it): one user's or all users',
+        deleted and forgotten ones included. What a GenerationQuota's tasksPerDay counts."""
+        query: dict[str, Any] = {"namespace": namespace, "createdAt": {"$gte": _ms(since)},
+                                 "attempts": {"$ne": None}}
+        if user_id is not None:
+            query["userID"] = user_id
+        with self._errors("counting admitted tasks"):
+            return [str(d["_id"]) for d in self.collection.find(query, {"_id": 1, "attempts": 1},
+                                                                batch_size=_ALL_AT_ONCE)
+                    if d.get("attempts") is not None]
+
     def count_by_phase(self, *, include_deleted: bool = True) -> dict[str, int]:
         """How many records are in each phase (every phase present, zero when none)."""
         pipeline: list[dict[str, Any]] = [{"$group": {"_id": "$phase", "n": {"$sum": 1}}}]

@@ -352,6 +352,7 @@ def test_uninstall_removes_everything_but_the_crd(release: Release, finished: di
     # kept on purpose (docs/helm.md): the CRD (and so every task), and the webhook signing key that
     # receivers verify with, which a reinstall must not change behind their back
     assert sorted(kept) == sorted([f"CustomResourceDefinition/{CRD_NAME}",
+                                   "CustomResourceDefinition/generationquotas.gentask.io",
                                    f"Secret/{release.name}-gentask-webhook-signing-key"]), kept
     assert {d["metadata"]["name"] for d in manifest if d["kind"] == "PriorityClass"} == set(PRIORITY_CLASSES)
     # the operator and API pods are gone

@@ -64,6 +64,9 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 # Every /api operation: 401 (the key) and 429 (the rate limit) come from the caller dependency.
 CREATE_ERRORS = error_responses(400, 401, 403, 409, 413, 422, 429, 503)
+CREATE_ERRORS[429] = {**CREATE_ERRORS[429], "description": "rate limit (GENTASK_API_RATE_PER_USER), unfinished-task "
+                      "cap, or a GenerationQuota of the namespace that would hold the task back (the message names "
+                      "it; docs/tenants.md, Quotas); see Retry-After"}
 TASK_ERRORS = error_responses(401, 404, 429, 503)
 
 

@@ -43,11 +43,23 @@ def test_schema_refuses_unknown_keys_and_bad_values():
 
 def test_crd_is_the_generated_one_behind_enabled_with_a_keep_switch():
     generated = yaml.safe_load((ROOT / "crds" / f"{CRD_NAME}.yaml").read_text())
-    crd = one(render(), "CustomResourceDefinition")
+    crd = one(render(), "CustomResourceDefinition", CRD_NAME)
     assert crd["spec"] == generated["spec"], "the chart's CRD differs from crds/ (make crds regenerates both)"
     assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
-    assert "annotations" not in one(render("--set", "crds.keep=false"), "CustomResourceDefinition")["metadata"]
+    assert "annotations" not in one(render("--set", "crds.keep=false"), "CustomResourceDefinition",
+                                    CRD_NAME)["metadata"]
     assert not by_kind(render("--set", "crds.enabled=false"), "CustomResourceDefinition")
+
+
+def test_the_quota_crd_is_the_generated_one_too_and_the_operator_may_count_quotas():
+    generated = yaml.safe_load((ROOT / "crds" / "generationquotas.gentask.io.yaml").read_text())
+    docs = render()
+    crd = one(docs, "CustomResourceDefinition", "generationquotas")
+    assert crd["spec"] == generated["spec"], "the chart's quota CRD differs from crds/ (make crds)"
+    assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    rules = [r for d in by_kind(docs, "Role") if "operator" in d["metadata"]["name"] for r in d["rules"]]
+    assert {"apiGroups": ["gentask.io"], "resources": ["generationquotas"], "verbs": ["get", "list", "watch"]} in rules
+    assert {"apiGroups": ["gentask.io"], "resources": ["generationquotas/status"], "verbs": ["get", "patch"]} in rules
 
 
 def test_the_worker_admission_policy_is_the_one_in_crds_behind_a_switch():
@@ -156,6 +168,8 @@ def test_rbac_is_least_privilege():
     assert operator == {
         ("gentask.io", "generationtasks"): {"get", "list", "watch", "patch", "delete"},
         ("gentask.io", "generationtasks/status"): {"get", "patch"},
+        ("gentask.io", "generationquotas"): {"get", "list", "watch"},       # counted and enforced
+        ("gentask.io", "generationquotas/status"): {"get", "patch"},        # the counts, for kubectl get gq
         ("batch", "jobs"): {"create", "get", "list", "watch", "delete"},
         ("", "serviceaccounts"): {"create", "get"},
         ("rbac.authorization.k8s.io", "roles"): {"create", "get"},
@@ -165,6 +179,7 @@ def test_rbac_is_least_privilege():
     api = roles["t-gentask-api"]["rules"]
     assert api == [{"apiGroups": ["gentask.io"], "resources": ["generationtasks"],
                     "verbs": ["create", "get", "list", "watch", "patch", "delete"]},
+                   {"apiGroups": ["gentask.io"], "resources": ["generationquotas"], "verbs": ["get", "list"]},
                    {"apiGroups": [""], "resources": ["events"], "verbs": ["list"]}]   # a task's timeline
     for binding in by_kind(docs, "RoleBinding") + by_kind(docs, "ClusterRoleBinding"):
         assert [s["namespace"] for s in binding["subjects"]] == ["gentask"]

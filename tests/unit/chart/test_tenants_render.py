@@ -37,7 +37,8 @@ def test_label_tenants_need_the_operator_s_rules_cluster_wide_and_namespace_get(
     assert _rules(tenants[0]) == _rules(one(docs, "Role", "operator"))     # the same rules, cluster-wide
     api = [c for c in by_kind(docs, "ClusterRole") if c["metadata"]["name"] == "gentask-t-gentask-api-tenants"][0]
     assert _rules(api) == {("gentask.io", "generationtasks"): ({"create", "get", "list", "watch", "patch", "delete"},
-                                                              None), ("", "events"): ({"list"}, None)}
+                                                              None), ("", "events"): ({"list"}, None),
+                           ("gentask.io", "generationquotas"): ({"get", "list"}, None)}     # a create's quota check
 
 
 def test_the_credentials_secret_is_readable_by_name_when_secret_reads_are_narrowed():

@@ -5,12 +5,34 @@ import sys
 
 import yaml
 
-from gentask.domain.crd import CRD_PATH, build_crd, render
+from gentask.domain.crd import CRD_PATH, QUOTA_CRD_PATH, build_crd, build_quota_crd, render
 
 
 def test_committed_crd_is_what_make_crds_writes():
     assert CRD_PATH.exists(), "crds/ has no CRD: run `make crds`"
     assert CRD_PATH.read_text() == render(), "crds/ is stale: run `make crds` and commit"
+    assert QUOTA_CRD_PATH.read_text() == render("quota"), "crds/ is stale: run `make crds` and commit"
+
+
+def test_check_mode_fails_on_a_stale_quota_crd(tmp_path):
+    stale = tmp_path / "quota.yaml"
+    stale.write_text(render("quota").replace("maximum: 100000", "maximum: 5"))
+    result = subprocess.run([sys.executable, "-m", "gentask.domain.crd", "--check", "--quota-out", str(stale)],
+                            capture_output=True, text=True)
+    assert result.returncode == 1 and "make crds" in result.stderr and "quota.yaml" in result.stderr
+
+
+def test_the_quota_crd_shows_used_over_limit_columns_and_a_short_name():
+    crd = build_quota_crd()
+    assert crd["metadata"]["name"] == "generationquotas.gentask.io" and crd["spec"]["scope"] == "Namespaced"
+    assert crd["spec"]["names"]["shortNames"] == ["gq"]
+    version = crd["spec"]["versions"][0]
+    columns = {c["name"]: c["jsonPath"] for c in version["additionalPrinterColumns"]}
+    assert columns["Concurrent"] == ".status.concurrent" and columns["Today"] == ".status.today"
+    assert columns["Month"] == ".status.month" and columns["User"] == ".spec.user"
+    limits = version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["limits"]["properties"]
+    assert set(limits) == {"concurrent", "tasksPerDay", "costPerMonth"}
+    assert limits["costPerMonth"]["properties"]["amount"]["pattern"] == "^[0-9]+(\\.[0-9]+)?$"
 
 
 def test_check_mode_fails_on_a_stale_file(tmp_path):
