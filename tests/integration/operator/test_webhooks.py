@@ -52,6 +52,22 @@ def _namespace(cluster, prefix: str) -> str:
 def hook_operator(cluster, tmp_path_factory):
     op = start_operator(cluster, tmp_path_factory.mktemp("webhooks") / "operator.log",
                         GENTASK_WATCH_NAMESPACES="wh-*", **SETTINGS)
+    # A glob scope: Kopf finds wh-* namespaces with a namespace watch of its own, which can take a
+    # while to begin after the start (30 s once, on a busy machine). Until it has, a new namespace's
+    # task is started by the resync but its changes reach no handler, and with a 15 s horizon its
+    # webhooks are given up. So the module starts once a task of a warm-up namespace has reached
+    # Kopf's handler through the watch (a slow one: a finished task is in no watch).
+    warm = _namespace(cluster, "wh-warm")
+    try:
+        tasks = Tasks(cluster, warm, op.log)
+        name = tasks.create(type="text", model="fake-text", prompt="warm-up [latency:300s]")  # stays in the watch
+        seen = f'"name": "{name}", "uid"'
+        wait_for(lambda: sum(1 for line in op.log.read_text(errors="replace").splitlines()
+                             if "Handler 'task_event'" in line and seen in line), 180, interval=0.5,
+                 until=lambda n: n >= 1, what=f"Kopf's watch of the wh-* namespaces to deliver {warm}/{name}",
+                 **tasks.watching(name))
+    finally:
+        client.CoreV1Api(cluster.api).delete_namespace(warm, propagation_policy="Background")
     yield op
     stop_operator(op)
 
