@@ -181,6 +181,11 @@ def test_tasks_per_day_of_one_user_stop_her_third_task_and_not_another_user(clus
     text = {"type": "text", "model": "fake-text", "params": {"maxTokens": 5}}
     try:
         ran = [tasks.create(f"alice-{i}", prompt=f"a{i}", userID="alice", **text) for i in range(2)]
+        # the third is the one made after two were admitted: made a moment after them, it could be
+        # admitted first (the operator takes events as they come), and then one of them is "the third"
+        for name in ran:
+            wait_for(lambda n=name: tasks.status(n).get("phase"), 90, until=lambda p: p not in (None, "Pending"),
+                     what=f"{name} to be admitted", **tasks.watching(name))
         third = tasks.create("alice-2", prompt="a2", userID="alice", **text)
         bob = tasks.create("bob-0", prompt="b0", userID="bob", **text)
         for name in [*ran, bob]:
