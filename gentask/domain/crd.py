@@ -114,49 +114,56 @@ def build_crd() -> dict[str, Any]:
     spec["properties"]["notify"]["properties"]["events"]["x-kubernetes-list-type"] = "set"   # each event once
     status["properties"]["result"]["properties"]["images"]["maxItems"] = 16
     columns = [
-        ("Type", "string", ".spec.type"), ("Provider", "string", ".spec.provider"),
-        ("Model", "string", ".spec.model"), ("Priority", "string", ".spec.priority"),
-        ("Phase", "string", ".status.phase"), ("Reason", "string", ".status.reason"),
-        ("Attempts", "integer", ".status.attempts"), ("Age", "date", ".metadata.creationTimestamp"),
+        ("Type", "string", ".spec.type", ""), ("Provider", "string", ".spec.provider", ""),
+        ("Model", "string", ".spec.model", ""), ("Priority", "string", ".spec.priority", ""),
+        ("Phase", "string", ".status.phase", ""), ("Reason", "string", ".status.reason", ""),
+        ("Attempts", "integer", ".status.attempts", ""), ("Age", "date", ".metadata.creationTimestamp", ""),
     ]
-    wide = [("Cost", "string", ".status.cost.amount"), ("Currency", "string", ".status.cost.currency")]   # -o wide
+    wide = [("Cost", "string", ".status.cost.amount", ""), ("Currency", "string", ".status.cost.currency", "")]
+    return _crd(
+        plural=PLURAL, kind=KIND, singular=SINGULAR, short_names=SHORT_NAMES, categories=["gentask"],
+        columns=columns, wide=wide, spec=spec, status=status,
+        description="An image, a video or a text to generate with an AI provider, run as a Job.",
+        # Field selectors the API server evaluates itself: the operator and the worker pool
+        # watch only unfinished tasks (status.phase!=Succeeded,...), however many have finished.
+        version_extra={"selectableFields": [{"jsonPath": p} for p in SELECTABLE_FIELDS]},
+        root_extra={"required": ["spec"], "x-kubernetes-validations": [{
+            "rule": "self.metadata.name.size() <= 63",
+            "message": "metadata.name must be at most 63 characters: it also names the task's Job",
+        }]},
+    )
+
+
+def _crd(*, plural: str, kind: str, singular: str, short_names: list[str], categories: list[str] | None,
+         columns: list[tuple[str, str, str, str]], wide: list[tuple[str, str, str, str]], spec: dict[str, Any],
+         status: dict[str, Any], description: str, version_extra: dict[str, Any] | None = None,
+         root_extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The skeleton both CRDs share: one namespaced v1alpha1 version with a status subresource,
+    printer columns (name, type, jsonPath, description; `wide` ones only with -o wide) and the
+    object schema of spec and status."""
+    names: dict[str, Any] = {"kind": kind, "listKind": f"{kind}List", "plural": plural, "singular": singular,
+                             "shortNames": short_names}
+    if categories:
+        names["categories"] = categories
+    printer: list[dict[str, Any]] = [{"name": n, "type": t, "jsonPath": p, **({"description": d} if d else {})}
+                                     for n, t, p, d in columns]
+    printer += [{"name": n, "type": t, "jsonPath": p, "priority": 1, **({"description": d} if d else {})}
+                for n, t, p, d in wide]
+    root_extra = dict(root_extra or {})
+    schema: dict[str, Any] = {"type": "object", "description": description}
+    if "required" in root_extra:
+        schema["required"] = root_extra.pop("required")
+    schema["properties"] = {"apiVersion": {"type": "string"}, "kind": {"type": "string"},
+                            "metadata": {"type": "object"}, "spec": spec, "status": status}
+    schema.update(root_extra)
+    version: dict[str, Any] = {"name": VERSION, "served": True, "storage": True, "subresources": {"status": {}},
+                               "additionalPrinterColumns": printer, **(version_extra or {}),
+                               "schema": {"openAPIV3Schema": schema}}
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{PLURAL}.{GROUP}", "labels": {"app.kubernetes.io/name": "gentask"}},
-        "spec": {
-            "group": GROUP,
-            "scope": "Namespaced",
-            "names": {"kind": KIND, "listKind": f"{KIND}List", "plural": PLURAL, "singular": SINGULAR,
-                      "shortNames": SHORT_NAMES, "categories": ["gentask"]},
-            "versions": [{
-                "name": VERSION,
-                "served": True,
-                "storage": True,
-                "subresources": {"status": {}},
-                "additionalPrinterColumns": [{"name": n, "type": t, "jsonPath": p} for n, t, p in columns]
-                + [{"name": n, "type": t, "jsonPath": p, "priority": 1} for n, t, p in wide],
-                # Field selectors the API server evaluates itself: the operator and the worker pool
-                # watch only unfinished tasks (status.phase!=Succeeded,...), however many have finished.
-                "selectableFields": [{"jsonPath": p} for p in SELECTABLE_FIELDS],
-                "schema": {"openAPIV3Schema": {
-                    "type": "object",
-                    "description": "An image, a video or a text to generate with an AI provider, run as a Job.",
-                    "required": ["spec"],
-                    "properties": {
-                        "apiVersion": {"type": "string"},
-                        "kind": {"type": "string"},
-                        "metadata": {"type": "object"},
-                        "spec": spec,
-                        "status": status,
-                    },
-                    "x-kubernetes-validations": [{
-                        "rule": "self.metadata.name.size() <= 63",
-                        "message": "metadata.name must be at most 63 characters: it also names the task's Job",
-                    }],
-                }},
-            }],
-        },
+        "metadata": {"name": f"{plural}.{GROUP}", "labels": {"app.kubernetes.io/name": "gentask"}},
+        "spec": {"group": GROUP, "scope": "Namespaced", "names": names, "versions": [version]},
     }
 
 
@@ -175,39 +182,14 @@ def build_quota_crd() -> dict[str, Any]:
         ("Month", "string", ".status.month", "cost this UTC month (with running estimates) / the limit"),
         ("Age", "date", ".metadata.creationTimestamp", ""),
     ]
-    return {
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{quota.PLURAL}.{GROUP}", "labels": {"app.kubernetes.io/name": "gentask"}},
-        "spec": {
-            "group": GROUP,
-            "scope": "Namespaced",
-            "names": {"kind": quota.KIND, "listKind": f"{quota.KIND}List", "plural": quota.PLURAL,
-                      "singular": quota.SINGULAR, "shortNames": quota.SHORT_NAMES},
-            # no category "gentask": it is also the tasks' short name, and `kubectl get gentask NAME`
-            # would then look for a quota of that name too (found by test_resource.py)
-            "versions": [{
-                "name": VERSION,
-                "served": True,
-                "storage": True,
-                "subresources": {"status": {}},
-                "additionalPrinterColumns": [{"name": n, "type": t, "jsonPath": p, **({"description": d} if d else {})}
-                                             for n, t, p, d in columns],
-                "schema": {"openAPIV3Schema": {
-                    "type": "object",
-                    "description": "Limits on the GenerationTasks of a namespace or of one of its users: tasks at "
-                                   "once, tasks a day, cost a month (docs/tenants.md, Quotas).",
-                    "properties": {
-                        "apiVersion": {"type": "string"},
-                        "kind": {"type": "string"},
-                        "metadata": {"type": "object"},
-                        "spec": spec,
-                        "status": status,
-                    },
-                }},
-            }],
-        },
-    }
+    # no category "gentask": it is also the tasks' short name, and `kubectl get gentask NAME`
+    # would then look for a quota of that name too (found by test_resource.py)
+    return _crd(
+        plural=quota.PLURAL, kind=quota.KIND, singular=quota.SINGULAR, short_names=quota.SHORT_NAMES,
+        categories=None, columns=columns, wide=[], spec=spec, status=status,
+        description="Limits on the GenerationTasks of a namespace or of one of its users: tasks at "
+                    "once, tasks a day, cost a month (docs/tenants.md, Quotas).",
+    )
 
 
 def render(which: str = "task") -> str:
