@@ -20,6 +20,7 @@ and never imports aiohttp; it cannot watch.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Mapping
@@ -84,6 +85,10 @@ def lease_path(namespace: str, name: str | None = None) -> str:
     """The API path of a namespace's Leases (coordination.k8s.io/v1), or of one."""
     base = f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases"
     return f"{base}/{name}" if name else base
+
+
+THROTTLE_RETRIES = 3        # a 429 with a short Retry-After is sent again this many times before it counts
+THROTTLE_WAIT = 5.0         # seconds: a longer Retry-After is the caller's to honour (raised at once)
 
 
 def _retry_after(headers: Mapping[str, str]) -> float | None:
@@ -157,7 +162,8 @@ class KubeClient:
                       content_type: str = JSON, ok: tuple[int, ...] = (200, 201)) -> Object:
         """One request; the decoded JSON answer, or KubeError (ClusterUnavailable when there is none)."""
         data = _dumps(body).encode() if body is not None else None
-        for attempt in (1, 2):
+        reread, throttled = False, 0
+        while True:
             try:
                 headers = await self._headers(content_type if data is not None else None)
                 status, answer_headers, raw = await self._send(method, path, data, params, headers)
@@ -166,10 +172,19 @@ class KubeClient:
             if status in ok:
                 answer: Object = json.loads(raw) if raw else {}
                 return answer
-            if status == 401 and attempt == 1 and self.connection.invalidate():
+            if status == 401 and not reread and self.connection.invalidate():
+                reread = True
                 continue        # a rotated or expired token: read (or run) it once more
-            raise error_from_answer(status, raw, _retry_after(answer_headers))
-        raise AssertionError("unreachable")  # pragma: no cover
+            retry_after = _retry_after(answer_headers)
+            if status == 429 and retry_after is not None and retry_after <= THROTTLE_WAIT \
+                    and throttled < THROTTLE_RETRIES:
+                # as client-go does: the API server (its flow control, or max-requests-inflight) refused
+                # the request before processing it, and said when to send it again
+                throttled += 1
+                log.debug("API server throttled %s %s: again in %.1fs", method, path, retry_after)
+                await asyncio.sleep(retry_after)
+                continue
+            raise error_from_answer(status, raw, retry_after)
 
     async def _send(self, method: str, path: str, data: bytes | None, params: Mapping[str, str] | None,
                     headers: dict[str, str]) -> tuple[int, Mapping[str, str], bytes]:

@@ -110,6 +110,35 @@ async def test_422_keeps_the_details_the_api_reports(api):
     assert err.value.status == 422 and err.value.details["causes"] == causes and not err.value.unavailable
 
 
+async def test_a_429_with_a_short_retry_after_is_sent_again_after_that_wait(api):
+    server, client = api
+    sent: list[float] = []
+    loop = asyncio.get_running_loop()
+
+    async def throttled_twice(_request: web.Request) -> web.Response:
+        sent.append(loop.time())
+        if len(sent) <= 2:
+            return status(429, "TooManyRequests", "too many requests, please try again later",
+                          headers={"Retry-After": "0.2"})
+        return web.json_response({"metadata": {"name": "img-1"}})
+    server.on("GET", PATH, throttled_twice)
+    assert (await client().get_task("tasks", "img-1"))["metadata"]["name"] == "img-1"
+    assert len(sent) == 3 and sent[1] - sent[0] >= 0.2 and sent[2] - sent[1] >= 0.2, sent
+
+
+async def test_a_429_that_stays_is_unavailable_after_three_more_tries(api):
+    server, client = api
+    sent: list[int] = []
+
+    async def throttled(_request: web.Request) -> web.Response:
+        sent.append(1)
+        return status(429, "TooManyRequests", "slow down", headers={"Retry-After": "0"})
+    server.on("GET", PATH, throttled)
+    with pytest.raises(ClusterUnavailable) as err:
+        await client().get_task("tasks", "img-1")
+    assert err.value.status == 429 and len(sent) == 4
+
+
 async def test_429_with_retry_after_and_500_are_unavailable(api):
     server, client = api
     server.on("GET", PATH, answer(lambda: status(429, "TooManyRequests", "slow down", headers={"Retry-After": "7"})))
@@ -117,7 +146,7 @@ async def test_429_with_retry_after_and_500_are_unavailable(api):
         await client(TaskClient).get("tasks", "img-1")
     exc = err.value
     assert isinstance(exc, KubeError) and exc.unavailable and exc.retry_after == 7.0 and exc.status == 429
-    assert str(exc) == "the Kubernetes API server answered 429 TooManyRequests"
+    assert str(exc) == "the Kubernetes API server answered 429 TooManyRequests"   # 7 s: the caller's to wait
     server.on("GET", PATH, answer(lambda: web.Response(status=500, text="boom")))
     with pytest.raises(ClusterUnavailable) as err:
         await client(TaskClient).get("tasks", "img-1")
