@@ -98,7 +98,7 @@ async def run(mongo_url: str, finished: int, unfinished: int, checks: int) -> st
     for at in range(0, len(records), 5000):
         mirror.insert_many(records[at:at + 5000])
     seeded_mirror = time.monotonic() - started
-    live = [task(finished + i, "Running" if i % 5 == 0 else "Pending", today + timedelta(seconds=i % 3600),
+    live = [task(finished + i, "Running" if i % 5 == 0 else "Queued", today + timedelta(seconds=i % 3600),
                  None if i % 5 == 0 else "QuotaWait") for i in range(unfinished)]
     writer = MirrorWriter(settings)
     rows = []

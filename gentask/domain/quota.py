@@ -8,7 +8,7 @@ A quota applies to the tasks of its namespace, all of them (no `spec.user`) or t
 (`spec.user` == the task's `spec.userID`). Each limit is optional:
 
 - `concurrent`: tasks admitted and unfinished (Queued or Running) at once; a task over it waits
-  (Pending, reason QuotaWait) and starts when room frees, highest priority first, then oldest.
+  (Queued, reason QuotaWait: no executor has it yet) and starts when room frees, highest priority first, then oldest.
 - `tasksPerDay`: tasks admitted in the current UTC day (counted by creation time); one over it fails
   (QuotaExceeded) before any vendor call.
 - `costPerMonth`: what the tasks of the current UTC calendar month cost, plus what the admitted,

@@ -34,6 +34,16 @@ class Phase(str, Enum):  # noqa: UP042 - StrEnum would change what str() of a me
         return {"Pending": 0, "Queued": 1, "Running": 2}.get(self.value, 3)
 
 
+QUOTA_WAIT = "QuotaWait"
+
+
+def waits_for_room(phase: str | None, reason: str | None) -> bool:
+    """Queued with reason QuotaWait: a GenerationQuota's concurrency limit is reached, so no executor has
+    the task yet (no Job, no claim by a pool worker, Scheduled False); the operator admits it when room
+    frees (gentask.operator.quota). `phase` may be the Phase or its name as the API shows it."""
+    return reason == QUOTA_WAIT and phase == Phase.QUEUED
+
+
 class ConditionType(str, Enum):  # noqa: UP042 - StrEnum would change str() of members others print
     """The condition types a task's status carries (Kubernetes API conventions)."""
 

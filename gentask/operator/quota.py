@@ -5,16 +5,17 @@ the same.
 
 - Concurrency: the tasks admitted and unfinished (Queued, Running) of a quota's scope, from the
   operator's watch of unfinished tasks (seeded by one listing at start-up, before any task is
-  admitted), plus the admissions this process decided whose Queued write has not come back yet.
-  A task over the limit waits: Pending, reason QuotaWait (a Pending task gets no Job, and the pool's
-  workers only claim Queued ones). It starts when room frees, highest priority first, then oldest:
-  a task is admitted only when fewer tasks wait ahead of it than there is room; when an admitted
-  task finishes, the first waiting ones of its quotas are looked at again at once (`_kick`).
+  admitted), plus the admissions this process decided whose Queued write has not come back yet. A
+  task over the limit waits: Queued, reason QuotaWait, Scheduled False (such a task gets no Job, no
+  pool worker claims it, the resync leaves it to the quotas: gentask.domain.reasons.waits_for_room).
+  It starts when room frees, highest priority first, then oldest: a task is admitted only when fewer
+  tasks wait ahead of it than there is room; when an admitted task finishes, the first waiting ones
+  of its quotas are looked at again at once (`_kick`).
 - Tasks a day and cost a month: the MongoDB mirror's records of the scope (admitted today; finished
-  this month, with their cost), read at most every FIGURES_SECONDS a scope, plus what the watch shows
-  and the mirror may lack: the unfinished admitted tasks (counted today; their estimated cost) and the
-  tasks seen finishing in the last minutes (their real cost). A burst cannot over-admit: the checks
-  and the reservation happen without a pause in between, the reservation counted at once.
+  this month, with their cost), read at most every FIGURES_SECONDS a scope, plus what the watch
+  shows and the mirror may lack: the unfinished admitted tasks (counted today; their estimated cost)
+  and the tasks seen finishing in the last minutes (their real cost). A burst cannot over-admit: the
+  checks and the reservation happen without a pause in between, the reservation counted at once.
 
 A task whose estimate would take the month over, or that would be one task too many today, fails
 (QuotaExceeded) before any Job or vendor call, the message naming the quota and what is left.
@@ -50,7 +51,7 @@ from gentask.domain.quota import (
     month_start,
     ratio,
 )
-from gentask.domain.reasons import Phase
+from gentask.domain.reasons import QUOTA_WAIT, Phase, waits_for_room
 from gentask.domain.task import GenerationTask, GenerationTaskSpec, Priority
 from gentask.kube.client import KubeClient
 from gentask.kube.errors import KubeError
@@ -61,7 +62,8 @@ FIGURES_SECONDS = 10.0      # how long a scope's figures from the mirror are use
 RECENT_SECONDS = 120.0      # how long a finished task's cost is kept beside the mirror's (its write may lag)
 STATUS_SECONDS = 2.0        # how often the quotas' status is brought up to date (when it changed)
 REFRESH_STATUS_SECONDS = 60.0   # observedAt is renewed at least this often
-WAITING = frozenset({None, "", "Created", "QuotaWait"})     # Pending reasons of a task that queues for room
+WAITING = frozenset({None, "", "Created", QUOTA_WAIT})      # Pending reasons of a task that queues for room
+# (Pending with QuotaWait: how earlier operators let such a task wait; it moves to Queued when looked at)
 TODAY = "today"
 
 Scope = tuple[str, str | None]       # (namespace, user); user None: every task of the namespace
@@ -262,7 +264,7 @@ class Quotas:
                           (priority, created.timestamp(), meta.get("name") or ""), created, rv)
             self.entries[uid] = entry
         entry.rv = rv
-        if phase is Phase.PENDING:
+        if phase is Phase.PENDING or waits_for_room(phase, status.get("reason")):
             if entry.reserved_rv is not None and rv <= entry.reserved_rv:
                 return                  # admitted here; its Queued write comes
             entry.reserved_rv = None
@@ -402,7 +404,7 @@ class Quotas:
             active = len(self.active.get(scope, ()))
             ahead = bisect.bisect_left(self.waiting.get(scope, []), (entry.key, entry.uid))
             if active + ahead >= limit:
-                return Wait("QuotaWait", f"quota {q.name}: the limit of {limit} concurrent task(s) of {q.who} is "
+                return Wait(QUOTA_WAIT, f"quota {q.name}: the limit of {limit} concurrent task(s) of {q.who} is "
                                          "reached, so this task waits; it starts when one finishes (highest "
                                          "priority first, then oldest; docs/tenants.md)")
         for q in sorted(quotas, key=lambda q: q.name):
@@ -484,6 +486,9 @@ class Quotas:
             for raw in page:
                 self.saw(raw)
         self.synced.set()
+        # tasks that waited while no operator ran: room may have freed, or their quota gone, since
+        for ns in {e.namespace for e in self.entries.values() if e.state == "waiting"}:
+            self._kick(ns, released=True)
 
     def status_of(self, quota: GenerationQuota, figures: Figures | None) -> dict[str, Any]:
         """The quota's status (without observedAt) as the counts stand."""

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 from pydantic import ValidationError
 
 from gentask.domain.catalog import InvalidSpecError, ModelRetiredError, validate_spec
-from gentask.domain.reasons import ConditionType, Phase
+from gentask.domain.reasons import ConditionType, Phase, waits_for_room
 from gentask.domain.task import GenerationTask, GenerationTaskSpec, GenerationTaskStatus, ObjectMeta, Priority, TaskType
 from gentask.kube.conditions import set_condition
 from gentask.kube.errors import KubeError
@@ -94,8 +94,8 @@ async def reconcile_task(ctx: OperatorContext, task: GenerationTask, raw: Mappin
     if task.spec.cancel:
         await cancel(ctx, task)
         return
-    if phase in (None, Phase.PENDING):
-        await start(ctx, task, spec_error, raw)
+    if phase in (None, Phase.PENDING) or waits_for_room(phase, task.status.reason):
+        await start(ctx, task, spec_error, raw)      # a task waiting for a quota's room: admitted yet?
     elif ctx.executor is not None:
         ctx.executor.ensure(task)          # inline: a restarted operator picks its tasks up again
     elif task.uid not in ctx.jobs_ensured:
@@ -138,8 +138,8 @@ async def start(ctx: OperatorContext, task: GenerationTask, spec_error: str | No
             return
     if ctx.quotas is not None:       # GenerationQuotas: wait for room, or fail before any vendor call
         verdict = await ctx.quotas.admit(task, raw)
-        if isinstance(verdict, Wait):
-            await wait(ctx, task, Refusal(verdict.reason, verdict.message))
+        if isinstance(verdict, Wait):     # Queued, reason QuotaWait: in the queue, not yet given to an executor
+            await wait(ctx, task, Refusal(verdict.reason, verdict.message), phase=Phase.QUEUED)
             return
         if isinstance(verdict, Exceeded):
             await write_status(ctx, task, transition(task, Phase.FAILED, "QuotaExceeded", verdict.message))
@@ -158,15 +158,16 @@ async def start(ctx: OperatorContext, task: GenerationTask, spec_error: str | No
         ctx.jobs_ensured.add(task.uid)
 
 
-async def wait(ctx: OperatorContext, task: GenerationTask, refusal: Refusal) -> None:
-    """The task stays Pending with the refusal's reason and message (Scheduled False), and one Warning
-    Event says so; nothing is written when the status says it already."""
+async def wait(ctx: OperatorContext, task: GenerationTask, refusal: Refusal, phase: Phase = Phase.PENDING) -> None:
+    """The task waits with the refusal's reason and message (Scheduled False), and one Warning Event
+    says so; nothing is written when the status says it already. It waits Pending when gentask cannot
+    run it yet (its namespace, its credentials), Queued when it waits its turn (a quota's concurrency)."""
     status = task.status
     if ctx.tenants is not None and refusal.reason in SECRET_REASONS:
         ctx.tenants.waiting.add(task.namespace)        # looked at again soon (resync.tenant_recheck_loop)
-    if status.reason == refusal.reason and status.message == refusal.message:
+    if status.phase is phase and status.reason == refusal.reason and status.message == refusal.message:
         return
-    pending = transition(task, Phase.PENDING, refusal.reason, refusal.message)
+    pending = transition(task, phase, refusal.reason, refusal.message)
     pending.conditions = set_condition(pending.conditions, ConditionType.SCHEDULED.value, "False", refusal.reason,
                                        refusal.message, task.metadata.generation)
     if await write_status(ctx, task, pending) is not None:

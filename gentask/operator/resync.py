@@ -21,7 +21,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from gentask.domain.reasons import Phase
+from gentask.domain.reasons import QUOTA_WAIT, Phase, waits_for_room
 from gentask.kube.errors import KubeError
 from gentask.kube.names import UNFINISHED
 from gentask.operator.context import OperatorContext
@@ -66,11 +66,12 @@ async def resync(ctx: OperatorContext) -> dict[str, int]:
             tasks += 1
             listed.add(raw["metadata"]["uid"])
             phase = Phase.parse((raw.get("status") or {}).get("phase"))
-            unstarted = phase in (None, Phase.PENDING) or (phase is Phase.QUEUED and ctx.executor is None
-                                                           and raw["metadata"]["uid"] not in ctx.jobs_ensured)
+            reason = (raw.get("status") or {}).get("reason")
+            unstarted = phase in (None, Phase.PENDING) or waits_for_room(phase, reason) or (
+                phase is Phase.QUEUED and ctx.executor is None and raw["metadata"]["uid"] not in ctx.jobs_ensured)
             if not unstarted or raw["metadata"].get("deletionTimestamp"):
                 continue
-            if ctx.quotas is not None and (raw.get("status") or {}).get("reason") == "QuotaWait":
+            if ctx.quotas is not None and reason == QUOTA_WAIT:
                 continue        # waits for room: the quotas look at it again when some frees, in order
             # Kopf does not retry an event handler that failed (a burst that timed the client out, an
             # API server that refused a write): without this such a task would wait for its next change,

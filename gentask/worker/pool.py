@@ -7,9 +7,10 @@ One process runs GENTASK_POOL_CONCURRENCY tasks at a time with the worker's own 
 writes Queued, nothing more; every pool process lists and watches the unfinished tasks of
 GENTASK_WATCH_NAMESPACES (names or globs, all when empty) with a field selector the API server
 evaluates (the CRD's selectableFields), keeps the Queued ones in a local queue (critical, default,
-low, then creation time) and a free slot claims the first: the worker's claim is a status patch
-at the resourceVersion it saw, so of two processes that try the same task one wins and the other
-gets 409, reads the task again, sees someone else's claim and takes the next one. No task runs twice.
+low, then creation time; not those that wait for a quota's room, reason QuotaWait) and a free slot
+claims the first: the worker's claim is a status patch at the resourceVersion it saw, so of two
+processes that try the same task one wins and the other gets 409, reads the task again, sees someone
+else's claim and takes the next one. No task runs twice.
 
 The same watch stops a run: spec.cancel set, the task deleted, Cancelled written, or the task
 queued again or claimed by another worker. Every write a pool worker makes after its claim is
@@ -54,7 +55,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from gentask.config import Settings, SettingsError, load_settings
-from gentask.domain.reasons import ConditionType, Phase
+from gentask.domain.reasons import ConditionType, Phase, waits_for_room
 from gentask.domain.task import GenerationTask, GenerationTaskStatus
 from gentask.kube.client import KubeClient
 from gentask.kube.conditions import set_condition
@@ -230,6 +231,11 @@ def in_scope(namespace: str, patterns: list[str]) -> bool:
 # --- one task in a slot --------------------------------------------------------------------------
 
 
+def claimable(task: GenerationTask) -> bool:
+    """Queued and given to the pool: not one waiting for a quota's room (Queued, QuotaWait)."""
+    return task.status.phase is Phase.QUEUED and not waits_for_room(task.status.phase, task.status.reason)
+
+
 class ClaimedElsewhere(Exception):  # noqa: N818 - what happened, not an error
     """Another worker claimed the task first (or it is no longer Queued)."""
 
@@ -258,8 +264,8 @@ class PoolWorker(Worker):
         return task
 
     async def _claim(self, task: GenerationTask) -> GenerationTask:
-        if task.status.phase is not Phase.QUEUED:
-            raise ClaimedElsewhere(f"{task.status.phase} on {task.status.worker_pod}")
+        if not claimable(task):
+            raise ClaimedElsewhere(f"{task.status.phase} ({task.status.reason}) on {task.status.worker_pod}")
         self._claiming = True
         try:
             claimed = await super()._claim(task)
@@ -524,7 +530,7 @@ class Pool:
                     run.check.add_done_callback(self.later.discard)
             else:
                 self._stop(key, run, _why_stop(task, run.worker))
-        if task is None or kind == "DELETED" or task.status.phase is not Phase.QUEUED or task.spec.cancel \
+        if task is None or kind == "DELETED" or not claimable(task) or task.spec.cancel \
                 or task.metadata.deletion_timestamp:
             self._unqueue(key)
             return

@@ -200,3 +200,25 @@ class Tasks:
 @pytest.fixture
 def tasks(cluster, tasks_ns, operator) -> Tasks:
     return Tasks(cluster, tasks_ns, operator.log)
+
+
+QUOTAS = "generationquotas"
+
+
+def make_quota(cluster, ns: str, name: str, user: str | None = None, **limits) -> None:
+    spec: dict = {"limits": limits}
+    if user is not None:
+        spec["user"] = user
+    client.CustomObjectsApi(cluster.api).create_namespaced_custom_object(
+        GROUP, VERSION, ns, QUOTAS, {"apiVersion": f"{GROUP}/{VERSION}", "kind": "GenerationQuota",
+                                     "metadata": {"name": name}, "spec": spec})
+
+
+def patch_quota(cluster, ns: str, name: str, **limits) -> None:
+    client.CustomObjectsApi(cluster.api).patch_namespaced_custom_object(GROUP, VERSION, ns, QUOTAS, name,
+                                                                        {"spec": {"limits": limits}})
+
+
+def quota_status(cluster, ns: str, name: str) -> dict:
+    return client.CustomObjectsApi(cluster.api).get_namespaced_custom_object(
+        GROUP, VERSION, ns, QUOTAS, name).get("status") or {}

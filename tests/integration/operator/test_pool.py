@@ -28,6 +28,8 @@ from tests.integration.operator.conftest import (
     Tasks,
     artifact_bytes,
     log_tail,
+    make_quota,
+    quota_status,
     start_operator,
     stop_operator,
 )
@@ -383,3 +385,32 @@ def test_sigterm_hands_a_long_task_back_to_the_queue_for_another_pool(cluster, p
     tasks.logs += (heir.log,)
     status = tasks.wait_phase(name, "Succeeded", timeout=60)
     assert status["attempts"] == 1 and status["workerPod"] == f"{heir.pod}/0"       # the same attempt, carried on
+
+
+@pytest.mark.timeout(240)
+def test_a_task_waiting_for_a_quota_is_queued_and_no_pool_claims_it_before_room_frees(cluster, pool_operator,
+                                                                                     pools, p_ns):
+    make_quota(cluster, p_ns, "one-at-once", concurrent=1)
+    wait_for(lambda: quota_status(cluster, p_ns, "one-at-once"), 60, until=lambda s: s.get("concurrent") == "0/1",
+             what="the operator to count the new quota (its status 0/1)")
+    pool = pools(p_ns, concurrency=4)        # free slots: only the quota holds the tasks back
+    tasks = tasks_of(cluster, p_ns, pool_operator, pool)
+    names = [tasks.create(f"q{i}", type="text", model="fake-text", prompt=f"task {i} [latency:1500ms]")
+             for i in range(3)]
+    waiting = tasks.wait_status(names[1], lambda s: s.get("reason") == "QuotaWait", 60, "to wait for the quota")
+    assert waiting["phase"] == "Queued" and "quota one-at-once" in waiting["message"], waiting
+    most, seen = 0, set()
+
+    def sample() -> Counter:
+        nonlocal most
+        items = tasks.api.list_namespaced_custom_object("gentask.io", "v1alpha1", p_ns, "generationtasks")["items"]
+        phases = Counter((t.get("status") or {}).get("phase") for t in items)
+        most = max(most, phases.get("Running", 0))
+        seen.update((t.get("status") or {}).get("reason") for t in items)
+        return phases
+    wait_for(sample, 120, interval=0.2, until=lambda c: c.get("Succeeded", 0) == 3, what="3 tasks to succeed",
+             progress=lambda: str(sample()), describe=lambda: log_tail(pool.log))
+    assert most == 1, f"{most} tasks ran at once under a concurrency quota of 1"
+    assert "QuotaWait" in seen
+    counted = claims(pool)
+    assert set(counted) == set(names) and set(counted.values()) == {1}, counted

@@ -17,13 +17,27 @@ import uuid
 import pytest
 from kubernetes import client
 
+from gentask.kube.names import job_name
 from tests.integration.conftest import wait_default_account
-from tests.integration.operator.conftest import Tasks, start_operator, stop_operator
+from tests.integration.operator.conftest import (
+    QUOTAS,
+    Tasks,
+    make_quota,
+    patch_quota,
+    quota_status,
+    start_operator,
+    stop_operator,
+)
 from tests.support.waits import describe_namespace, wait_for
 
-GROUP, VERSION, QUOTAS = "gentask.io", "v1alpha1", "generationquotas"
+GROUP, VERSION = "gentask.io", "v1alpha1"
 TERMINAL = ("Succeeded", "Failed", "Cancelled")
-ADMITTED = ("Queued", "Running")
+
+
+def admitted(task: dict) -> bool:
+    """Given to an executor: Queued (not waiting for a quota's room) or Running."""
+    status = task.get("status") or {}
+    return status.get("phase") == "Running" or (status.get("phase") == "Queued" and status.get("reason") != "QuotaWait")
 
 
 @pytest.fixture
@@ -39,36 +53,20 @@ def q_ns(cluster):
     core.delete_namespace(name, propagation_policy="Background")
 
 
-def make_quota(cluster, ns: str, name: str, user: str | None = None, **limits) -> None:
-    spec: dict = {"limits": limits}
-    if user is not None:
-        spec["user"] = user
-    client.CustomObjectsApi(cluster.api).create_namespaced_custom_object(
-        GROUP, VERSION, ns, QUOTAS, {"apiVersion": f"{GROUP}/{VERSION}", "kind": "GenerationQuota",
-                                     "metadata": {"name": name}, "spec": spec})
-
-
-def patch_quota(cluster, ns: str, name: str, **limits) -> None:
-    client.CustomObjectsApi(cluster.api).patch_namespaced_custom_object(GROUP, VERSION, ns, QUOTAS, name,
-                                                                        {"spec": {"limits": limits}})
-
-
-def quota_status(cluster, ns: str, name: str) -> dict:
-    return client.CustomObjectsApi(cluster.api).get_namespaced_custom_object(
-        GROUP, VERSION, ns, QUOTAS, name).get("status") or {}
-
-
 def _all(tasks: Tasks) -> list[dict]:
     return tasks.api.list_namespaced_custom_object(GROUP, VERSION, tasks.ns, "generationtasks")["items"]
 
 
 class Sampler:
-    """Lists the namespace's tasks every 0.2 s: the most admitted at once, and when each was first admitted."""
+    """Lists the namespace's Jobs and then its tasks every 0.2 s: the most admitted at once, when each was
+    first admitted, and any task that waited for room (Queued, QuotaWait) while a Job of its existed (a
+    Job listed before the task is not younger than what the task's listing shows)."""
 
     def __init__(self, tasks: Tasks) -> None:
         self.tasks = tasks
         self.most = 0
         self.first_admitted: dict[str, float] = {}
+        self.waiting_with_job: set[str] = set()
         self.samples = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -84,16 +82,19 @@ class Sampler:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
+                jobs = {j.metadata.name for j in client.BatchV1Api(self.tasks.cluster.api).list_namespaced_job(
+                    self.tasks.ns).items}
                 items = _all(self.tasks)
             except Exception:  # noqa: BLE001 - a busy API server: the next sample
                 continue
             now = time.monotonic()
-            admitted = [t["metadata"]["name"] for t in items if (t.get("status") or {}).get("phase") in ADMITTED]
-            self.most = max(self.most, len(admitted))
+            self.most = max(self.most, sum(admitted(t) for t in items))
             for t in items:
-                if (t.get("status") or {}).get("phase") in (*ADMITTED, *TERMINAL) and \
-                        (t.get("status") or {}).get("reason") != "QuotaExceeded":
+                status = t.get("status") or {}
+                if admitted(t) or (status.get("phase") in TERMINAL and status.get("reason") != "QuotaExceeded"):
                     self.first_admitted.setdefault(t["metadata"]["name"], now)
+                if status.get("reason") == "QuotaWait" and job_name(t["metadata"]["name"]) in jobs:
+                    self.waiting_with_job.add(t["metadata"]["name"])
             self.samples += 1
             self._stop.wait(0.2)
 
@@ -110,8 +111,11 @@ def test_a_concurrency_quota_of_2_runs_6_tasks_2_at_a_time_critical_first(cluste
                               params={"maxTokens": 5}, priority=p) for i, p in enumerate(order)]
         for name in names:
             status = tasks.wait_status(name, lambda s: s.get("reason") == "QuotaWait", 60, "to wait for the quota")
-            assert status["phase"] == "Pending"
+            assert status["phase"] == "Queued"          # in the queue, not yet given to an executor
             assert "quota two-at-once" in status["message"] and "0 concurrent" in status["message"]
+            conditions = {c["type"]: c for c in status["conditions"]}
+            assert conditions["Scheduled"]["status"] == "False" and conditions["Scheduled"]["reason"] == "QuotaWait"
+            assert conditions["Accepted"]["status"] == "True"
         assert not client.BatchV1Api(cluster.api).list_namespaced_job(ns).items, "a waiting task got a Job"
         wait_for(lambda: quota_status(cluster, ns, "two-at-once").get("used", {}).get("waiting"), 30,
                  until=lambda n: n == 6, what="the quota's status to show 6 waiting")
@@ -124,6 +128,7 @@ def test_a_concurrency_quota_of_2_runs_6_tasks_2_at_a_time_critical_first(cluste
         assert sampler.samples > 10
         assert sampler.most <= 2, f"{sampler.most} tasks were admitted at once under a limit of 2"
         assert sampler.most == 2
+        assert not sampler.waiting_with_job, f"tasks waiting for room had a Job: {sampler.waiting_with_job}"
         first = sampler.first_admitted
         by = {p: [first[n] for n in names if n.startswith(p)] for p in ("critical", "default", "low")}
         assert max(by["critical"]) <= min(by["default"]) and max(by["default"]) <= min(by["low"]), first
@@ -230,6 +235,8 @@ def test_an_operator_killed_mid_run_resumes_with_the_same_counts(cluster, q_ns, 
                      until=lambda ps: all(p in TERMINAL for p in ps), what="all 5 tasks to finish",
                      describe=lambda: describe_namespace(cluster, ns, logs=tasks.logs))
         assert sampler.most <= 2, f"{sampler.most} admitted at once after the restart"
+        assert not sampler.waiting_with_job, f"after the restart tasks waiting for room had a Job: " \
+                                             f"{sampler.waiting_with_job}"
         assert {tasks.status(n)["phase"] for n in names} == {"Succeeded"}
         # while the last one runs the month shows its estimate (1) beside the others' cost (4): the same
         # 5.00, so the wait is for nothing running
@@ -303,10 +310,32 @@ def test_a_task_waiting_for_a_deleted_quota_starts(cluster, q_ns, tmp_path):
     tasks = Tasks(cluster, ns, op.log)
     try:
         name = tasks.create("held", type="text", model="fake-text", prompt="held", params={"maxTokens": 5})
-        assert tasks.wait_status(name, lambda s: s.get("reason") == "QuotaWait", 60)["phase"] == "Pending"
+        assert tasks.wait_status(name, lambda s: s.get("reason") == "QuotaWait", 60)["phase"] == "Queued"
         shown = cluster.kubectl("get", "gq", "-n", ns, "-o", "wide")
         print(shown.stdout)
         client.CustomObjectsApi(cluster.api).delete_namespaced_custom_object(GROUP, VERSION, ns, QUOTAS, "closed")
         assert tasks.wait_phase(name, *TERMINAL, timeout=60)["phase"] == "Succeeded"
+    finally:
+        stop_operator(op)
+
+
+@pytest.mark.timeout(240)
+def test_the_inline_executor_runs_a_quota_waiting_task_only_when_room_frees(cluster, q_ns, tmp_path):
+    ns, url = q_ns
+    make_quota(cluster, ns, "one", concurrent=1)
+    op = start_operator(cluster, tmp_path / "op.log", GENTASK_WATCH_NAMESPACES=ns, MONGO_URL=url,
+                        GENTASK_EXECUTOR="inline")
+    tasks = Tasks(cluster, ns, op.log)
+    try:
+        names = [tasks.create(f"i{i}", type="text", model="fake-text", prompt=f"task {i} [latency:1500ms]",
+                              params={"maxTokens": 5}) for i in range(3)]
+        with Sampler(tasks) as sampler:
+            waiting = tasks.wait_status(names[2], lambda s: s.get("reason") == "QuotaWait", 60, "to wait for the quota")
+            assert waiting["phase"] == "Queued", waiting
+            wait_for(lambda: [tasks.status(n).get("phase") for n in names], 120, interval=0.5,
+                     until=lambda ps: all(p in TERMINAL for p in ps), what="all 3 tasks to finish",
+                     describe=lambda: describe_namespace(cluster, ns, logs=[op.log]))
+        assert {tasks.status(n)["phase"] for n in names} == {"Succeeded"}
+        assert sampler.samples > 5 and sampler.most == 1, f"{sampler.most} admitted at once under a limit of 1"
     finally:
         stop_operator(op)

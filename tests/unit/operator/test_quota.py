@@ -102,10 +102,10 @@ async def test_a_concurrency_limit_admits_up_to_it_in_a_burst_and_the_rest_wait(
 
 async def test_room_goes_to_the_highest_priority_then_the_oldest():
     q = await quotas_with(quota("one", concurrent=1), tasks=[raw("running", phase="Running", attempts=1)])
-    low = raw("low", priority="low", reason="QuotaWait", phase="Pending", created="2026-12-01T09:00:00Z")
-    old = raw("old", reason="QuotaWait", phase="Pending", created="2026-12-01T09:30:00Z")
-    young = raw("young", reason="QuotaWait", phase="Pending", created="2026-12-01T09:40:00Z")
-    crit = raw("crit", priority="critical", reason="QuotaWait", phase="Pending", created="2026-12-01T11:00:00Z")
+    low = raw("low", priority="low", reason="QuotaWait", phase="Queued", created="2026-12-01T09:00:00Z")
+    old = raw("old", reason="QuotaWait", phase="Queued", created="2026-12-01T09:30:00Z")
+    young = raw("young", reason="QuotaWait", phase="Queued", created="2026-12-01T09:40:00Z")
+    crit = raw("crit", priority="critical", reason="QuotaWait", phase="Queued", created="2026-12-01T11:00:00Z")
     for t in (low, old, young, crit):
         assert isinstance(await admit(q, t), Wait)
     assert q._next("ns") == []                                  # no room
@@ -167,12 +167,37 @@ async def test_a_finished_task_counts_once_while_the_mirror_catches_up_and_after
 
 
 async def test_a_restart_seeds_the_same_counts_from_the_listing():
+    # Queued with QuotaWait waits; so does Pending with QuotaWait, how earlier operators let a task wait
     listing = [raw("a", phase="Running", attempts=1), raw("b", phase="Queued", attempts=0),
-               raw("c", phase="Pending", reason="QuotaWait")]
+               raw("c", phase="Queued", reason="QuotaWait"), raw("d", phase="Pending", reason="QuotaWait")]
     q = await quotas_with(quota("two", concurrent=2), tasks=listing)
     status = q.status_of(q.quotas["ns"]["two"], None)
-    assert status["concurrent"] == "2/2" and status["used"]["waiting"] == 1
+    assert status["concurrent"] == "2/2" and status["used"]["waiting"] == 2
     assert isinstance(await admit(q, listing[2]), Wait)
+    assert isinstance(await admit(q, listing[3]), Wait)
+
+
+async def test_a_queued_task_counts_as_admitted_unless_it_waits_for_room():
+    q = await quotas_with(quota("one", concurrent=1))
+    q.saw(raw("w", phase="Queued", reason="QuotaWait"))
+    assert q.entries["uid-w"].state == "waiting" and not q.active.get(("ns", None))
+    q.saw(raw("w", phase="Queued", reason="JobCreated", attempts=0))       # admitted: its Job made
+    assert q.entries["uid-w"].state == "active" and q.active[("ns", None)] == {"uid-w"}
+
+
+async def test_tasks_left_waiting_while_no_operator_ran_are_looked_at_once_synced():
+    woken: list[str] = []
+    q = Quotas(None, None, Mirror(), PRICES)  # type: ignore[arg-type]
+
+    async def wake(ns: str, name: str) -> None:
+        woken.append(name)
+    q.wake = wake
+
+    async def pages():       # their quota was deleted while the operator was down: no quota is listed
+        yield [raw("w1", phase="Queued", reason="QuotaWait"), raw("w2", phase="Pending", reason="QuotaWait")]
+    await q.sync([], pages())
+    await asyncio.sleep(0)
+    assert sorted(woken) == ["w1", "w2"]
 
 
 async def test_an_older_copy_of_a_task_does_not_undo_what_came_since():
@@ -193,8 +218,8 @@ async def test_tasks_waiting_for_a_deleted_quota_are_woken():
     async def wake(ns: str, name: str) -> None:
         woken.append(name)
     q.wake = wake
-    assert isinstance(await admit(q, raw("w", phase="Pending", reason="QuotaWait")), Wait)
+    assert isinstance(await admit(q, raw("w", phase="Queued", reason="QuotaWait")), Wait)
     q.saw_quota(quota("zero", concurrent=0), deleted=True)
     await asyncio.sleep(0)
     assert woken == ["w"]
-    assert await admit(q, raw("w", phase="Pending", reason="QuotaWait")) is None
+    assert await admit(q, raw("w", phase="Queued", reason="QuotaWait")) is None

@@ -8,6 +8,7 @@ from gentask.domain.reasons import Phase
 from gentask.domain.task import GenerationTask
 from gentask.worker.pool import (
     TaskQueue,
+    claimable,
     exhausted,
     exhausted_status,
     identity,
@@ -147,3 +148,10 @@ def test_two_processes_order_a_same_second_burst_differently_but_keep_priority_a
         orders.append(order[1:-2])
     assert orders[0] != orders[1]       # the burst's heads differ: fewer claims collide
     assert orders[0][0] != orders[1][0]
+
+
+def test_only_a_queued_task_given_to_the_pool_is_claimable():
+    assert claimable(task("Queued", "Validated", 0))
+    assert not claimable(task("Queued", "QuotaWait", 0))       # waits for a quota's room: the operator's turn
+    assert not claimable(task("Pending", "Created", 0))
+    assert not claimable(task("Running", "Started", 1))
