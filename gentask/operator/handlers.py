@@ -58,7 +58,10 @@ async def login(**_: Any) -> kopf.ConnectionInfo:
     return await connection_info(load_connection())
 
 
-@kopf.on.startup()
+STARTUP_BACKOFF = 5.0     # seconds before Kopf runs a failed start-up again (its default: 60)
+
+
+@kopf.on.startup(backoff=STARTUP_BACKOFF)
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     """Build the shared context: the client, providers, metrics, the mirror and its background tasks."""
     config = load_settings()
@@ -88,7 +91,12 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     ctx.tenants = Tenants(config, ctx.kube)
     ctx.quotas = Quotas(config, ctx.kube, ctx.mirror)
     ctx.quotas.wake = lambda ns, name: resync.wake(ctx, ns, name)
-    await resync.quota_sync(ctx)        # before the watches: counts from what is, not from memory
+    try:
+        await resync.quota_sync(ctx)    # before the watches: counts from what is, not from memory
+    except BaseException:
+        await ctx.registry.aclose()     # the next try builds everything anew: nothing left open
+        await ctx.kube.close()
+        raise
     ctx.background.append(asyncio.create_task(ctx.quotas.loop()))
     metrics.webhook_pending.set_function(lambda: len(ctx.notifier.loops))
     metrics.mirror_lag.set_function(lambda: ctx.mirror.lag)
