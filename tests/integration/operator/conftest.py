@@ -105,25 +105,32 @@ def stop_operator(op: Operator, sig: int = signal.SIGTERM) -> None:
             op.proc.wait(5)
 
 
+def worker_namespace(cluster: Cluster, prefix: str, mongo_url: str | None = None, labels: dict | None = None) -> str:
+    """A new namespace `<prefix>-…` with its default ServiceAccount and the credentials Secret the
+    workers read (MONGO_URL only, the cluster's unless given: the fake provider needs no key)."""
+    core = client.CoreV1Api(cluster.api)
+    name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    core.create_namespace({"metadata": {"name": name, **({"labels": labels} if labels else {})}})
+    wait_default_account(cluster, name)
+    core.create_namespaced_secret(name, {"metadata": {"name": "gentask-credentials"},
+                                         "stringData": {"MONGO_URL": mongo_url or cluster.mongo_url}})
+    return name
+
+
 @contextlib.contextmanager
 def served_namespace(cluster: Cluster, log: Path, prefix: str) -> Iterator[tuple[str, Operator]]:
     """A namespace of its own, `<prefix>-…` (a name the session's operator, watching t-*, leaves
     alone), with the workers' credentials Secret and an operator that serves it alone: the tests of
     the clients (CLI, console) neither see nor disturb the tasks of the other suites."""
-    core = client.CoreV1Api(cluster.api)
-    ns = f"{prefix}-{uuid.uuid4().hex[:6]}"
-    core.create_namespace({"metadata": {"name": ns, "labels": {"gentask.io/test": "true"}}})
+    ns = worker_namespace(cluster, prefix, labels={"gentask.io/test": "true"})
     try:
-        wait_default_account(cluster, ns)
-        core.create_namespaced_secret(ns, {"metadata": {"name": "gentask-credentials"},
-                                           "stringData": {"MONGO_URL": cluster.mongo_url}})
         op = start_operator(cluster, log, GENTASK_WATCH_NAMESPACES=ns)
         try:
             yield ns, op
         finally:
             stop_operator(op)
     finally:
-        core.delete_namespace(ns, propagation_policy="Background")
+        client.CoreV1Api(cluster.api).delete_namespace(ns, propagation_policy="Background")
 
 
 @pytest.fixture(scope="session")

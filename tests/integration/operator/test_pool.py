@@ -22,7 +22,6 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
-from tests.integration.conftest import wait_default_account
 from tests.integration.operator.conftest import (
     EVERY_TYPE,
     Tasks,
@@ -32,6 +31,7 @@ from tests.integration.operator.conftest import (
     quota_status,
     start_operator,
     stop_operator,
+    worker_namespace,
 )
 from tests.support.waits import file_progress, wait_for
 
@@ -39,18 +39,9 @@ MODULE = uuid.uuid4().hex[:6]
 LEASE_SECONDS = "6"
 
 
-def make_namespace(cluster, name: str) -> str:
-    core = client.CoreV1Api(cluster.api)
-    core.create_namespace({"metadata": {"name": name}})
-    wait_default_account(cluster, name)
-    core.create_namespaced_secret(name, {"metadata": {"name": "gentask-credentials"},
-                                         "stringData": {"MONGO_URL": cluster.mongo_url}})
-    return name
-
-
 @pytest.fixture(scope="module")
 def lease_ns(cluster):
-    name = make_namespace(cluster, f"p-{MODULE}-leases")
+    name = worker_namespace(cluster, f"p-{MODULE}-leases")
     yield name
     client.CoreV1Api(cluster.api).delete_namespace(name, propagation_policy="Background")
 
@@ -66,7 +57,7 @@ def pool_operator(cluster, lease_ns, tmp_path_factory):
 
 @pytest.fixture
 def p_ns(cluster):
-    name = make_namespace(cluster, f"p-{MODULE}-{uuid.uuid4().hex[:6]}")
+    name = worker_namespace(cluster, f"p-{MODULE}")
     yield name
     client.CoreV1Api(cluster.api).delete_namespace(name, propagation_policy="Background")
 
@@ -315,7 +306,7 @@ def test_a_pool_killed_mid_task_its_task_is_queued_again_and_succeeds(cluster, p
 
 
 def test_a_pool_started_before_the_operator_idles_then_serves_and_stops_cleanly(cluster, lease_ns, pools, tmp_path):
-    ns = make_namespace(cluster, f"q-{uuid.uuid4().hex[:8]}")      # out of the module operator's sight
+    ns = worker_namespace(cluster, "q")      # out of the module operator's sight
     try:
         env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig), "MONGO_URL": cluster.mongo_url, "LOG_LEVEL": "info"}
         pool = pools(ns, env_from=env)

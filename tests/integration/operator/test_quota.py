@@ -18,7 +18,6 @@ import pytest
 from kubernetes import client
 
 from gentask.kube.names import job_name
-from tests.integration.conftest import wait_default_account
 from tests.integration.operator.conftest import (
     QUOTAS,
     Tasks,
@@ -27,6 +26,7 @@ from tests.integration.operator.conftest import (
     quota_status,
     start_operator,
     stop_operator,
+    worker_namespace,
 )
 from tests.support.waits import describe_namespace, wait_for
 
@@ -42,15 +42,12 @@ def admitted(task: dict) -> bool:
 
 @pytest.fixture
 def q_ns(cluster):
-    core = client.CoreV1Api(cluster.api)
-    name = f"q-{uuid.uuid4().hex[:8]}"
-    core.create_namespace({"metadata": {"name": name}})
-    wait_default_account(cluster, name)
-    url = cluster.mongo_url.rsplit("/", 1)[0] + "/" + name.replace("-", "_")
-    core.create_namespaced_secret(name, {"metadata": {"name": "gentask-credentials"},
-                                         "stringData": {"MONGO_URL": url}})
+    """A namespace with a database of its own (its name, as the Secret's MONGO_URL says)."""
+    prefix = f"q-{uuid.uuid4().hex[:8]}"
+    url = cluster.mongo_url.rsplit("/", 1)[0] + "/" + prefix.replace("-", "_")
+    name = worker_namespace(cluster, prefix, mongo_url=url)
     yield name, url
-    core.delete_namespace(name, propagation_policy="Background")
+    client.CoreV1Api(cluster.api).delete_namespace(name, propagation_policy="Background")
 
 
 def _all(tasks: Tasks) -> list[dict]:

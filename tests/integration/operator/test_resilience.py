@@ -10,7 +10,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import pymongo
@@ -18,8 +17,7 @@ import pytest
 from kubernetes import client
 
 from devcluster import DevCluster
-from tests.integration.conftest import wait_default_account
-from tests.integration.operator.conftest import Tasks, start_operator, stop_operator
+from tests.integration.operator.conftest import Tasks, start_operator, stop_operator, worker_namespace
 from tests.support.waits import describe_namespace, wait_for
 
 TERMINAL = ("Succeeded", "Failed", "Cancelled")
@@ -27,14 +25,9 @@ TERMINAL = ("Succeeded", "Failed", "Cancelled")
 
 @pytest.fixture
 def r_ns(cluster):
-    core = client.CoreV1Api(cluster.api)
-    name = f"r-{uuid.uuid4().hex[:8]}"
-    core.create_namespace({"metadata": {"name": name}})
-    wait_default_account(cluster, name)
-    core.create_namespaced_secret(name, {"metadata": {"name": "gentask-credentials"},
-                                         "stringData": {"MONGO_URL": cluster.mongo_url}})
+    name = worker_namespace(cluster, "r")
     yield name
-    core.delete_namespace(name, propagation_policy="Background")
+    client.CoreV1Api(cluster.api).delete_namespace(name, propagation_policy="Background")
 
 
 def _own_db(cluster, ns: str) -> tuple[str, str]:

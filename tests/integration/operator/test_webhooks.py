@@ -17,7 +17,6 @@ import sys
 import time
 import urllib.error
 import urllib.request
-import uuid
 from datetime import datetime
 from pathlib import Path
 
@@ -25,8 +24,14 @@ import pytest
 from kubernetes import client
 from standardwebhooks import Webhook
 
-from tests.integration.conftest import wait_default_account
-from tests.integration.operator.conftest import Tasks, free_port, log_tail, start_operator, stop_operator
+from tests.integration.operator.conftest import (
+    Tasks,
+    free_port,
+    log_tail,
+    start_operator,
+    stop_operator,
+    worker_namespace,
+)
 from tests.support.waits import wait_for
 from tests.support.webhooks import Listener, Receiver
 
@@ -38,13 +43,9 @@ SETTINGS = {"GENTASK_WEBHOOK_ALLOW": "127.0.0.1", "GENTASK_WEBHOOK_RETRY_BASE": 
 
 
 def _namespace(cluster, prefix: str) -> str:
-    core = client.CoreV1Api(cluster.api)
-    name = f"{prefix}-{uuid.uuid4().hex[:8]}"
-    core.create_namespace({"metadata": {"name": name, "labels": {"gentask.io/test": "true"}}})
-    wait_default_account(cluster, name)
-    core.create_namespaced_secret(name, {"metadata": {"name": "gentask-credentials"},
-                                         "stringData": {"MONGO_URL": cluster.mongo_url}})
-    core.create_namespaced_secret(name, {"metadata": {"name": "hook-key"}, "stringData": {"signingKey": KEY}})
+    name = worker_namespace(cluster, prefix, labels={"gentask.io/test": "true"})
+    client.CoreV1Api(cluster.api).create_namespaced_secret(
+        name, {"metadata": {"name": "hook-key"}, "stringData": {"signingKey": KEY}})
     return name
 
 
