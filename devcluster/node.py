@@ -621,7 +621,7 @@ class ProcessNode:
                "users": [{"name": sa, "user": {"token": token}}],
                "contexts": [{"name": "pod", "context": {"cluster": "local", "user": sa,
                                                         "namespace": pod.metadata.namespace}}]}
-        path.write_text(yaml.safe_dump(doc))
+        path.write_text(json.dumps(doc, indent=2))    # JSON is YAML too; a worker reads it without yaml
         path.chmod(0o600)
         return path
 
