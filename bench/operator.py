@@ -2,7 +2,8 @@
 
     python bench/operator.py [--tasks 1000] [--executors job,inline,pool] [--finished 10000,100000]
                              [--concurrency 16] [--inline-concurrency 4] [--pool-replicas 2]
-                             [--pool-concurrency 4] [--worker-sample 20]
+                             [--pool-concurrency 4] [--worker-sample 20] [--worker-checkouts A,B]
+                             [--worker-env KEY=VALUE]
                              [--settle-budget 600] [--stall 60] [--type text|image]
 
 Starts the local cluster, with its API server audit log on, if none runs in GENTASK_DEVCLUSTER_ROOT
@@ -30,6 +31,8 @@ worker's service account, the Job), a ResourceQuota keeps the Job controller fro
 and this script makes each pod from its Job's template (bound to a node that does not exist), gets
 a token bound to it and runs the container's command (`gentask worker run NS/NAME`) with the env
 the process node's own resolver gives; os.wait4 gives each worker's exact CPU time and peak RSS.
+--worker-checkouts A,B compares checkouts side by side: the workers take turns, each with one
+checkout first on PYTHONPATH (the interpreter and the other packages are this environment's).
 
 --finished: for each size, that many finished (Succeeded) tasks are made in a namespace while no
 operator runs (create, then patch status with the admin client), then the operator starts
@@ -767,13 +770,13 @@ class Bench:
                             "apiVersion": "v1", "kind": "Pod", "name": pod_name,
                             "uid": created.metadata.uid}}}).status.token
                     kubeconfig = pod_dir / "kubeconfig"
-                    kubeconfig.write_text(yaml.safe_dump({
+                    kubeconfig.write_text(json.dumps({        # as the process node writes it
                         "apiVersion": "v1", "kind": "Config", "current-context": "pod",
                         "clusters": [{"name": "local", "cluster": {"server": kube.server,
                                                                    "certificate-authority": kube.ca}}],
                         "users": [{"name": account, "user": {"token": token}}],
                         "contexts": [{"name": "pod", "context": {"cluster": "local", "user": account,
-                                                                 "namespace": ns}}]}))
+                                                                 "namespace": ns}}]}, indent=2))
                 image = images.resolve(container.image or "")
                 base = {"PATH": os.pathsep.join(image.path + [os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin")]),
                         "HOME": str(pod_dir), "TMPDIR": str(pod_dir / "tmp"), "HOSTNAME": pod_name,
@@ -785,6 +788,11 @@ class Bench:
                 argv = [expand(c, env) for c in (container.command or image.entrypoint)] + \
                        [expand(a, env) for a in (container.args or [])]
                 argv[0] = shutil.which(argv[0], path=env["PATH"]) or argv[0]
+                checkout = None
+                if self.args.worker_checkouts:      # A/B: the workers take turns with each checkout's gentask/
+                    checkout = self.args.worker_checkouts[len(runs) % len(self.args.worker_checkouts)]
+                    env["PYTHONPATH"] = str(checkout)
+                env.update(self.args.worker_env)
                 if self.args.worker_profile:        # where a worker's CPU goes: pstats files, one a worker
                     self.args.worker_profile.mkdir(parents=True, exist_ok=True)
                     argv = [sys.executable, "-m", "cProfile", "-o",
@@ -799,18 +807,13 @@ class Bench:
                 phase = ((await kube.request("GET", kube.tasks(ns, name))).get("status") or {}).get("phase")
                 runs.append({"cpu_s": usage.ru_utime + usage.ru_stime, "user_s": usage.ru_utime,
                              "sys_s": usage.ru_stime, "max_rss_mib": usage.ru_maxrss / 1024, "wall_s": wall,
-                             "exit": proc.returncode, "phase": phase})
+                             "exit": proc.returncode, "phase": phase, "checkout": checkout})
         finally:
             op.stop()
-        cpus = [r["cpu_s"] for r in runs]
-        out = {"workers": len(runs), "succeeded": sum(r["phase"] == "Succeeded" for r in runs),
-               "exit_codes": dict(Counter(r["exit"] for r in runs)),
-               "cpu_ms": {"mean": round(1000 * sum(cpus) / len(cpus)), "p50": round(1000 * percentile(cpus, 50)),
-                          "max": round(1000 * max(cpus)),
-                          "user_mean": round(1000 * sum(r["user_s"] for r in runs) / len(runs)),
-                          "sys_mean": round(1000 * sum(r["sys_s"] for r in runs) / len(runs))},
-               "wall_ms_p50": round(1000 * percentile([r["wall_s"] for r in runs], 50)),
-               "max_rss_mib_p50": round(percentile([r["max_rss_mib"] for r in runs], 50), 1)}
+        out = _sample_figures(runs)
+        if self.args.worker_checkouts:
+            out["by_checkout"] = {str(c): _sample_figures([r for r in runs if r["checkout"] == c])
+                                  for c in self.args.worker_checkouts}
         log(f"worker sample: {json.dumps(out)}")
         return out
 
@@ -953,6 +956,19 @@ async def bench(args: argparse.Namespace, b: Bench) -> dict:
 
 # ---- the report ---------------------------------------------------------------------------------------
 
+def _sample_figures(runs: list[dict]) -> dict:
+    """CPU, wall time and peak RSS of sampled workers (os.wait4 of each)."""
+    cpus = [r["cpu_s"] for r in runs]
+    return {"workers": len(runs), "succeeded": sum(r["phase"] == "Succeeded" for r in runs),
+            "exit_codes": dict(Counter(r["exit"] for r in runs)),
+            "cpu_ms": {"mean": round(1000 * sum(cpus) / len(cpus)), "p50": round(1000 * percentile(cpus, 50)),
+                       "min": round(1000 * min(cpus)), "max": round(1000 * max(cpus)),
+                       "user_mean": round(1000 * sum(r["user_s"] for r in runs) / len(runs)),
+                       "sys_mean": round(1000 * sum(r["sys_s"] for r in runs) / len(runs))},
+            "wall_ms_p50": round(1000 * percentile([r["wall_s"] for r in runs], 50)),
+            "max_rss_mib_p50": round(percentile([r["max_rss_mib"] for r in runs], 50), 1)}
+
+
 def targets(results: dict) -> list[str]:
     """The issue's targets beside what this run measured (absent: not measured in this run)."""
     runs = {r["executor"]: r for r in results["runs"]}
@@ -1072,6 +1088,11 @@ def report(results: dict, args: argparse.Namespace, loads: tuple[float, float], 
                          f"{c['sys_mean']} system), p50 {c['p50']} ms, max {c['max']} ms; wall time p50 "
                          f"{ws['wall_ms_p50']} ms, peak RSS p50 {ws['max_rss_mib_p50']:.0f} MiB; "
                          f"{ws['succeeded']}/{ws['workers']} Succeeded.")
+            for checkout, b in (ws.get("by_checkout") or {}).items():
+                c = b["cpu_ms"]
+                lines.append(f"  - with {checkout} (every {len(ws['by_checkout'])}th worker): {c['mean']} ms mean "
+                             f"({c['user_mean']} user + {c['sys_mean']} system), min {c['min']}, p50 {c['p50']}, "
+                             f"max {c['max']} ms; {b['succeeded']}/{b['workers']} Succeeded.")
     if results["finished"]:
         lines += ["", "Operator memory with many finished tasks present (job executor, the operator started after "
                       "they were made; one namespace, watched; their records "
@@ -1131,6 +1152,12 @@ def main() -> None:
     parser.add_argument("--worker-sample", type=int, default=20, help="workers run under wait4 (job executor)")
     parser.add_argument("--worker-profile", type=Path, default=None,
                         help="run the sampled workers under cProfile, one pstats file each in this folder")
+    parser.add_argument("--worker-checkouts", default="",
+                        help="A/B: folders holding a gentask/ package, comma-separated; the sampled workers take "
+                             "turns with each (PYTHONPATH), figures reported for each")
+    parser.add_argument("--worker-env", action="append", default=[], metavar="KEY=VALUE",
+                        help="an extra variable for the sampled workers (e.g. PYTHONPROFILEIMPORTTIME=1: the "
+                             "import times go to each worker's log)")
     parser.add_argument("--settle-budget", type=float, default=600,
                         help="seconds to wait for the mirror to catch up over the finished tasks")
     parser.add_argument("--stall", type=float, default=60, help="a wait without progress this long fails")
@@ -1138,6 +1165,13 @@ def main() -> None:
     args = parser.parse_args()
     args.executors = [e.strip() for e in args.executors.split(",") if e.strip()]
     args.run_concurrency = args.run_concurrency or args.concurrency
+    args.worker_checkouts = [Path(c).resolve() for c in args.worker_checkouts.split(",") if c.strip()]
+    for checkout in args.worker_checkouts:
+        if not (checkout / "gentask" / "__init__.py").is_file():
+            parser.error(f"--worker-checkouts: {checkout} holds no gentask/ package")
+    if any("=" not in kv for kv in args.worker_env):
+        parser.error("--worker-env: expected KEY=VALUE")
+    args.worker_env = dict(kv.split("=", 1) for kv in args.worker_env)
     if not args.executors or any(e not in ("job", "inline", "pool") for e in args.executors):
         parser.error("--executors: job, inline and/or pool")
     args.finished = sorted({int(x) for x in args.finished.split(",") if x.strip() and int(x) > 0})

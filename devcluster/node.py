@@ -8,7 +8,8 @@ scheduler binds to it and runs each container's command/args as a process group 
   a missing non-optional reference leaves the container Waiting with CreateContainerConfigError
   and is retried;
 * the pod's service account gets a kubeconfig built from a TokenRequest bound to the pod
-  (KUBECONFIG points at it), so what the pod may do is what RBAC allows;
+  (KUBECONFIG points at it; written as JSON, which a gentask worker reads without importing yaml,
+  as in a real pod it reads none), so what the pod may do is what RBAC allows;
 * stdout and stderr go to ``<root>/pods/<namespace>_<pod>_<uid8>/<container>.log``, and the
   kubelet's log endpoint (``GET /containerLogs/NS/POD/CONTAINER``, TLS with the cluster's kubelet
   certificate, client certificates of the cluster's CA only) serves them, so `kubectl logs`
@@ -621,7 +622,7 @@ class ProcessNode:
                "users": [{"name": sa, "user": {"token": token}}],
                "contexts": [{"name": "pod", "context": {"cluster": "local", "user": sa,
                                                         "namespace": pod.metadata.namespace}}]}
-        path.write_text(yaml.safe_dump(doc))
+        path.write_text(json.dumps(doc, indent=2))    # JSON is YAML too; a worker reads it without yaml
         path.chmod(0o600)
         return path
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import logging.handlers
 import sys
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -91,8 +90,10 @@ def setup_logging(settings: Settings, stream: IO[str] | None = None) -> logging.
     redact = RedactingFilter(settings.secrets())
     handlers: list[logging.Handler] = [logging.StreamHandler(stream or sys.stdout)]
     if settings.log_dir is not None:
+        from logging.handlers import TimedRotatingFileHandler  # here: a worker pod logs to stdout only
+
         settings.log_dir.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.handlers.TimedRotatingFileHandler(
+        handlers.append(TimedRotatingFileHandler(
             settings.log_dir / "gentask.log", when="midnight", backupCount=settings.log_keep_days,
             encoding="utf-8", utc=True))
     for handler in handlers:

@@ -6,14 +6,19 @@
     gentask operator | api | worker     the components
 
 Each subcommand's module is imported only when it is used, so `gentask worker` does not
-load FastAPI and `gentask api` does not load Kopf. The local cluster is development tooling
-outside the product: `python -m devcluster` from a checkout.
+load FastAPI and `gentask api` does not load Kopf; while it loads, the garbage collector pauses,
+and pydantic's plugin scan is skipped when no plugin is installed (gentask.startup: a worker pod
+pays its start in CPU). The local cluster is development tooling outside the product:
+`python -m devcluster` from a checkout.
 """
 
 from __future__ import annotations
 
 import importlib
 import sys
+from types import ModuleType
+
+from gentask.startup import imports_without_gc, skip_pydantic_plugin_scan
 
 # subcommand -> (module with main(argv) -> int, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -43,8 +48,16 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"gentask: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
         return 2
-    module = importlib.import_module(COMMANDS[name][0])
-    return int(module.main(rest) or 0)
+    return int(load(name).main(rest) or 0)
+
+
+def load(name: str) -> ModuleType:
+    """A subcommand's module, imported the way a process starting it pays least CPU for (a worker
+    pod's start is measured: docs/benchmarks.md): without pydantic's plugin scan when no plugin is
+    installed, and with the garbage collector paused meanwhile."""
+    skip_pydantic_plugin_scan()
+    with imports_without_gc():
+        return importlib.import_module(COMMANDS[name][0])
 
 
 if __name__ == "__main__":

@@ -26,7 +26,6 @@ import logging
 from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from gentask.domain.quota import PLURAL as QUOTA_PLURAL
 from gentask.domain.task import GROUP, PLURAL, VERSION
 from gentask.kube.config import Connection, load_connection
 from gentask.kube.errors import ClusterUnavailable, KubeError, TaskExists, WatchExpired, error_from_answer
@@ -69,6 +68,7 @@ def task_path(namespace: str | None, name: str | None = None) -> str:
 
 def quota_path(namespace: str | None, name: str | None = None) -> str:
     """The API path of a namespace's GenerationQuotas (all namespaces when None), or of one."""
+    from gentask.domain.quota import PLURAL as QUOTA_PLURAL  # here: a worker pod, reading no quota, builds no model
     base = f"/apis/{GROUP}/{VERSION}"
     base += f"/namespaces/{namespace}/{QUOTA_PLURAL}" if namespace else f"/{QUOTA_PLURAL}"
     return f"{base}/{name}" if name else base

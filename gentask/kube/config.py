@@ -3,7 +3,8 @@
 Order: an explicit kubeconfig path, else the first entry of KUBECONFIG, else ~/.kube/config,
 else the in-cluster service account (KUBERNETES_SERVICE_HOST/PORT and
 /var/run/secrets/kubernetes.io/serviceaccount/{token,ca.crt,namespace}). No `kubernetes` package:
-yaml and ssl are enough for what gentask's deployments use.
+yaml and ssl are enough for what gentask's deployments use (and a kubeconfig written as JSON, as
+the local cluster's process node writes its pods', is read without importing yaml).
 
 Supported in a kubeconfig: current-context; the cluster's server, certificate-authority(-data),
 insecure-skip-tls-verify, tls-server-name; the user's token, tokenFile, client-certificate(-data)
@@ -23,7 +24,6 @@ import json
 import os
 import ssl
 import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Mapping
@@ -260,6 +260,8 @@ atexit.register(_remove_temp_files)
 
 def _private_file(data: bytes, suffix: str) -> str:
     """A file only this user can read (mkstemp: mode 0600), removed when the process exits."""
+    import tempfile  # here: only client-key data needs it (a worker pod pays every import in CPU)
+
     fd, name = tempfile.mkstemp(prefix="gentask-kube-", suffix=suffix)
     with os.fdopen(fd, "wb") as f:
         f.write(data)
@@ -308,6 +310,17 @@ def _named(doc: dict[str, Any], section: str, name: str, path: Path) -> dict[str
     raise ConfigError(f"kubeconfig {path}: no {section[:-1]} named {name!r}")
 
 
+def _json(text: str) -> Any:
+    """A kubeconfig written as JSON (which is YAML too; the local cluster's pods get one), read
+    without yaml; None when the text is not JSON."""
+    if not text.lstrip().startswith("{"):
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None         # a YAML flow mapping, perhaps: yaml decides
+
+
 def from_kubeconfig(path: str | os.PathLike[str], context: str | None = None) -> Connection:
     """The connection a kubeconfig's (current) context describes; ConfigError names what is missing."""
     path = Path(path).expanduser()
@@ -315,12 +328,14 @@ def from_kubeconfig(path: str | os.PathLike[str], context: str | None = None) ->
         text = path.read_text()
     except OSError as exc:
         raise ConfigError(f"cannot read the kubeconfig {path}: {exc.strerror or exc}") from None
-    import yaml  # here: a pod in its cluster reads no kubeconfig, and a worker pod pays every import
+    doc = _json(text)
+    if doc is None:
+        import yaml  # here: a pod reads no YAML kubeconfig, and a worker pod pays every import in CPU
 
-    try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"kubeconfig {path} is not valid YAML: {exc}") from None
+        try:
+            doc = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"kubeconfig {path} is not valid YAML: {exc}") from None
     if not isinstance(doc, dict):
         raise ConfigError(f"kubeconfig {path} is not a kubeconfig (expected a YAML mapping)")
     name = context or doc.get("current-context")

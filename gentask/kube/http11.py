@@ -93,10 +93,12 @@ class Http11:
         raise ConnectionError("the API server closed the connection twice")  # pragma: no cover
 
     async def _connect(self) -> None:
+        hostname: str | bytes | None = (self.server_hostname or self.host) if self.tls else None
+        if isinstance(hostname, str) and hostname.isascii():
+            hostname = hostname.encode()    # what ssl's idna codec makes of an ASCII name, without its import
         async with asyncio.timeout(self.connect_timeout):
             self._reader, self._writer = await asyncio.open_connection(
-                self.host, self.port, ssl=self.tls, limit=MAX_HEADER_LINE,
-                server_hostname=(self.server_hostname or self.host) if self.tls else None)
+                self.host, self.port, ssl=self.tls, limit=MAX_HEADER_LINE, server_hostname=hostname)
 
     async def _exchange(self, message: bytes, method: str) -> Answer:
         reader, writer = self._reader, self._writer

@@ -23,7 +23,6 @@ error is built, so a vendor that echoes a key back does not leak it into logs or
 
 from __future__ import annotations
 
-import email.utils
 import re
 import time
 from collections.abc import Iterable, Mapping
@@ -309,6 +308,8 @@ def parse_retry_after(headers: Mapping[str, str] | None) -> float | None:
         return max(0.0, float(value))
     except ValueError:
         pass
+    import email.utils  # here: an HTTP-date Retry-After is rare, and a worker pod pays every import in CPU
+
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):

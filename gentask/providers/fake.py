@@ -38,7 +38,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from gentask.config import Settings, parse_duration
-from gentask.providers import media
 from gentask.providers.base import GenerationRequest, GenerationResult, JobState, JobStatus, Media, Provider
 from gentask.providers.errors import (
     AuthenticationError,
@@ -168,6 +167,7 @@ class FakeProvider(Provider):
             width, height = (int(x) for x in request.param("size").split("x"))
             seed = request.param("seed")
             n = request.param("n") or 1
+            from gentask.providers import media  # here: a text task draws nothing (a worker pays every import)
             images = [Media("image/png", data=media.png(width, height, d.prompt, seed=(seed or 0) + i))
                       for i in range(n)]
             return self._result(request, images=images, usage={"generated_images": n})
@@ -205,6 +205,7 @@ class FakeProvider(Provider):
         if d.job_fail:
             return JobStatus(JobState.FAILED, error=self._error(d.job_fail, request))
         seconds = int(request.param("duration"))
+        from gentask.providers import media
         data = media.mp4(d.prompt, aspect_ratio=request.param("aspect_ratio"), seconds=seconds,
                          seed=request.param("seed"))
         return JobStatus(JobState.SUCCEEDED, 100, self._result(

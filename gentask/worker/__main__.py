@@ -3,7 +3,6 @@ gentask worker pool: the worker pool's long-running process (gentask.worker.pool
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 import os
@@ -76,20 +75,37 @@ def queued_task(namespace: str, name: str) -> GenerationTask | None:
     return task
 
 
+def _job_command(argv: list[str]) -> tuple[str, str] | None:
+    """NAMESPACE and NAME when argv is `run NAMESPACE/NAME` and nothing else, as a Job's pod gives it:
+    read without argparse (whose parser costs each pod some CPU). None: argparse reads argv."""
+    if len(argv) == 2 and argv[0] == "run" and not argv[1].startswith("-"):
+        namespace, sep, name = argv[1].partition("/")
+        if sep and namespace and name:
+            return namespace, name
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     """`gentask worker run NAMESPACE/NAME`: the process exit code is the worker's."""
-    parser = argparse.ArgumentParser(prog="gentask worker", description=__doc__)
-    sub = parser.add_subparsers(dest="cmd", required=True)
-    run = sub.add_parser("run", help="run one task")
-    run.add_argument("task", help="NAMESPACE/NAME")
-    sub.add_parser("pool", help="run queued tasks until SIGTERM (GENTASK_EXECUTOR=pool; gentask.worker.pool)")
-    args = parser.parse_args(argv)
-    if args.cmd == "pool":
-        from gentask.worker.pool import main as pool_main
-        return pool_main([])
-    namespace, sep, name = args.task.partition("/")
-    if not sep or not namespace or not name:
-        parser.error(f"task {args.task!r}: expected NAMESPACE/NAME")
+    argv = sys.argv[1:] if argv is None else argv
+    target = _job_command(argv)
+    if target is None:
+        import argparse
+
+        parser = argparse.ArgumentParser(prog="gentask worker", description=__doc__)
+        sub = parser.add_subparsers(dest="cmd", required=True)
+        run = sub.add_parser("run", help="run one task")
+        run.add_argument("task", help="NAMESPACE/NAME")
+        sub.add_parser("pool", help="run queued tasks until SIGTERM (GENTASK_EXECUTOR=pool; gentask.worker.pool)")
+        args = parser.parse_args(argv)
+        if args.cmd == "pool":
+            from gentask.worker.pool import main as pool_main
+            return pool_main([])
+        namespace, sep, name = args.task.partition("/")
+        if not sep or not namespace or not name:
+            parser.error(f"task {args.task!r}: expected NAMESPACE/NAME")
+        target = namespace, name
+    namespace, name = target
     try:
         return asyncio.run(_main(namespace, name))
     except SettingsError as exc:

@@ -7,6 +7,7 @@ import base64
 import json
 import os
 import stat
+import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -70,6 +71,28 @@ async def test_client_certificate_and_ca_as_data_over_tls(tmp_path, pki, start_s
     assert conn.key_file and stat.S_IMODE(os.stat(conn.key_file).st_mode) == 0o600     # a private temp file
     answer = await ask(conn)
     assert answer == {"auth": None, "cn": "gentask-test-user"}
+
+
+async def test_a_kubeconfig_written_as_json_reads_as_its_yaml_does_and_needs_no_yaml(tmp_path, pki, start_server):
+    """The local cluster's process node writes its pods' kubeconfigs as JSON: a worker pod imports no yaml."""
+    server = await start_server(pki.server_context())
+    server.on("GET", "/version", echo_auth)
+    as_yaml = kubeconfig(tmp_path / "config", server.url, {"token": "abc"}, {"certificate-authority": str(pki.ca)},
+                         namespace="tasks")
+    as_json = tmp_path / "config.json"
+    as_json.write_text(json.dumps(yaml.safe_load(as_yaml.read_text()), indent=2))
+    a, b = load_connection(as_yaml), load_connection(as_json)
+    assert (b.host, b.namespace, b.ca_file, b.insecure, b.tokens) == (a.host, a.namespace, a.ca_file, a.insecure,
+                                                                    a.tokens)
+    assert (await ask(b))["auth"] == "Bearer abc"        # over TLS, the server's name checked:
+    from gentask.kube.errors import ClusterUnavailable
+    with pytest.raises(ClusterUnavailable):                 # a name the certificate does not hold is refused
+        await ask(load_connection(kubeconfig(tmp_path / "other-name", server.url, {"token": "abc"}, {
+            "certificate-authority": str(pki.ca), "tls-server-name": "not-the-apiserver.example"})))
+    code = f"import sys; from gentask.kube.config import load_connection; load_connection({str(as_json)!r}); " \
+           "print('yaml' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
 
 
 async def test_ca_file_relative_to_the_kubeconfig_and_a_wrong_ca_is_refused(tmp_path, pki, start_server):

@@ -7,8 +7,20 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
+from gentask.worker.__main__ import _job_command, main
+
 HEAVY = ("aiohttp", "httpx", "kubernetes", "kopf", "fastapi", "volcengine", "openai", "gentask.providers.volcengine",
-         "gentask.providers.openai", "gentask.api", "gentask.operator", "pymongo", "gridfs", "gentask.storage", "yaml")
+         "gentask.providers.openai", "gentask.api", "gentask.operator", "pymongo", "gridfs", "gentask.storage", "yaml",
+         # each measured on a worker pod's start (docs/benchmarks.md, "Worker CPU a fake task"):
+         "importlib.metadata",      # pydantic's plugin scan (gentask.startup), with email and zipfile
+         "email", "zipfile",
+         "gentask.domain.quota",    # quota models: the operator's business
+         "logging.handlers",        # LOG_DIR's rotating file only
+         "tempfile",                # a kubeconfig's client-key data only
+         "gentask.providers.media",  # the fake provider's images and videos, not its texts
+         "argparse", "gettext", "shutil")   # `run NAMESPACE/NAME` is read without argparse
 
 
 def imported_after(code: str) -> set[str]:
@@ -25,8 +37,12 @@ def imported_after(code: str) -> set[str]:
 def test_a_fake_text_task_worker_loads_no_http_library_vendor_sdk_storage_or_other_component():
     """A text fits in the status: pymongo is imported on the first file to keep, not at start."""
     loaded = imported_after("""
-        import asyncio
-        import gentask.worker.__main__, gentask.worker.run, gentask.kube.client
+        import asyncio, gc
+        import gentask.cli
+        worker = gentask.cli.load("worker")             # as `gentask worker run NS/NAME` imports it
+        assert gc.isenabled()
+        assert worker._job_command(["run", "tasks/t-1"]) == ("tasks", "t-1")
+        import gentask.worker.run, gentask.kube.client
         from gentask.config import load_settings
         from gentask.kube.client import KubeClient
         from gentask.kube.config import Connection
@@ -50,3 +66,24 @@ def test_the_vendor_sdk_is_loaded_when_a_task_asks_for_that_provider():
         registry_from_settings(load_settings()).get("volcengine")
     """)
     assert {"gentask.providers.volcengine", "volcengine", "httpx"} <= loaded
+
+
+@pytest.mark.parametrize("argv,target", [
+    (["run", "tasks/t-1"], ("tasks", "t-1")),
+    (["run", "tasks/a/b"], ("tasks", "a/b")),        # as argparse's path splits it: at the first slash
+    (["run", "no-slash"], None), (["run", "/t-1"], None), (["run", "tasks/"], None),
+    (["run", "--help"], None), (["run"], None), (["run", "tasks/t-1", "more"], None), (["pool"], None), ([], None),
+])
+def test_the_job_command_is_read_without_argparse_and_everything_else_with_it(argv, target):
+    assert _job_command(argv) == target
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["run", "no-slash"], "task 'no-slash': expected NAMESPACE/NAME"),
+    (["run", "tasks/t-1", "more"], "unrecognized arguments: more"),
+    (["run"], "the following arguments are required: task"),
+])
+def test_a_bad_worker_command_line_gets_argparse_s_message_as_before(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
