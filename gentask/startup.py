@@ -60,7 +60,8 @@ def plugins_may_be_installed(paths: Iterable[str] | None = None, group: str = GR
     return False
 
 
-def _no_plugins() -> tuple[()]:
+def _no_plugins(*_args: object, **_kwargs: object) -> tuple[()]:
+    """What pydantic's get_plugins() gives when no plugin is installed (any arguments a later pydantic passes)."""
     return ()
 
 
