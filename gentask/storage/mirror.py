@@ -21,9 +21,12 @@ uid) and the uids that are deleted (`d`) or forgotten (`f`). A list reads the us
 (one equality query), filters, sorts and counts their entries here, and reads the page's records
 by _id. Every write of a record writes the record first, then its timeline entry, both under
 the lease of the shard (which covers every uid of it, so it is also the record's lease): an
-entry never runs ahead of its record. The operator's audit reads the versions from the timeline
-(`uids`), so a writer killed between the two leaves an entry older than the cluster's resource,
-which the audit mirrors again: the record's write is then a no-op and the entry catches up.
+entry never runs ahead of its record. A writer's batch (upsert_many) takes the leases of all its
+shards with one insert, gives them back with one delete and writes the entries of one shard
+with one update; each record stays one guarded upsert of its own. The operator's audit reads
+the versions from the timeline (`uids`), so a writer killed between the two leaves an entry
+older than the cluster's resource, which the audit mirrors again: the record's write is then a
+no-op and the entry catches up.
 On FerretDB over PostgreSQL reads by _id and equality filters are index scans only with GIN
 indexes on FerretDB's JSONB expressions, a deploy-time step of the database (docs/architecture.md, "MongoDB mirror").
 """

@@ -3,9 +3,11 @@
 Changes wait in memory, one per task uid: the newest object to upsert (by resourceVersion),
 whether the resource is gone (mark_deleted) and whether its user deleted it (forget, which also
 removes the task's artifacts). A background task on the event loop writes them in worker
-threads (pymongo blocks), several uids at once (`concurrency`); while MongoDB is away it keeps
-them and retries with exponential backoff and jitter, so a MongoDB outage delays the mirror and
-never blocks or loses a change.
+threads (pymongo blocks): what waits is one batch, cut into parts (the uids of one lease in one
+part, up to PART_SIZE uids a part), `concurrency` parts at once, each part's upserts through one
+TaskMirror.upsert_many (which shares their leases and timeline writes), then each uid's
+deletions. While MongoDB is away it keeps them and retries with exponential backoff and
+jitter, so a MongoDB outage delays the mirror and never blocks or loses a change.
 
 MongoDB is optional at start-up: the writer connects on first use, and again after a failure
 at most every `reconnect_seconds`. `open_mirror()` and `open_artifacts()` hand the connected
