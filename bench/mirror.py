@@ -442,7 +442,8 @@ FERRETDB_NOTE = (
     "task's timeline document's, which FerretDB updates by read-modify-write), writes the record, then the "
     "entry; the writer cuts a batch into parts of up to 50 uids, 4 parts at once, and a part takes all its "
     "leases with one insert, gives them back with one delete and writes the entries of one timeline document "
-    "with one update (TaskMirror.upsert_many), each record still one guarded upsert. A list still costs in proportion to the user's tasks "
+    "with one update (TaskMirror.upsert_many), each record still one guarded upsert. A list still costs in "
+    "proportion to the user's tasks "
     "(strings, not documents). On MongoDB the mirror keeps no timeline: a list is one index range scan of the "
     "records plus a count, an upsert one guarded point update by `_id`; run `python bench/mirror.py "
     "--mongo-url mongodb://...` there.")
