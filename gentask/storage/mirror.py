@@ -256,9 +256,10 @@ class TaskMirror:
         written, False when the stored record is as new or newer, or the ValueError (or other error)
         that kept its object out.
 
-        Each record is still one guarded upsert of its own (FerretDB v1.24 runs no update command of
-        several statements safely: it stops at the first error and holds a PostgreSQL connection a
-        statement until the command ends). What is shared: where writes take leases, the leases of
+        Each record is still one guarded upsert of its own: FerretDB v1.24 runs no update command of
+        several statements safely (unordered, it stopped at the first write error and left n and
+        nModified out of its reply; one of 100 statements hung it, its PostgreSQL connection pool
+        exhausted, until it was restarted). What is shared: where writes take leases, the leases of
         all the objects' shards are taken with one insert and given back with one delete, and the
         entries of one shard are written with one update. A record whose lease another writer
         holds, or whose name another live record has, goes through upsert() after the leases are
