@@ -328,7 +328,7 @@ class MirrorWriter:
             if failures:                        # MongoDB went away: what is not started stays queued
                 return
             try:
-                outcomes.update(self._apply_part(mirror, artifacts, {uid: batch[uid] for uid in uids}))
+                self._apply_part(mirror, artifacts, {uid: batch[uid] for uid in uids}, outcomes)
             except StorageUnavailable as exc:
                 failures.append(exc)
 
@@ -348,9 +348,11 @@ class MirrorWriter:
         return outcomes, None
 
     @classmethod
-    def _apply_part(cls, mirror: TaskMirror, artifacts: ArtifactStore,
-                    changes: dict[str, _Change]) -> dict[str, bool | Exception]:
-        """The upserts of a part in one upsert_many, then each uid's deletions, in that order."""
+    def _apply_part(cls, mirror: TaskMirror, artifacts: ArtifactStore, changes: dict[str, _Change],
+                    outcomes: dict[str, bool | Exception]) -> None:
+        """The upserts of a part in one upsert_many, then each uid's deletions, in that order; each
+        uid's outcome goes into `outcomes` once its changes are all written (StorageUnavailable
+        stops the part: the uids without an outcome stay queued)."""
         objs = [change.obj for change in changes.values() if change.obj is not None]
         try:
             upserted = mirror.upsert_many(objs) if objs else {}
@@ -358,8 +360,9 @@ class MirrorWriter:
             raise
         except Exception:  # noqa: BLE001 - e.g. a lease the server refused: each change on its own
             log.warning("mirror batch write failed; writing its %d change(s) one by one", len(changes), exc_info=True)
-            return {uid: cls._apply_one(mirror, artifacts, uid, change) for uid, change in changes.items()}
-        outcomes: dict[str, bool | Exception] = {}
+            for uid, change in changes.items():
+                outcomes[uid] = cls._apply_one(mirror, artifacts, uid, change)
+            return
         for uid, change in changes.items():
             try:
                 outcomes[uid] = cls._apply(mirror, artifacts, uid, change, upserted.get(uid))
@@ -368,7 +371,6 @@ class MirrorWriter:
             except Exception as exc:  # noqa: BLE001 - one bad change must not stop the mirror
                 log.exception("mirror write failed; the change is dropped", extra={"uid": uid})
                 outcomes[uid] = exc
-        return outcomes
 
     @classmethod
     def _apply_one(cls, mirror: TaskMirror, artifacts: ArtifactStore, uid: str, change: _Change) -> bool | Exception:
