@@ -439,8 +439,11 @@ FERRETDB_NOTE = (
     "task (version, createdAt, type, "
     "phase) and the deleted and forgotten uids; a list reads the user's documents, filters, sorts and counts "
     "them in Python and reads the page's 20 records by `_id`, 4 at a time; (3) a write takes one lease (the "
-    "task's timeline document's, which FerretDB updates by read-modify-write), updates the entry, then the "
-    "record, and the writer writes 4 uids at a time. A list still costs in proportion to the user's tasks "
+    "task's timeline document's, which FerretDB updates by read-modify-write), writes the record, then the "
+    "entry; the writer cuts a batch into parts of up to 50 uids, 4 parts at once, and a part takes all its "
+    "leases with one insert, gives them back with one delete and writes the entries of one timeline document "
+    "with one update (TaskMirror.upsert_many), each record still one guarded upsert. A list still costs in "
+    "proportion to the user's tasks "
     "(strings, not documents). On MongoDB the mirror keeps no timeline: a list is one index range scan of the "
     "records plus a count, an upsert one guarded point update by `_id`; run `python bench/mirror.py "
     "--mongo-url mongodb://...` there.")

@@ -21,9 +21,12 @@ uid) and the uids that are deleted (`d`) or forgotten (`f`). A list reads the us
 (one equality query), filters, sorts and counts their entries here, and reads the page's records
 by _id. Every write of a record writes the record first, then its timeline entry, both under
 the lease of the shard (which covers every uid of it, so it is also the record's lease): an
-entry never runs ahead of its record. The operator's audit reads the versions from the timeline
-(`uids`), so a writer killed between the two leaves an entry older than the cluster's resource,
-which the audit mirrors again: the record's write is then a no-op and the entry catches up.
+entry never runs ahead of its record. A writer's batch (upsert_many) takes the leases of all its
+shards with one insert, gives them back with one delete and writes the entries of one shard
+with one update; each record stays one guarded upsert of its own. The operator's audit reads
+the versions from the timeline (`uids`), so a writer killed between the two leaves an entry
+older than the cluster's resource, which the audit mirrors again: the record's write is then a
+no-op and the entry catches up.
 On FerretDB over PostgreSQL reads by _id and equality filters are index scans only with GIN
 indexes on FerretDB's JSONB expressions, a deploy-time step of the database (docs/architecture.md, "MongoDB mirror").
 """
@@ -44,7 +47,7 @@ from typing import Any
 
 from pymongo import ASCENDING, DESCENDING, IndexModel
 from pymongo.database import Database
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from gentask.domain.reasons import Phase
 from gentask.domain.task import TaskType
@@ -82,6 +85,7 @@ _ALL_AT_ONCE = 10_000     # documents in one reply, not FerretDB's first batch o
 _PAGE_READERS = 4         # records of a page read at once where they are read one by one
 # Fields a write never sets with $set: they belong to mark_deleted (or to the first insert).
 _DELETION_FIELDS = ("deleted", "deletedAt", "tombstone")
+_DUPLICATE_KEY = 11000
 
 
 def _now() -> datetime:
@@ -247,6 +251,69 @@ class TaskMirror:
             raise RuntimeError(f"task {record['namespace']}/{record['name']} ({record['_id']}) kept colliding "
                                "with another live record of the same name")
 
+    def upsert_many(self, objs: Sequence[Mapping[str, Any]]) -> dict[str, bool | Exception]:
+        """Mirror several GenerationTasks (one object a uid) as upsert() mirrors each: per uid True when
+        written, False when the stored record is as new or newer, or the ValueError (or other error)
+        that kept its object out.
+
+        Each record is still one guarded upsert of its own: FerretDB v1.24 runs no update command of
+        several statements safely (unordered, it stopped at the first write error and left n and
+        nModified out of its reply; one of 100 statements hung it, its PostgreSQL connection pool
+        exhausted, until it was restarted). What is shared: where writes take leases, the leases of
+        all the objects' shards are taken with one insert and given back with one delete, and the
+        entries of one shard are written with one update. A record whose lease another writer
+        holds, or whose name another live record has, goes through upsert() after the leases are
+        given back (which waits for that lease, or settles the name)."""
+        outcomes: dict[str, bool | Exception] = {}
+        by_uid: dict[str, Mapping[str, Any]] = {}
+        records: list[dict[str, Any]] = []
+        for obj in objs:
+            uid = str(((obj.get("metadata") or {}) if isinstance(obj, Mapping) else {}).get("uid"))
+            try:
+                records.append(record_from_task(obj))
+                by_uid[uid] = obj
+            except ValueError as exc:
+                outcomes[uid] = exc
+        later: list[dict[str, Any]] = []
+        with self._errors(f"mirroring {len(records)} task(s)"):
+            token = uuid.uuid4().hex
+            held = self._acquire_many({self._lease_of(_owner_of(r)) for r in records}, token)
+            try:
+                written: builtins.list[dict[str, Any]] = []
+                replayed: builtins.list[dict[str, Any]] = []
+                for record in records:
+                    if not self._holds(held, record):
+                        later.append(record)
+                        continue
+                    outcome = self._write(record)
+                    if outcome is None:
+                        later.append(record)      # the name is another live record's: upsert() settles it
+                        continue
+                    outcomes[record["_id"]] = outcome
+                    (written if outcome else replayed).append(record)
+                self._enter_many(written)         # after the records: see the module's docstring
+                for record in replayed:           # an entry a crash left behind catches up
+                    self._enter(record)
+            finally:
+                self._release_many(held, token)
+        for record in later:
+            try:
+                outcomes[record["_id"]] = self.upsert(by_uid[record["_id"]])
+            except StorageUnavailable:
+                raise
+            except Exception as exc:  # noqa: BLE001 - one task's failure is its own outcome
+                outcomes[record["_id"]] = exc
+        return outcomes
+
+    def lease_key(self, obj: Mapping[str, Any]) -> str:
+        """What the writes of a GenerationTask object share with others (its lease, its timeline
+        shard): objects of different keys can be written at once without waiting for each other."""
+        meta = (obj.get("metadata") or {}) if isinstance(obj, Mapping) else {}
+        spec = (obj.get("spec") or {}) if isinstance(obj, Mapping) else {}
+        spec = spec if isinstance(spec, Mapping) else {}
+        owner = (str(meta.get("namespace")), str(spec.get("userID") or ""), str(meta.get("uid")))
+        return self._lease_of(owner) if self._serializing() else owner[2]
+
     def mark_deleted(self, uid: str, when: datetime | None = None) -> bool:
         """Flag the record of a task whose resource is gone; True when it was live until now."""
         if when is not None and not isinstance(when, datetime):
@@ -348,6 +415,35 @@ class TaskMirror:
                                                       "user": record["userID"]}}, upsert=True)
         except DuplicateKeyError:
             pass  # the shard exists and its entry is not older
+
+    def _enter_many(self, records: Sequence[Mapping[str, Any]]) -> None:
+        """_enter for records just written: one guarded update a shard for all its entries. Their
+        records were older than these before the write, so their entries were too (an entry never
+        runs ahead of its record); if the guard still fails (a writer whose lease expired), each
+        entry is written with its own guard."""
+        if not self._timelined():
+            return
+        shards: dict[str, list[Mapping[str, Any]]] = {}
+        for record in records:
+            shards.setdefault(_shard_id(_owner_of(record)), []).append(record)
+        for shard, entered in shards.items():
+            if len(entered) == 1:
+                self._enter(entered[0])
+                continue
+            fields: dict[str, Any] = {"ns": entered[0]["namespace"], "user": entered[0]["userID"]}
+            guards = []
+            for record in entered:
+                key, entry = _key(record["_id"]), _entry(record)
+                fields[f"e.{key}"] = entry
+                guards.append({"$or": [{f"e.{key}": {"$exists": False}}, {f"e.{key}": {"$lt": entry}}]})
+            try:
+                res = self.timeline.update_one({"_id": shard, "$and": guards}, {"$set": fields}, upsert=True)
+                if res.upserted_id is not None or res.matched_count:
+                    continue
+            except DuplicateKeyError:
+                pass  # the shard exists and one of these entries is not older
+            for record in entered:
+                self._enter(record)
 
     def _flag(self, owner: tuple[str, str, str], *flags: str) -> None:
         """Mark a task's timeline entry deleted ("d") and/or forgotten ("f")."""
@@ -535,7 +631,7 @@ class TaskMirror:
             yield
             return
         owner = of if isinstance(of, tuple) else _owner_of(of)
-        lease = _shard_id(owner) if self._timelined() else owner[2]
+        lease = self._lease_of(owner)
         token = uuid.uuid4().hex
         self._acquire(lease, token)
         try:
@@ -546,6 +642,39 @@ class TaskMirror:
             except Exception:  # noqa: BLE001 - the lease expires on its own; keep the original error
                 log.warning("could not release the write lease %r; it expires in %.0f s",
                             lease, self._lease_seconds, exc_info=True)
+
+    def _lease_of(self, owner: tuple[str, str, str]) -> str:
+        """The lease a write of this record takes: its timeline shard's, else its own."""
+        return _shard_id(owner) if self._timelined() else owner[2]
+
+    def _holds(self, held: builtins.set[str] | None, record: Mapping[str, Any]) -> bool:
+        return held is None or self._lease_of(_owner_of(record)) in held
+
+    def _acquire_many(self, leases: builtins.set[str], token: str) -> builtins.set[str] | None:
+        """Take the leases that are free, with one insert: those taken (None: writes take no leases).
+        One another writer holds is left to upsert(), which waits for it or breaks it once expired."""
+        if not self._serializing() or not leases:
+            return None
+        expires = _now() + timedelta(seconds=self._lease_seconds)
+        docs = [{"_id": lease, "owner": token, "expiresAt": expires} for lease in sorted(leases)]
+        try:
+            self._leases.insert_many(docs, ordered=False)
+            return builtins.set(leases)
+        except BulkWriteError as exc:
+            errors = exc.details.get("writeErrors") or []
+            if any(e.get("code") != _DUPLICATE_KEY for e in errors):
+                self._release_many(builtins.set(leases), token)
+                raise
+            return builtins.set(leases) - {docs[e["index"]]["_id"] for e in errors}
+
+    def _release_many(self, held: builtins.set[str] | None, token: str) -> None:
+        if not held:
+            return
+        try:
+            self._leases.delete_many({"_id": {"$in": sorted(held)}, "owner": token})
+        except Exception:  # noqa: BLE001 - the leases expire on their own; keep the original error
+            log.warning("could not release %d write lease(s); they expire in %.0f s", len(held),
+                        self._lease_seconds, exc_info=True)
 
     def _acquire(self, lease: str, token: str) -> None:
         deadline = time.monotonic() + self._lease_seconds + 10

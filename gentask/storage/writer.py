@@ -3,9 +3,11 @@
 Changes wait in memory, one per task uid: the newest object to upsert (by resourceVersion),
 whether the resource is gone (mark_deleted) and whether its user deleted it (forget, which also
 removes the task's artifacts). A background task on the event loop writes them in worker
-threads (pymongo blocks), several uids at once (`concurrency`); while MongoDB is away it keeps
-them and retries with exponential backoff and jitter, so a MongoDB outage delays the mirror and
-never blocks or loses a change.
+threads (pymongo blocks): what waits is one batch, cut into parts (the uids of one lease in one
+part, up to PART_SIZE uids a part), `concurrency` parts at once, each part's upserts through one
+TaskMirror.upsert_many (which shares their leases and timeline writes), then each uid's
+deletions. While MongoDB is away it keeps them and retries with exponential backoff and
+jitter, so a MongoDB outage delays the mirror and never blocks or loses a change.
 
 MongoDB is optional at start-up: the writer connects on first use, and again after a failure
 at most every `reconnect_seconds`. `open_mirror()` and `open_artifacts()` hand the connected
@@ -48,7 +50,8 @@ BACKOFF_INITIAL = 0.5
 BACKOFF_MAX = 10.0
 RECONNECT_SECONDS = 2.0
 STOP_DRAIN_SECONDS = 5.0
-CONCURRENCY = 4  # uids written at once: each write waits on the server's round trips, not on this process
+CONCURRENCY = 4  # parts of a batch written at once: each write waits on the server's round trips
+PART_SIZE = 50   # uids a part: one lease insert, one lease delete and one update a timeline shard for them
 
 
 @dataclass
@@ -101,8 +104,8 @@ class MirrorWriter:
     `settings` names the database (MONGO_URL); `database` instead hands one over (tests, or a
     caller that already has one). `max_pending` bounds how many uids may wait: beyond it a
     put() for a new uid is dropped and counted in `dropped` (deletions are never dropped).
-    `concurrency` is how many uids of a batch are written at once (a uid's changes are one write,
-    so they keep their order).
+    `concurrency` is how many parts of a batch are written at once (TaskMirror.upsert_many each;
+    a uid's changes are one write, so they keep their order).
     """
 
     def __init__(self, settings: Settings | None = None, *, database: Callable[[], Database[Any]] | None = None,
@@ -312,8 +315,8 @@ class MirrorWriter:
             await self._wakeup.wait()
 
     def _write(self, batch: dict[str, _Change]) -> tuple[dict[str, bool | Exception], StorageUnavailable | None]:
-        """Write a batch (worker threads, `concurrency` uids at once): outcome per uid written, and the
-        failure that stopped it (the uids not started by then stay unwritten)."""
+        """Write a batch (worker threads, `concurrency` parts at once): outcome per uid written, and the
+        failure that stopped it (the uids of the parts not finished by then stay unwritten)."""
         outcomes: dict[str, bool | Exception] = {}
         try:
             mirror, artifacts = self.open_mirror(), self.open_artifacts()
@@ -321,24 +324,22 @@ class MirrorWriter:
             return outcomes, exc
         failures: list[StorageUnavailable] = []
 
-        def one(uid: str, change: _Change) -> None:
+        def part(uids: list[str]) -> None:
             if failures:                        # MongoDB went away: what is not started stays queued
                 return
             try:
-                outcomes[uid] = self._apply(mirror, artifacts, uid, change)
+                self._apply_part(mirror, artifacts, {uid: batch[uid] for uid in uids}, outcomes)
             except StorageUnavailable as exc:
                 failures.append(exc)
-            except Exception as exc:  # noqa: BLE001 - one bad change must not stop the mirror
-                log.exception("mirror write failed; the change is dropped", extra={"uid": uid})
-                outcomes[uid] = exc
 
-        workers = min(self.concurrency, len(batch))
-        if workers <= 1:
-            for uid, change in batch.items():
-                one(uid, change)
+        parts = _parts(mirror, batch, self.concurrency)
+        if len(parts) <= 1:
+            for uids in parts:
+                part(uids)
         else:
+            workers = min(self.concurrency, len(parts))
             with ThreadPoolExecutor(workers, thread_name_prefix="gentask-mirror-write") as pool:
-                for future in [pool.submit(one, uid, change) for uid, change in batch.items()]:
+                for future in [pool.submit(part, uids) for uids in parts]:
                     future.result()
         if failures:
             self._failed(failures[0])
@@ -346,22 +347,81 @@ class MirrorWriter:
         self.healthy, self.last_error = True, ""
         return outcomes, None
 
-    @staticmethod
-    def _apply(mirror: TaskMirror, artifacts: ArtifactStore, uid: str, change: _Change) -> bool:
-        written = False
-        if change.obj is not None:
+    @classmethod
+    def _apply_part(cls, mirror: TaskMirror, artifacts: ArtifactStore, changes: dict[str, _Change],
+                    outcomes: dict[str, bool | Exception]) -> None:
+        """The upserts of a part in one upsert_many, then each uid's deletions, in that order; each
+        uid's outcome goes into `outcomes` once its changes are all written (StorageUnavailable
+        stops the part: the uids without an outcome stay queued)."""
+        objs = [change.obj for change in changes.values() if change.obj is not None]
+        try:
+            upserted = mirror.upsert_many(objs) if objs else {}
+        except StorageUnavailable:
+            raise
+        except Exception:  # noqa: BLE001 - e.g. a lease the server refused: each change on its own
+            log.warning("mirror batch write failed; writing its %d change(s) one by one", len(changes), exc_info=True)
+            for uid, change in changes.items():
+                outcomes[uid] = cls._apply_one(mirror, artifacts, uid, change)
+            return
+        for uid, change in changes.items():
             try:
-                written = mirror.upsert(change.obj)
-            except ValueError:     # an object the mirror cannot take: say so, and still apply the deletions
-                if not (change.forget or change.deleted):
-                    raise
-                log.exception("mirror write failed; the object is dropped", extra={"uid": uid})
+                outcomes[uid] = cls._apply(mirror, artifacts, uid, change, upserted.get(uid))
+            except StorageUnavailable:
+                raise
+            except Exception as exc:  # noqa: BLE001 - one bad change must not stop the mirror
+                log.exception("mirror write failed; the change is dropped", extra={"uid": uid})
+                outcomes[uid] = exc
+
+    @classmethod
+    def _apply_one(cls, mirror: TaskMirror, artifacts: ArtifactStore, uid: str, change: _Change) -> bool | Exception:
+        upserted: bool | Exception | None = None
+        try:
+            if change.obj is not None:
+                upserted = mirror.upsert(change.obj)
+        except StorageUnavailable:
+            raise
+        except Exception as exc:  # noqa: BLE001 - its outcome, as from upsert_many
+            upserted = exc
+        try:
+            return cls._apply(mirror, artifacts, uid, change, upserted)
+        except StorageUnavailable:
+            raise
+        except Exception as exc:  # noqa: BLE001 - one bad change must not stop the mirror
+            log.exception("mirror write failed; the change is dropped", extra={"uid": uid})
+            return exc
+
+    @staticmethod
+    def _apply(mirror: TaskMirror, artifacts: ArtifactStore, uid: str, change: _Change,
+               upserted: bool | Exception | None) -> bool:
+        """A uid's deletions after its upsert's outcome (None: it had no object to upsert)."""
+        written = False
+        if isinstance(upserted, ValueError) and (change.forget or change.deleted):
+            # an object the mirror cannot take: say so, and still apply the deletions
+            log.error("mirror write failed; the object is dropped: %s", upserted, extra={"uid": uid})
+        elif isinstance(upserted, Exception):
+            raise upserted
+        elif upserted is not None:
+            written = upserted
         if change.forget:
             written = mirror.forget(uid)
             artifacts.delete_for_task(uid)
         elif change.deleted:
             written = mirror.mark_deleted(uid) or written
         return written
+
+
+def _parts(mirror: TaskMirror, batch: Mapping[str, _Change], concurrency: int) -> list[list[str]]:
+    """The batch's uids in parts to write at once: the uids of one lease (mirror.lease_key) in one
+    part, so that parts never wait for each other; at least `concurrency` parts where the leases
+    allow, and no part much above PART_SIZE."""
+    groups: dict[str, list[str]] = {}
+    for uid, change in batch.items():
+        groups.setdefault(mirror.lease_key(change.obj) if change.obj is not None else uid, []).append(uid)
+    count = max(min(len(groups), concurrency), -(-len(batch) // PART_SIZE))
+    parts: list[list[str]] = [[] for _ in range(count)]
+    for i, uids in enumerate(sorted(groups.values(), key=len, reverse=True)):
+        parts[i % count] += uids
+    return [p for p in parts if p]
 
 
 def _settle(waiter: asyncio.Future[bool], outcome: bool | Exception) -> None:

@@ -471,3 +471,88 @@ def test_uids_give_each_live_record_its_latest_version_either_way(db, timeline):
     mirror.forget("e")
     assert mirror.uids() == {"a": 5, "b": 7, "c": 9}
     assert mirror.uids("x") == {"a": 5, "b": 7}
+
+
+@pytest.mark.parametrize("timeline", [True, False], ids=["shard-lease", "filter-only"])
+def test_upsert_many_answers_for_each_task_as_upsert_would(db, timeline):
+    """A writer's batch: new tasks, newer, older and replayed versions, a reused name and an object the
+    mirror cannot take, each with its own outcome; the timeline agrees with the records after."""
+    m = TaskMirror(db, serialize_writes=timeline, timeline=timeline)
+    m.ensure_indexes()
+    assert m.upsert(task_obj("old", 10, "Running")) is True
+    assert m.upsert(task_obj("done", 10, "Succeeded", message="kept")) is True
+    assert m.upsert(task_obj("same", 7, "Running")) is True
+    assert m.upsert(task_obj("gone", 3, "Succeeded", name="reused")) is True
+    bad = task_obj("bad", 1, "Pending")
+    bad["status"]["phase"] = "Finished"
+    batch = [task_obj(f"new{i}", 20 + i, "Pending") for i in range(12)] + [
+        task_obj("old", 11, "Succeeded"),                 # newer: written
+        task_obj("done", 12, "Running", message="lost"),  # back from a terminal phase: refused
+        task_obj("same", 7, "Running"),                   # replayed: refused
+        task_obj("fresh", 40, "Pending", name="reused"),  # the name's earlier task is gone
+        bad]
+    outcomes = m.upsert_many(batch)
+    assert {uid: o for uid, o in outcomes.items() if uid != "bad"} == {
+        **{f"new{i}": True for i in range(12)}, "old": True, "done": False, "same": False, "fresh": True}
+    assert isinstance(outcomes["bad"], ValueError) and "Finished" in str(outcomes["bad"])
+    assert m.get("bad") is None
+    assert (m.get("old")["phase"], m.get("old")["resourceVersion"]) == ("Succeeded", 11)
+    assert (m.get("done")["message"], m.get("done")["resourceVersion"]) == ("kept", 10)
+    assert m.get("gone")["deleted"] is True and m.get_by_name("ns1", "reused")["_id"] == "fresh"
+    assert m.uids() == {**{f"new{i}": 20 + i for i in range(12)}, "old": 11, "done": 10, "same": 7, "fresh": 40}
+    page, total = m.list(user_id="user123", limit=100)
+    assert total == 16 and {r["_id"] for r in page} == {*(f"new{i}" for i in range(12)), "old", "done", "same",
+                                                        "fresh"}
+    assert db["tasks.leases"].count_documents({}) == 0
+
+
+def test_upsert_many_waits_for_a_shard_another_writer_holds_and_writes_the_rest_first(db):
+    """A lease another writer holds (here one that died) delays only the tasks of its shard."""
+    m = TaskMirror(db, serialize_writes=True, timeline=True, lease_seconds=1)
+    m.ensure_indexes()
+    uids = [f"s{i}" for i in range(40)]
+    held = _shard_id(("ns1", "user123", uids[0]))
+    db["tasks.leases"].insert_one({"_id": held, "owner": "dead", "expiresAt": T0})
+    outcomes = m.upsert_many([task_obj(uid, 5, "Running") for uid in uids])
+    assert outcomes == dict.fromkeys(uids, True)
+    assert m.uids() == dict.fromkeys(uids, 5)
+    assert db["tasks.leases"].count_documents({}) == 0
+
+
+def test_batches_and_single_writers_racing_converge_to_the_newest(db):
+    """Writers of batches (upsert_many, as MirrorWriters write) and of single upserts, in separate
+    mirrors as separate processes would be, with every version of 3 tasks shuffled among them: no
+    newer version is ever overwritten by an older one, in the records or their timeline entries."""
+    phases = ["Pending", "Queued", "Running", "Running", "Succeeded"]
+    uids = [f"race-{i}" for i in range(3)]
+    versions = [(uid, rv, phases[min(rv // 8, 4)]) for uid in uids for rv in range(1, 41)]
+    random.Random(11).shuffle(versions)
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(6)
+
+    def writer(k: int, chunk: list) -> None:
+        m = TaskMirror(db)
+        barrier.wait()
+        try:
+            if k == 5:
+                for uid, rv, phase in chunk:
+                    m.upsert(task_obj(uid, rv, phase))
+                return
+            for i in range(0, len(chunk), 4):   # a batch holds one version a uid: the newest, as the writer's
+                batch = {uid: (rv, phase) for uid, rv, phase in sorted(chunk[i:i + 4], key=lambda v: v[1])}
+                m.upsert_many([task_obj(uid, rv, phase) for uid, (rv, phase) in batch.items()])
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(k, versions[k::6])) for k in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    m = TaskMirror(db)
+    for uid in uids:
+        rec = m.get(uid)
+        assert (rec["phase"], rec["resourceVersion"]) == ("Succeeded", 40), uid
+    assert m.uids() == dict.fromkeys(uids, 40)
+    assert db["tasks.leases"].count_documents({}) == 0

@@ -153,3 +153,28 @@ async def test_a_batch_of_many_tasks_is_written_several_at_a_time_and_listed(db)
 def test_concurrency_must_be_a_positive_integer(db, concurrency):
     with pytest.raises(ValueError, match=f"concurrency must be an integer of 1 or more, got {concurrency!r}"):
         MirrorWriter(database=lambda: db, concurrency=concurrency)
+
+
+async def test_a_batch_of_parts_writes_every_task_and_a_bad_object_drops_only_itself(db):
+    """120 changes (three parts of up to 50, written at once): an object the mirror cannot take is
+    dropped alone, and the deletion that came with another still applies."""
+    mirror = TaskMirror(db)
+    mirror.ensure_indexes()
+    mirror.upsert(task_obj("gone", 1, "Succeeded", user="u0"))
+    writer = _writer({"db": db}, concurrency=4)
+    for i in range(118):
+        writer.put(task_obj(f"p{i:03d}", 5, "Running", user=f"u{i % 7}"))
+    bad, bad_too = task_obj("bad", 2, "Running", user="u1"), task_obj("gone", 3, "Running", user="u0")
+    bad["status"]["phase"] = bad_too["status"]["phase"] = "Finished"
+    writer.put(bad)
+    writer.put(bad_too)
+    writer.delete("gone")
+    writer.start()
+    await _drained(writer, "120 changes written")
+    assert writer.healthy and writer.dropped == 0
+    assert mirror.uids() == {f"p{i:03d}": 5 for i in range(118)}
+    assert mirror.get("bad") is None
+    gone = mirror.get("gone")
+    assert (gone["deleted"], gone["resourceVersion"], gone["phase"]) == (True, 1, "Succeeded")
+    assert db["tasks.leases"].count_documents({}) == 0
+    await writer.stop()
