@@ -665,7 +665,9 @@ class TaskMirror:
             if any(e.get("code") != _DUPLICATE_KEY for e in errors):
                 self._release_many(builtins.set(leases), token)
                 raise
-            return builtins.set(leases) - {docs[e["index"]]["_id"] for e in errors}
+            # which ones are ours, as stored: a server that stops an unordered insert at its first
+            # error (FerretDB v1 did so with updates) must not leave a lease counted as held that is not
+            return {d["_id"] for d in self._leases.find({"_id": {"$in": sorted(leases)}, "owner": token}, {"_id": 1})}
 
     def _release_many(self, held: builtins.set[str] | None, token: str) -> None:
         if not held:
