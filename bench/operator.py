@@ -501,10 +501,15 @@ def client_of(user: str, agent: str, ns: str) -> str:
     return product or "other"
 
 
+# what the operator makes once a namespace (its worker account, gentask.operator.jobs), not once a task
+NAMESPACE_SETUP = ("serviceaccounts", "roles", "rolebindings", "networkpolicies")
+
+
 def audit_writes(path: Path, offset: int, ns: str, tasks: int) -> dict:
     """Write requests on the namespace's objects since `offset`, by client, identity and what."""
     by: dict[tuple[str, str, str], Counter] = {}
     failed: Counter = Counter()
+    setup = 0           # the operator's writes made once for the namespace, whatever its number of tasks
     with open(path, "rb") as f:
         f.seek(offset)
         for line in f:
@@ -527,6 +532,8 @@ def audit_writes(path: Path, offset: int, ns: str, tasks: int) -> dict:
             what = f"{event['verb']} {ref.get('resource', '?')}" + (f"/{ref['subresource']}" if ref.get("subresource")
                                                                      else "")
             by.setdefault((who, user, short_agent or "-"), Counter())[what] += 1
+            if who == "gentask operator" and event["verb"] == "create" and ref.get("resource") in NAMESPACE_SETUP:
+                setup += 1
             if (event.get("responseStatus") or {}).get("code", 200) >= 400:
                 failed[(who, what, event["responseStatus"]["code"])] += 1
     rows = [{"client": who, "user": user, "agent": agent, "writes": sum(c.values()),
@@ -538,6 +545,7 @@ def audit_writes(path: Path, offset: int, ns: str, tasks: int) -> dict:
         totals[r["client"]] += r["writes"]
     return {"rows": rows, "by_client": {k: round(v / tasks, 2) for k, v in totals.most_common()},
             "total_per_task": round(sum(totals.values()) / tasks, 2),
+            "namespace_setup": setup, "namespace_setup_per_task": round(setup / tasks, 3),
             "failed": {f"{w} {what} {code}": n for (w, what, code), n in failed.most_common()}}
 
 
@@ -990,7 +998,10 @@ def targets(results: dict) -> list[str]:
         if not audit:
             continue
         own = sum(v for k, v in audit["by_client"].items() if k in ("gentask operator", "workers"))
-        add(f"gentask's writes per task, {executor}", "≤ 5", own, f"{own:.2f}", own <= 5.005)
+        once = audit.get("namespace_setup", 0)
+        per_task = own - audit.get("namespace_setup_per_task", 0)
+        shown = f"{per_task:.2f}" + (f" (+ {once} writes once for the namespace: its worker account)" if once else "")
+        add(f"gentask's writes per task, {executor}", "≤ 5", per_task, shown, per_task <= 5.005)
     ws = results.get("worker_sample")
     v = ws["cpu_ms"]["mean"] if ws else None
     add("worker CPU per fake task (mean)", "≤ 250 ms", v, f"{v:.0f} ms" if v is not None else "-",
