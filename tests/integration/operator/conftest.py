@@ -85,8 +85,12 @@ def start_operator(cluster: Cluster, log: Path, **extra: str) -> Operator:
                 return r.status == 200
         except OSError:
             return False
-    wait_for(ready, 60, what=f"the operator to be ready (log: {log})", progress=file_progress(log),
-             describe=lambda: log_tail(log))
+    try:
+        wait_for(ready, 60, what=f"the operator to be ready (log: {log})", progress=file_progress(log),
+                 describe=lambda: log_tail(log))
+    except BaseException:
+        stop_operator(Operator(proc, port, log, env))      # never left running by a start that failed
+        raise
     return Operator(proc, port, log, env)
 
 
