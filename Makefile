@@ -60,6 +60,7 @@ bench: install tools ## benchmarks: figures into docs/benchmarks.md
 	$(PY) bench/sse.py
 	$(PY) bench/operator.py
 	$(PY) bench/webhooks.py
+	$(PY) bench/quota.py
 
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 IMAGE ?= ghcr.io/gentask/gentask:$(VERSION)
