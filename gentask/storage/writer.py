@@ -364,13 +364,7 @@ class MirrorWriter:
                 outcomes[uid] = cls._apply_one(mirror, artifacts, uid, change)
             return
         for uid, change in changes.items():
-            try:
-                outcomes[uid] = cls._apply(mirror, artifacts, uid, change, upserted.get(uid))
-            except StorageUnavailable:
-                raise
-            except Exception as exc:  # noqa: BLE001 - one bad change must not stop the mirror
-                log.exception("mirror write failed; the change is dropped", extra={"uid": uid})
-                outcomes[uid] = exc
+            outcomes[uid] = cls._settle(mirror, artifacts, uid, change, upserted.get(uid))
 
     @classmethod
     def _apply_one(cls, mirror: TaskMirror, artifacts: ArtifactStore, uid: str, change: _Change) -> bool | Exception:
@@ -382,11 +376,18 @@ class MirrorWriter:
             raise
         except Exception as exc:  # noqa: BLE001 - its outcome, as from upsert_many
             upserted = exc
+        return cls._settle(mirror, artifacts, uid, change, upserted)
+
+    @classmethod
+    def _settle(cls, mirror: TaskMirror, artifacts: ArtifactStore, uid: str, change: _Change,
+                upserted: bool | Exception | None) -> bool | Exception:
+        """_apply, with any failure but MongoDB's going away as the uid's outcome (logged): one bad
+        change must not stop the mirror."""
         try:
             return cls._apply(mirror, artifacts, uid, change, upserted)
         except StorageUnavailable:
             raise
-        except Exception as exc:  # noqa: BLE001 - one bad change must not stop the mirror
+        except Exception as exc:  # noqa: BLE001 - see above
             log.exception("mirror write failed; the change is dropped", extra={"uid": uid})
             return exc
 
