@@ -364,7 +364,7 @@ class MirrorWriter:
                 outcomes[uid] = cls._apply_one(mirror, artifacts, uid, change)
             return
         for uid, change in changes.items():
-            outcomes[uid] = cls._settle(mirror, artifacts, uid, change, upserted.get(uid))
+            outcomes[uid] = cls._apply_or_drop(mirror, artifacts, uid, change, upserted.get(uid))
 
     @classmethod
     def _apply_one(cls, mirror: TaskMirror, artifacts: ArtifactStore, uid: str, change: _Change) -> bool | Exception:
@@ -376,10 +376,10 @@ class MirrorWriter:
             raise
         except Exception as exc:  # noqa: BLE001 - its outcome, as from upsert_many
             upserted = exc
-        return cls._settle(mirror, artifacts, uid, change, upserted)
+        return cls._apply_or_drop(mirror, artifacts, uid, change, upserted)
 
     @classmethod
-    def _settle(cls, mirror: TaskMirror, artifacts: ArtifactStore, uid: str, change: _Change,
+    def _apply_or_drop(cls, mirror: TaskMirror, artifacts: ArtifactStore, uid: str, change: _Change,
                 upserted: bool | Exception | None) -> bool | Exception:
         """_apply, with any failure but MongoDB's going away as the uid's outcome (logged): one bad
         change must not stop the mirror."""
