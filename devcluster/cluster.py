@@ -155,6 +155,8 @@ class DevCluster:
         self._real: RealNode | None = None  # the RealNode of an `up` in real mode
         # audit: the API server logs every write (Metadata level) to <root>/logs/audit.log
         self.audit = audit if audit is not None else os.environ.get("GENTASK_DEVCLUSTER_AUDIT", "") not in ("", "0")
+        # profiling: the API server serves /debug/pprof (go tool pprof) to the admin, for benchmarks' questions
+        self.profiling = os.environ.get("GENTASK_DEVCLUSTER_PROFILING", "") not in ("", "0")
 
     # ---- inspection ------------------------------------------------------------------------
 
@@ -228,7 +230,7 @@ class DevCluster:
                 "--authorization-mode=RBAC", f"--enable-admission-plugins={ADMISSION}",
                 f"--service-account-issuer={ISSUER}", f"--service-account-key-file={pki / 'sa.pub'}",
                 f"--service-account-signing-key-file={pki / 'sa.key'}", f"--service-cluster-ip-range={SERVICE_CIDR}",
-                "--allow-privileged=true", "--profiling=false", "--v=1",
+                "--allow-privileged=true", f"--profiling={'true' if self.profiling else 'false'}", "--v=1",
                 "--event-ttl=1h", "--max-requests-inflight=800", "--max-mutating-requests-inflight=400",
                 *self._audit_flags(), *self._kubelet_flags()])
             self._wait(state, "apiserver", lambda: self._healthy(state), timeout)

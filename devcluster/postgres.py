@@ -52,6 +52,12 @@ SETTINGS = {
     "shared_buffers": "64MB",
     "dynamic_shared_memory_type": "mmap",  # segments live in the data folder: nothing left in /dev/shm
     "jit": "off",  # steady latency: no LLVM compilation of large scans
+    # FerretDB runs every query as a prepared statement; PostgreSQL switches such a statement to a
+    # generic plan after five runs, made from the table's statistics then. A collection made minutes
+    # ago (a test's, a benchmark's) had none, so its reads by _id stayed sequential scans however big
+    # it grew until autovacuum's first ANALYZE: 1,000 rows read a lookup, 9.1 ms of PostgreSQL's CPU
+    # a task in bench/operator.py's inline run, 3.5 ms with a plan made for each run.
+    "plan_cache_mode": "force_custom_plan",
 }
 
 
