@@ -173,6 +173,10 @@ class Settings(BaseModel):
                                     validation_alias=_env("GENTASK_CREDENTIALS_SECRET"),
                                     description="Secret in the task namespace with MONGO_URL and provider keys")
     inline_concurrency: int = Field(4, ge=1, le=256, validation_alias=_env("GENTASK_INLINE_CONCURRENCY"))
+    inline_claim_seconds: float = Field(1.0, ge=0, le=3600, validation_alias=_env("GENTASK_INLINE_CLAIM_SECONDS"),
+                                        description="inline executor: seconds a run goes before it is marked "
+                                                    "Running; a task done sooner gets one write, its outcome "
+                                                    "(0: mark it Running at once)")
     pool_concurrency: int = Field(4, ge=1, le=256, validation_alias=_env("GENTASK_POOL_CONCURRENCY"),
                                   description="tasks one `gentask worker pool` process runs at once")
     pool_lease_namespace: str | None = Field(None, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63,
@@ -239,6 +243,10 @@ class Settings(BaseModel):
                                              description="a user's unfinished tasks; creates beyond get 429; 0: no cap")
     api_kube_timeout: float = Field(10.0, gt=0, le=120, validation_alias=_env("GENTASK_API_KUBE_TIMEOUT"),
                                     description="seconds per Kubernetes API call of the REST API")
+    mirror_hold_seconds: float = Field(3.0, ge=0, le=60, validation_alias=_env("GENTASK_MIRROR_HOLD_SECONDS"),
+                                       description="the operator mirrors a task it sees without a status yet (just "
+                                                   "created) after this many seconds, or with its next change if "
+                                                   "that comes sooner: one write for both")
     api_mirror_creates: bool = Field(True, validation_alias=_env("GENTASK_API_MIRROR_CREATES"),
                                      description="the API also mirrors each task it creates, so that lists show it "
                                                  "at once (the operator mirrors every change anyway)")

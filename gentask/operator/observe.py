@@ -16,7 +16,9 @@ async def observe(ctx: OperatorContext, task: GenerationTask, raw: Mapping[str, 
     """Every change: into MongoDB (the object as sent), an Event when it ends, the metrics."""
     spec, status = task.spec, task.status
     uid, phase = task.uid, status.phase or Phase.PENDING
-    ctx.mirror.put(dict(raw))
+    # A task just created (no status yet) is mirrored a little later, with its next change when that
+    # comes first: a quick task is one write. The REST API mirrors the tasks it creates at once.
+    ctx.mirror.put(dict(raw), hold=0.0 if raw.get("status") else ctx.settings.mirror_hold_seconds)
     if ctx.notifier is not None:
         ctx.notifier.observe(task)     # webhooks: what the status shows happened and is not delivered yet
     ctx.metrics.observe_task(uid, phase.value, spec.type.value, spec.provider)

@@ -58,16 +58,18 @@ PART_SIZE = 50   # uids a part: one lease insert, one lease delete and one updat
 class _Change:
     """What waits for one uid: the newest object to upsert, and the deletions to apply after it."""
 
-    since: float
+    since: float                 # when it is due: when it came, or later for a held put
     obj: Mapping[str, Any] | None = None
     deleted: bool = False
     forget: bool = False
     waiters: list[asyncio.Future[bool]] = field(default_factory=list)
 
     def merge(self, newer: _Change) -> None:
-        """Fold a change that arrived later into this one (which keeps its age)."""
+        """Fold a change that arrived later into this one (which keeps its age, or takes the newer's
+        when that is due sooner: a held put followed by one to write at once)."""
         if newer.obj is not None and (self.obj is None or _version(newer.obj) >= _version(self.obj)):
             self.obj = newer.obj
+        self.since = min(self.since, newer.since)
         self.deleted |= newer.deleted
         self.forget |= newer.forget
         self.waiters += newer.waiters
@@ -136,13 +138,16 @@ class MirrorWriter:
 
     # --- changes --------------------------------------------------------------------------------
 
-    def put(self, obj: Mapping[str, Any]) -> bool:
-        """Queue an upsert of a GenerationTask object; False when dropped (too many uids waiting)."""
+    def put(self, obj: Mapping[str, Any], hold: float = 0.0) -> bool:
+        """Queue an upsert of a GenerationTask object; False when dropped (too many uids waiting).
+
+        `hold`: seconds to wait before writing it, unless a change of the same uid that may not
+        wait comes meanwhile; the two are then one write (a task's first view and its outcome)."""
         uid = _uid(obj)
         if self.max_pending is not None and uid not in self._pending and len(self._pending) >= self.max_pending:
             self.dropped += 1
             return False
-        self._add(uid, _Change(time.monotonic(), obj=obj))
+        self._add(uid, _Change(time.monotonic() + max(0.0, hold), obj=obj))
         return True
 
     def delete(self, uid: str) -> None:
@@ -176,9 +181,10 @@ class MirrorWriter:
 
     @property
     def lag(self) -> float:
-        """Seconds since the oldest change not yet written arrived (0 when none waits)."""
+        """Seconds since the oldest change not yet written was due (0 when none waits): when it came, or
+        when its hold ended."""
         oldest = min((c.since for c in (*self._pending.values(), *self._in_flight.values())), default=None)
-        return 0.0 if oldest is None else time.monotonic() - oldest
+        return 0.0 if oldest is None else max(0.0, time.monotonic() - oldest)
 
     def stats(self) -> WriterStats:
         """Pending, lag, healthy, last_error and dropped at once."""
@@ -280,7 +286,14 @@ class MirrorWriter:
             self._wakeup.clear()
             if not self._pending:
                 continue
-            batch, self._pending = self._pending, {}
+            batch = self._due()
+            if not batch:                       # only held changes: until the first is due, or news
+                wait = min(c.since for c in self._pending.values()) - time.monotonic()
+                try:
+                    await asyncio.wait_for(self._wakeup.wait(), max(0.001, wait))
+                except TimeoutError:
+                    pass
+                continue
             self._in_flight = batch             # kept if stop() cancels us mid-write, for it to account for
             outcomes, failure = await asyncio.to_thread(self._write, batch)
             self._in_flight = {}
@@ -308,6 +321,17 @@ class MirrorWriter:
             except TimeoutError:
                 pass
             delay = min(delay * 2, self.backoff_max)
+
+    def _due(self) -> dict[str, _Change]:
+        """Take the changes that are due (all of them when stopping) out of the pending ones."""
+        now = time.monotonic()
+        if self._stopping or all(c.since <= now for c in self._pending.values()):
+            batch, self._pending = self._pending, {}
+            return batch
+        batch = {uid: c for uid, c in self._pending.items() if c.since <= now}
+        for uid in batch:
+            del self._pending[uid]
+        return batch
 
     async def _stop_requested(self) -> None:
         while not self._stopping:

@@ -53,6 +53,31 @@ async def test_changes_of_one_uid_coalesce_to_the_newest(db):
     await writer.stop()
 
 
+async def test_a_held_put_waits_its_hold_unless_a_newer_change_of_its_uid_comes(db):
+    """The operator holds a just-created task's first view (GENTASK_MIRROR_HOLD_SECONDS): a quick task's
+    first view and its outcome are one write; a task that stays as it was is written once the hold ends."""
+    writer = _writer({"db": db})
+    writer.start()
+    mirror = TaskMirror(db)
+    writer.put(task_obj("quick", 1, "Pending"), hold=30.0)
+    writer.put(task_obj("slow", 1, "Pending"), hold=1.0)
+    writer.put(task_obj("now", 1, "Pending"))                  # no hold: written at once
+    await wait_for_async(lambda: mirror.get("now"), 10, interval=0.02, until=lambda r: r is not None,
+                         what="the record put without a hold", describe=lambda: repr(writer.stats()))
+    assert mirror.get("quick") is None and mirror.get("slow") is None    # held: not written yet
+    assert writer.pending == 2 and writer.lag == 0.0                    # a held change is not behind
+    writer.put(task_obj("quick", 2, "Succeeded"))               # its outcome: written at once, as one write
+    await wait_for_async(lambda: mirror.get("quick"), 10, interval=0.02, until=lambda r: r is not None,
+                         what="the held record's outcome", describe=lambda: repr(writer.stats()))
+    assert (mirror.get("quick")["resourceVersion"], mirror.get("quick")["phase"]) == (2, "Succeeded")
+    await wait_for_async(lambda: mirror.get("slow"), 10, interval=0.05, until=lambda r: r is not None,
+                         what="the held record once its hold ended", describe=lambda: repr(writer.stats()))
+    assert mirror.get("slow")["phase"] == "Pending"
+    writer.put(task_obj("late", 1, "Pending"), hold=30.0)
+    await writer.stop()                                         # stopping writes what is held, at once
+    assert mirror.get("late")["phase"] == "Pending"
+
+
 async def test_backoff_while_mongodb_is_away_keeps_every_change(db):
     target = {"db": _dead_db()}
     writer = _writer(target, reconnect_seconds=1.0)
