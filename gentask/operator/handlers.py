@@ -148,7 +148,10 @@ async def task_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: An
     try:
         if type == "DELETED":
             # Gone, or finished: a task that finishes leaves the watch (its field selector), and the
-            # API server says so with DELETED and the task as it was before. Which one, a read tells.
+            # API server says so with DELETED and the task as it was before. Which one, a read tells,
+            # unless the inline executor wrote that outcome itself (and observed its answer).
+            if ctx.executor is not None and ctx.executor.left(raw):
+                return
             now = await after_leaving(ctx, raw)
             if now is None:
                 return

@@ -18,6 +18,7 @@ A heartbeat in each task's status would cost a write per running task per interv
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -37,6 +38,14 @@ class PoolExecutor:
     """ctx.executor in pool mode: the operator runs nothing itself; the pool's watches do the rest."""
 
     queued_message = QUEUED_MESSAGE
+    takes_pending = False        # the pool's workers claim Queued tasks: the operator writes Queued
+
+    def saw(self, task: GenerationTask) -> None:
+        """Nothing: the pool's workers keep their own copies (their watch)."""
+
+    def left(self, raw: Mapping[str, Any]) -> bool:
+        """Never: the pool's workers write the outcomes; a task that leaves the watch is read."""
+        return False
 
     def start(self) -> None:
         """Nothing runs in the operator."""

@@ -85,6 +85,8 @@ async def reconcile_task(ctx: OperatorContext, task: GenerationTask, raw: Mappin
     if ctx.quotas is not None:
         ctx.quotas.saw(raw)            # where it stands for the quotas (gentask.operator.quota)
     await observe(ctx, task, raw)
+    if ctx.executor is not None:
+        ctx.executor.saw(task)         # a task queued here runs from its newest copy
     phase = task.status.phase
     if task.metadata.deletion_timestamp:
         return
@@ -144,6 +146,10 @@ async def start(ctx: OperatorContext, task: GenerationTask, spec_error: str | No
         if isinstance(verdict, Exceeded):
             await write_status(ctx, task, transition(task, Phase.FAILED, "QuotaExceeded", verdict.message))
             return
+    if ctx.executor is not None and ctx.executor.takes_pending and not (
+            ctx.quotas is not None and ctx.quotas.of(task.namespace, task.spec.user_id)):
+        ctx.executor.ensure(task)    # inline: queued in its memory, Pending (gentask.operator.inline)
+        return
     if ctx.executor is not None:     # inline, or the worker pool (gentask.operator.pool): no Job
         message = getattr(ctx.executor, "queued_message", "queued for the inline executor")
         await write_status(ctx, task, transition(task, Phase.QUEUED, "Validated", message, attempts=0))

@@ -79,11 +79,16 @@ class Worker:
             pass     # progress is information; the next one may get through
 
     async def _patch(self, ns: str, name: str, status: GenerationTaskStatus, rv: str | None = None) -> GenerationTask:
+        return GenerationTask.model_validate(await self._patch_raw(ns, name, status, rv))
+
+    async def _patch_raw(self, ns: str, name: str, status: GenerationTaskStatus, rv: str | None = None
+                         ) -> dict[str, Any]:
+        """The status write; the task as the API server answers it."""
         patch = status_patch(status)
         cost = patch.get("cost")
         if isinstance(cost, dict) and "amount" not in cost:     # two currencies: a merge patch must drop the
             cost.update(amount=None, currency=None)             # single total an earlier pod may have written
-        return GenerationTask.model_validate(await self.kube.patch_task_status(ns, name, patch, rv))
+        return await self.kube.patch_task_status(ns, name, patch, rv)
 
     async def run(self, namespace: str, name: str, queued: GenerationTask | None = None) -> int:
         """Run the task NAMESPACE/NAME; the exit code tells the Job what to do next.

@@ -77,7 +77,9 @@ def test_an_image_event_carries_signed_links_that_open_without_a_key(operated):
 
 def test_a_task_stream_follows_the_task_to_its_result_and_ends(operated):
     alice = operated.client("alice")
-    task_id = create(alice, "text", {**TEXT, "prompt": "write a haiku [latency:1s]"})["task_id"]
+    # 3 s: longer than the inline executor's claim window (GENTASK_INLINE_CLAIM_SECONDS, 1 s), so the
+    # task shows Running on the way; a quicker one goes from Pending to its outcome in one write
+    task_id = create(alice, "text", {**TEXT, "prompt": "write a haiku [latency:3s]"})["task_id"]
     with Stream(alice, task_events(task_id)) as s:
         assert s.response.headers["content-type"].startswith("text/event-stream")
         assert s.response.headers["cache-control"] == "no-cache"
