@@ -55,7 +55,7 @@ bench: install tools ## benchmarks: figures into docs/benchmarks.md
 	$(PY) bench/image.py
 	$(PY) bench/pod_start.py
 	$(PY) bench/providers.py
-	$(PY) bench/mirror.py
+	$(PY) bench/mirror.py --sustain 600
 	$(PY) bench/api.py
 	$(PY) bench/sse.py
 	$(PY) bench/operator.py
