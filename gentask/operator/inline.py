@@ -69,10 +69,20 @@ class InlineWorker(Worker):
         self.timer: asyncio.Task[None] | None = None
         self.claiming = False
         self.final: dict[str, Any] | None = None         # the API server's answer to the outcome's write
+        self.uid: str | None = None                      # the task's: a read that finds another is a 404
         self.running = GenerationTaskStatus()             # the claim to write (Running)
 
     async def _read(self, namespace: str, name: str) -> GenerationTask:
-        return GenerationTask.model_validate(await self.kube.get_task(namespace, name))
+        task = GenerationTask.model_validate(await self.kube.get_task(namespace, name))
+        if self.uid is not None and task.uid != self.uid:     # deleted, and a new task of its name made since
+            raise KubeError(404, "NotFound", f"task {namespace}/{name} (uid {self.uid}) was deleted; the task of "
+                                             f"that name now is another (uid {task.uid})")
+        return task
+
+    async def run(self, namespace: str, name: str, queued: GenerationTask | None = None) -> int:
+        """Worker.run, for this task's uid only: a task of the same name made since is another task."""
+        self.uid = queued.uid if queued is not None else None
+        return await super().run(namespace, name, queued)
 
     async def _claim(self, task: GenerationTask) -> GenerationTask:
         status = task.status
@@ -202,15 +212,18 @@ class InlineExecutor:
         if known is not None and known.uid == task.uid and _rv(task) > _rv(known):
             self.known[key] = task
 
-    def cancel(self, namespace: str, name: str) -> None:
-        """Stop the task's run if one is under way; a queued one is not run."""
-        running = self.running.get((namespace, name))
+    def cancel(self, namespace: str, name: str, uid: str | None = None) -> None:
+        """Stop the task's run if one is under way; a queued one is not run. `uid`: only that task's
+        (a task of the same name made since is another task)."""
+        key = (namespace, name)
+        known = self.known.get(key)
+        if uid is not None and known is not None and known.uid != uid:
+            return
+        running = self.running.get(key)
         if running is not None:
             running.cancel()
-        elif (namespace, name) in self.known:
-            known = self.known[(namespace, name)]
-            self.known[(namespace, name)] = known.model_copy(
-                update={"spec": known.spec.model_copy(update={"cancel": True})})
+        elif known is not None:
+            self.known[key] = known.model_copy(update={"spec": known.spec.model_copy(update={"cancel": True})})
 
     def left(self, raw: Mapping[str, Any]) -> bool:
         """A task left the watch: True when that is its outcome a run here wrote (and observed)."""
@@ -242,9 +255,12 @@ class InlineExecutor:
                 log.info("%s", exc, extra={"task": f"{key[0]}/{key[1]}"})
                 code = EXIT_OK
             except KubeError as exc:
-                if not exc.not_found:
+                if exc.not_found:
+                    log.info("task is gone (deleted while it ran); its outcome is dropped",
+                             extra={"task": f"{key[0]}/{key[1]}"})
+                else:
                     log.exception("inline worker failed", extra={"task": f"{key[0]}/{key[1]}"})
-                code = EXIT_OK if exc.not_found else EXIT_RETRY     # gone: deleted while it ran
+                code = EXIT_OK if exc.not_found else EXIT_RETRY
             except Exception:  # noqa: BLE001 - a task that crashes its worker is retried, never the executor
                 log.exception("inline worker failed", extra={"task": f"{key[0]}/{key[1]}"})
                 code = EXIT_RETRY

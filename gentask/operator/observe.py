@@ -78,6 +78,8 @@ async def after_leaving(ctx: OperatorContext, raw: Mapping[str, Any]) -> dict[st
         now = None
     if now is None or (now.get("metadata") or {}).get("uid") != uid:
         forget(ctx, uid)            # deleted (a task of the same name made since is another task)
+        if ctx.executor is not None:      # inline: its run stops, and a queued copy is not run
+            ctx.executor.cancel(meta.get("namespace") or "", meta.get("name") or "", uid)
         return None
     return now
 

@@ -56,7 +56,7 @@ class PoolExecutor:
     def ensure(self, task: GenerationTask) -> None:
         """A Queued task waits for the pool: nothing to do here."""
 
-    def cancel(self, namespace: str, name: str) -> None:
+    def cancel(self, namespace: str, name: str, uid: str | None = None) -> None:
         """The pool worker running the task sees Cancelled (and spec.cancel) in its watch and stops."""
 
 

@@ -130,6 +130,27 @@ def test_a_task_cancelled_while_it_waits_in_the_queue_never_runs(cluster, i_ns, 
         stop_operator(op)
 
 
+def test_a_task_deleted_while_it_waits_in_the_queue_never_runs(cluster, i_ns, tmp_path):
+    op = start_operator(cluster, tmp_path / "op.log", GENTASK_WATCH_NAMESPACES=i_ns, GENTASK_EXECUTOR="inline",
+                        GENTASK_INLINE_CONCURRENCY="1")
+    tasks = Tasks(cluster, i_ns, op.log)
+    try:
+        first = tasks.create(type="text", model="fake-text", prompt="hold the only slot [latency:6s]")
+        tasks.wait_phase(first, "Running", timeout=60)
+        doomed = tasks.create(type="text", model="fake-text", prompt="never run me [latency:0s]")
+        time.sleep(0.5)                                          # seen by the operator: queued behind the first
+        tasks.delete(doomed)
+        tasks.wait_phase(first, "Succeeded", timeout=60)
+        again = tasks.create(doomed, type="text", model="fake-text", prompt="a new task of that name [latency:0s]")
+        status = tasks.wait_phase(again, "Succeeded", "Failed", timeout=60)    # the new one of the name runs
+        assert status["phase"] == "Succeeded", status
+        # the deleted one never ran: its run's outcome would have met a 404, which the log says
+        gone = [line for line in op.log.read_text().splitlines() if "is gone" in line]
+        assert not gone, gone
+    finally:
+        stop_operator(op)
+
+
 def test_an_outcome_whose_task_changed_during_the_run_is_written_at_the_new_version(cluster, i_ns, tmp_path):
     """The outcome's write is guarded by the version the run started from; a label added meanwhile makes it
     fail with 409, and the worker reads the task and writes the outcome again (no second vendor call)."""
