@@ -89,21 +89,60 @@ def runqueue_seconds(pid: int | str = "self") -> float:
     return total / 1e9
 
 
+def machine_seconds() -> tuple[float, float]:
+    """(busy, stolen): CPU seconds all cores spent busy since boot (/proc/stat: user, nice, system, irq,
+    softirq), and seconds the hypervisor ran something else while this machine's cores had work (steal)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (fields[0] + fields[1] + fields[2] + fields[5] + fields[6]) / TICK, fields[7] / TICK
+
+
+def cpu_by_command() -> dict[tuple[int, str], float]:
+    """(pid, command name) -> CPU seconds of every process there is now."""
+    seconds = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+            name = text[text.index("(") + 1:text.rindex(")")]
+            name = "kworker" if name.startswith("kworker/") else name    # kernel workers: one row
+            fields = text.rsplit(")", 1)[1].split()
+            seconds[(int(stat.parent.name), name)] = (int(fields[11]) + int(fields[12])) / TICK
+        except (OSError, IndexError, ValueError):
+            pass
+    return seconds
+
+
 class CPU:
-    """CPU seconds of named processes between start() and stop(); `waited`: their run-queue seconds."""
+    """CPU seconds of named processes between start() and stop(); `waited`: their run-queue seconds;
+    `machine`: busy seconds of all cores; `others`: the busiest other commands (what else shared the cores)."""
 
     def __init__(self, pids: dict[str, int]) -> None:
         self.pids = pids
         self.before: dict[str, float] = {}
         self.waited_before: dict[str, float] = {}
         self.waited: dict[str, float] = {}
+        self.machine = 0.0
+        self.stolen = 0.0
+        self.others: dict[str, float] = {}
+        self.exclude: set[int] = set()        # counted elsewhere (the load generators)
 
     def start(self) -> None:
         self.before = {n: cpu_seconds(p) for n, p in self.pids.items()}
         self.waited_before = {n: runqueue_seconds(p) for n, p in self.pids.items()}
+        self._machine_before = machine_seconds()
+        self._all_before = cpu_by_command()
 
     def stop(self) -> dict[str, float]:
         self.waited = {n: runqueue_seconds(p) - self.waited_before[n] for n, p in self.pids.items()}
+        busy, stolen = machine_seconds()
+        self.machine, self.stolen = busy - self._machine_before[0], stolen - self._machine_before[1]
+        mine = set(self.pids.values()) | {os.getpid()} | self.exclude
+        others: dict[str, float] = {}
+        for (pid, name), seconds in cpu_by_command().items():
+            if pid not in mine:
+                spent = seconds - self._all_before.get((pid, name), 0.0)
+                if spent >= 0.05:
+                    others[name] = others.get(name, 0.0) + spent
+        self.others = dict(sorted(others.items(), key=lambda kv: -kv[1])[:6])
         return {n: cpu_seconds(p) - self.before[n] for n, p in self.pids.items()}
 
 
@@ -222,16 +261,20 @@ def _open_worker(conn, *args) -> None:
         raise
 
 
-def settle(pid: int, budget: float = 60.0, idle: float = 0.05) -> float:
-    """Wait until the process spent under `idle` of a CPU for two seconds running (at most `budget` s).
+def settle(pid: int, budget: float = 120.0, idle: float = 0.05, machine_idle: float = 0.25) -> float:
+    """Wait until the process spent under `idle` of a CPU, and all cores together under `machine_idle`
+    of one, for two seconds running (at most `budget` s).
 
-    An open-loop phase must not start while the API still works off the previous phase's backlog."""
+    An open-loop phase must not start while the API still works off the previous phase's backlog, nor
+    while something else (the last benchmark's clean-up, the kernel reclaiming its memory) holds the
+    cores; what it waited is in the report."""
     begin = time.monotonic()
     quiet = 0
     while time.monotonic() - begin < budget and quiet < 2:
-        before = cpu_seconds(pid)
+        before, machine_before = cpu_seconds(pid), machine_seconds()[0]
         time.sleep(1)
-        quiet = quiet + 1 if cpu_seconds(pid) - before < idle else 0
+        calm = cpu_seconds(pid) - before < idle and machine_seconds()[0] - machine_before < machine_idle
+        quiet = quiet + 1 if calm else 0
     return time.monotonic() - begin
 
 
@@ -275,12 +318,14 @@ def open_phase(url: str, kind: str, rate: float, seconds: float, warmup: float, 
     for pipe in pipes:
         if pipe.recv() != "ready":
             raise SystemExit(f"an open-loop load generator failed to start ({kind})")
+    cpu.exclude = {w.pid for w in workers if w.pid is not None}
     cpu.start()
     t0 = time.monotonic() + 0.2
     for pipe in pipes:
         pipe.send(t0)
     parts = [pipe.recv() for pipe in pipes]
     cpu_s = cpu.stop()
+    wall = time.monotonic() - t0
     for worker in workers:
         worker.join(10)
     failed = [p["error"] for p in parts if "error" in p]
@@ -320,7 +365,9 @@ def open_phase(url: str, kind: str, rate: float, seconds: float, warmup: float, 
             "cpu_s": {**{k: round(v, 1) for k, v in cpu_s.items()},
                       "load generator": round(sum(p["cpu_s"] for p in parts), 1)},
             "runqueue_s": {**{k: round(v, 1) for k, v in cpu.waited.items()},
-                           "load generator": round(sum(p["waited_s"] for p in parts), 1)}}
+                           "load generator": round(sum(p["waited_s"] for p in parts), 1)},
+            "machine_busy_s": round(cpu.machine, 1), "stolen_s": round(cpu.stolen, 1), "wall_s": round(wall, 1),
+            "others_s": {k: round(v, 1) for k, v in cpu.others.items()}}
 
 def seed(settings: Settings, namespace: str, user: str, n: int, start: int = 0) -> None:
     """n more mirrored tasks of one user, written in batches as the operator's mirror stores them."""
@@ -548,7 +595,10 @@ def report(results: dict, args, loads: tuple[float, float]) -> str:
     def cpu_row(name: str) -> str:
         r = results[name]
         return (f"| {name} | " + ", ".join(f"{k} {v:g} s" for k, v in r["cpu_s"].items()) + " | "
-                + ", ".join(f"{k} {v:g} s" for k, v in r["runqueue_s"].items()) + " |")
+                + ", ".join(f"{k} {v:g} s" for k, v in r["runqueue_s"].items()) + " | "
+                + f"{r['machine_busy_s']:g} s of {r['wall_s'] * (os.cpu_count() or 1):g} s (quiet before it after "
+                  f"{r['settled_s']:g} s) | {r['stolen_s']:g} s | "
+                + (", ".join(f"{k} {v:g} s" for k, v in r["others_s"].items()) or "-") + " |")
 
     closed = [n for n in ("creates", "reads") if n in results]
     lists = [n for n in results if n.startswith("list_")]
@@ -578,11 +628,13 @@ def report(results: dict, args, loads: tuple[float, float]) -> str:
                   if n in results]
         lines += [
             "",
-            "CPU seconds by process in the open-loop phases (warm-up included), and seconds their threads were "
-            "ready to run but waiting for a CPU (run queue, /proc/PID/task/*/schedstat):",
+            "CPU seconds by process in the open-loop phases (warm-up included), seconds their threads were "
+            "ready to run but waiting for a CPU (run queue, /proc/PID/task/*/schedstat), the busy seconds of all "
+            "cores against the seconds they had and the seconds the hypervisor gave them to something else while "
+            "they had work (/proc/stat, steal), and the busiest other commands in the same time:",
             "",
-            "| phase | CPU | run queue |",
-            "|---|---|---|",
+            "| phase | CPU | run queue | all cores busy | stolen | other commands |",
+            "|---|---|---|---|---|---|",
         ] + [cpu_row(n) for n in opened] + [
             "",
             "Slowest seconds of the schedule (second of the measured window: slowest answer): "
@@ -618,6 +670,11 @@ def report(results: dict, args, loads: tuple[float, float]) -> str:
         analysis(results),
     ]
     return "\n".join(lines)
+
+
+def busy_share(r: dict) -> float:
+    """Per cent of the cores' seconds in an open-loop phase that were busy."""
+    return 100 * r["machine_busy_s"] / max(1e-9, r["wall_s"] * (os.cpu_count() or 1))
 
 
 def analysis(results: dict) -> str:
@@ -670,7 +727,10 @@ def analysis(results: dict) -> str:
                 f"{r['cpu_s']['api']:g} s of CPU and its threads waited {r['runqueue_s']['api']:g} s for one, "
                 f"kube-apiserver {r['cpu_s']['kube-apiserver']:g} s and {r['runqueue_s']['kube-apiserver']:g} s, "
                 f"the load generator {r['cpu_s']['load generator']:g} s and "
-                f"{r['runqueue_s']['load generator']:g} s, at load {r['load'][0]:.1f} → {r['load'][1]:.1f}.")
+                f"{r['runqueue_s']['load generator']:g} s, at load {r['load'][0]:.1f} → {r['load'][1]:.1f}; "
+                f"all cores were busy {busy_share(r):.0f} % of the phase ({r['stolen_s']:g} s stolen by the "
+                f"hypervisor)" + (", the busiest other commands " + ", ".join(
+                    f"{k} {v:g} s" for k, v in list(r["others_s"].items())[:3]) if r["others_s"] else "") + ".")
     parts.append(
         "Garbage-collector pauses: the API's task index keeps every live task as typed objects (about 30 objects "
         "the collector tracks a task), and CPython's full collection walks all of them with the event loop "
