@@ -70,10 +70,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _stat_cpu(text: str) -> float:
+    """utime + stime, in seconds, of a /proc/PID/stat line (its fields after the command's closing paren)."""
+    fields = text.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
 def cpu_seconds(pid: int) -> float:
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / TICK
+        return _stat_cpu(Path(f"/proc/{pid}/stat").read_text())
     except (OSError, IndexError, ValueError):
         return 0.0
 
@@ -104,8 +109,7 @@ def cpu_by_command() -> dict[tuple[int, str], float]:
             text = stat.read_text()
             name = text[text.index("(") + 1:text.rindex(")")]
             name = "kworker" if name.startswith("kworker/") else name    # kernel workers: one row
-            fields = text.rsplit(")", 1)[1].split()
-            seconds[(int(stat.parent.name), name)] = (int(fields[11]) + int(fields[12])) / TICK
+            seconds[(int(stat.parent.name), name)] = _stat_cpu(text)
         except (OSError, IndexError, ValueError):
             pass
     return seconds
