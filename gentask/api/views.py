@@ -118,6 +118,16 @@ def cost_view(cost: Any) -> dict[str, Any] | None:
             "totals": [t for t in cost.get("totals") or [] if isinstance(t, Mapping)], "attempts": attempts}
 
 
+def last_change(created: Any, *later: Any) -> Any:
+    """The old server's `updated`: the latest of a task's times, never before its creation.
+
+    The start and completion times come from the worker's node and the creation time from the API
+    server's; across nodes whose clocks differ by a second, a quick task's completion can read
+    earlier than its creation, and a change never precedes what it changed."""
+    times = [t for t in (created, *later) if t is not None]
+    return max(times) if times else None
+
+
 def task_view(rec: Mapping[str, Any], full_text: str | None = None) -> TaskView:
     """A mirror record (or record_of(task)) -> the API's TaskView."""
     phase = rec.get("phase") or Phase.PENDING.value
@@ -142,7 +152,7 @@ def task_view(rec: Mapping[str, Any], full_text: str | None = None) -> TaskView:
         "usage": usage_view(rec.get("usage")), "cost": cost_view(rec.get("cost")),
         "created_at": created, "started_at": started, "completed_at": completed,
         # the old server's fields: created, updated (its last change) and the result's at the top
-        "created": created, "updated": completed or started or created,
+        "created": created, "updated": last_change(created, started, completed),
         "image_url": result["image_url"] if result else None, "video_url": result["video_url"] if result else None,
         "text_result": result["text_result"] if result else None,
     })

@@ -75,7 +75,8 @@ def test_image_create_poll_until_completed_and_read_data_image_url(old, worker):
     started = now()
     worker.patch_status(task_id, {"phase": "Running", "reason": "Started", "attempts": 1, "startTime": started})
     running = _poll(old, worker, task_id, "processing")
-    assert _time(running["updated"]) == _time(started) >= _time(running["created"])
+    # updated: the latest change, never before the creation (the worker's clock may lag the API server's)
+    assert _time(running["updated"]) == max(_time(started), _time(running["created"]))
     uid = worker.get(task_id)["metadata"]["uid"]
     finished = now()
     worker.patch_status(task_id, {"phase": "Succeeded", "reason": "Completed", "attempts": 1,
@@ -83,8 +84,8 @@ def test_image_create_poll_until_completed_and_read_data_image_url(old, worker):
                                   "result": {"images": [worker.store(uid, "image-0", PNG, "image/png")]}})
     data = _poll(old, worker, task_id, "completed")
     assert (data["task_id"], data["type"]) == (task_id, "image")
-    assert _time(data["created"]) <= _time(data["updated"]) == _time(finished)
-    assert _time(data["created"]) == _time(data["created_at"]) and data["updated"] == data["completed_at"]
+    assert _time(data["updated"]) == max(_time(finished), _time(data["created"]))
+    assert _time(data["created"]) == _time(data["created_at"]) and _time(data["completed_at"]) == _time(finished)
     # data.image_url opens as it is: no header, as in an <img src>
     assert sha256(_curl(data["image_url"])) == sha256(PNG) == data["result"]["artifacts"][0]["sha256"]
     assert data["image_url"] == data["result"]["image_url"]                 # and the richer place agrees
@@ -122,7 +123,7 @@ def test_failed_task_reads_status_failed_and_error(old, worker):
     worker.fail(task_id)
     data = _poll(old, worker, task_id, "failed")
     assert data["error"] == "the vendor refused the prompt" and data["image_url"] is None
-    assert data["updated"] == data["completed_at"]
+    assert _time(data["updated"]) == max(_time(data["completed_at"]), _time(data["created"]))
 
 
 def test_list_and_delete_as_the_readme_calls_them(old, worker):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 
 from gentask.api.schemas import TaskPage
@@ -15,6 +17,9 @@ CREATED, STARTED, DONE = "2026-12-01T10:00:00Z", "2026-12-01T10:00:02Z", "2026-1
     ({"createdAt": CREATED, "startTime": STARTED}, STARTED),
     ({"createdAt": CREATED, "startTime": STARTED, "completionTime": DONE}, DONE),
     ({"createdAt": CREATED, "completionTime": DONE}, DONE),        # cancelled before it started
+    # the worker's node clock a second behind the API server's: a change never precedes the creation
+    ({"createdAt": CREATED, "startTime": "2026-12-01T09:59:59Z", "completionTime": "2026-12-01T09:59:59Z"},
+     CREATED),
 ])
 def test_updated_is_the_last_change(times, updated):
     view = task_view({"name": "img-a", "phase": "Running", **times}).model_dump(mode="json")
@@ -33,6 +38,15 @@ def test_the_result_fields_sit_at_the_top_too_and_the_richer_ones_stay():
     assert data["text_result"] == data["result"]["text_result"] == "hello"
     assert data["completed_at"] == data["updated"] == DONE
     assert view.uid == "u" and "uid" not in data and "_uid" not in data    # the uid signs links; not shown
+
+
+def test_updated_never_precedes_created_for_the_mirror_s_datetimes():
+    created = datetime(2026, 12, 2, 13, 59, 8, tzinfo=UTC)
+    done = datetime(2026, 12, 2, 13, 59, 7, tzinfo=UTC)
+    data = task_view({"name": "txt-a", "phase": "Succeeded", "createdAt": created,
+                      "completionTime": done}).model_dump(mode="json")
+    assert data["completed_at"] == "2026-12-02T13:59:07Z"
+    assert data["updated"] == data["created"] == "2026-12-02T13:59:08Z"
 
 
 def test_without_a_result_the_old_fields_are_null():
