@@ -38,7 +38,6 @@ import multiprocessing
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -52,6 +51,7 @@ from kubernetes import client, config
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # devcluster/ lives in the checkout
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _proc import TICK, cpu_seconds, free_port, start_api, stat_cpu
 from _report import percentile, write_section
 from devcluster import DevCluster
 from devcluster.system import bootstrap
@@ -61,26 +61,6 @@ from gentask.storage import TaskMirror, connect, record_from_task
 ROOT = Path(__file__).resolve().parents[1]
 BODY = json.dumps({"prompt": "a red fox in the snow", "provider": "fake", "model": "fake-image", "size": "64x64"})
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _stat_cpu(text: str) -> float:
-    """utime + stime, in seconds, of a /proc/PID/stat line (its fields after the command's closing paren)."""
-    fields = text.rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
-
-
-def cpu_seconds(pid: int) -> float:
-    try:
-        return _stat_cpu(Path(f"/proc/{pid}/stat").read_text())
-    except (OSError, IndexError, ValueError):
-        return 0.0
 
 
 def runqueue_seconds(pid: int | str = "self") -> float:
@@ -109,7 +89,7 @@ def cpu_by_command() -> dict[tuple[int, str], float]:
             text = stat.read_text()
             name = text[text.index("(") + 1:text.rindex(")")]
             name = "kworker" if name.startswith("kworker/") else name    # kernel workers: one row
-            seconds[(int(stat.parent.name), name)] = _stat_cpu(text)
+            seconds[(int(stat.parent.name), name)] = stat_cpu(text)
         except (OSError, IndexError, ValueError):
             pass
     return seconds
@@ -399,23 +379,6 @@ def seed(settings: Settings, namespace: str, user: str, n: int, start: int = 0) 
             batch = []
     if batch:
         mirror.insert_many(batch)
-
-
-def start_api(port: int, env: dict[str, str], log_path: Path) -> subprocess.Popen:
-    with log_path.open("wb") as log_file:       # warnings and errors only (LOG_LEVEL=warning)
-        proc = subprocess.Popen([sys.executable, "-m", "gentask", "api"], env=env, stdout=log_file,
-                                stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"the API exited with {proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return proc
-        except OSError:
-            time.sleep(0.2)
-    proc.kill()
-    raise SystemExit("the API did not start")
 
 
 def main() -> None:

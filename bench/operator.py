@@ -53,7 +53,6 @@ import os
 import shlex
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -73,6 +72,7 @@ from kubernetes import client, config
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # devcluster/ lives in the checkout
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _proc import TICK, free_port
 from _report import percentile, write_section
 from devcluster import DevCluster
 from devcluster.system import bootstrap
@@ -86,7 +86,6 @@ from gentask.kube.status import status_patch, transition
 from gentask.storage import TaskMirror, connect, record_from_task
 
 ROOT = Path(__file__).resolve().parents[1]
-TICK = os.sysconf("SC_CLK_TCK")
 AGENT = "gentask-bench/operator"       # the userAgent of this script's own requests
 TERMINAL = ("Succeeded", "Failed", "Cancelled")
 PROMPT = "a short story about a quiet river [latency:0s]"
@@ -100,12 +99,6 @@ class Stalled(RuntimeError):
 
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ---- processes: CPU and memory from /proc -------------------------------------------------------

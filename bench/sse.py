@@ -34,7 +34,6 @@ import json
 import multiprocessing
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -48,47 +47,16 @@ from kubernetes import client, config
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # devcluster/ lives in the checkout
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _proc import cpu_seconds, free_port, start_api
 from _report import percentile, write_section
 from devcluster import DevCluster
 from devcluster.system import bootstrap
 from gentask.domain.task import GROUP, PLURAL, VERSION
 
 ROOT = Path(__file__).resolve().parents[1]
-TICK = os.sysconf("SC_CLK_TCK")
 USER = "bench"
 MARK = b'"message":"bench '
 WRITERS = 8
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def cpu_seconds(pid: int) -> float:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / TICK
-    except (OSError, IndexError, ValueError):
-        return 0.0
-
-
-def start_api(port: int, env: dict[str, str], log_path: Path) -> subprocess.Popen:
-    with log_path.open("wb") as log_file:       # warnings and errors only (LOG_LEVEL=warning)
-        proc = subprocess.Popen([sys.executable, "-m", "gentask", "api"], env=env, stdout=log_file,
-                                stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"the API exited with {proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return proc
-        except OSError:
-            time.sleep(0.2)
-    proc.kill()
-    raise SystemExit("the API did not start")
 
 
 def metric(url: str, name: str) -> float:

@@ -27,7 +27,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -43,6 +42,7 @@ from standardwebhooks import Webhook, WebhookVerificationError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # devcluster/ lives in the checkout
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _proc import free_port
 from _report import percentile, write_section
 from devcluster import DevCluster
 from devcluster.system import bootstrap
@@ -51,12 +51,6 @@ from tests.support.webhooks import Receiver
 
 ROOT = Path(__file__).resolve().parents[1]
 PHASE_OF = {"queued": "Queued", "running": "Running", "succeeded": "Succeeded"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _seconds(value: str | None) -> float | None:
