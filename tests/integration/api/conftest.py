@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import socket
+import subprocess
 import threading
 import time
 import uuid
@@ -160,6 +161,16 @@ def create(c: httpx.Client, kind: str = "image", body: dict | None = None, **hea
                headers=headers)
     assert r.status_code == 200, r.text
     return r.json()["data"]
+
+
+def answers(base: str, proc: subprocess.Popen) -> bool:
+    """The API process at base answers /healthz with 200; raises once the process has exited."""
+    if proc.poll() is not None:
+        raise AssertionError(f"the API exited with {proc.returncode}")
+    try:
+        return httpx.get(f"{base}/healthz", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 def now() -> str:

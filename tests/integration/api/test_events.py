@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from gentask.domain.task import GROUP, PLURAL, VERSION
-from tests.integration.api.conftest import API_KEYS, IMAGE, KEYS, TEXT, create, free_port, launch, mongo_url
+from tests.integration.api.conftest import API_KEYS, IMAGE, KEYS, TEXT, answers, create, free_port, launch, mongo_url
 from tests.support.sse import Stream
 from tests.support.waits import file_progress, wait_for
 
@@ -295,7 +295,7 @@ def test_sigterm_ends_the_streams_of_gentask_api(cluster, namespace, tmp_path):
     base = f"http://127.0.0.1:{port}"
     c = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {KEYS['alice']}"}, timeout=10)
     try:
-        wait_for(lambda: _answers(base, proc), 30, what="gentask api to answer", progress=file_progress(log),
+        wait_for(lambda: answers(base, proc), 30, what="gentask api to answer", progress=file_progress(log),
                  describe=lambda: log.read_text()[-3000:])
         s = Stream(c, EVENTS)
         assert s.response.status_code == 200
@@ -312,15 +312,6 @@ def test_sigterm_ends_the_streams_of_gentask_api(cluster, namespace, tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait(5)
-
-
-def _answers(base: str, proc: subprocess.Popen) -> bool:
-    if proc.poll() is not None:
-        raise AssertionError(f"the API exited with {proc.returncode}")
-    try:
-        return httpx.get(f"{base}/healthz", timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def test_the_openapi_document_describes_both_streams(api):

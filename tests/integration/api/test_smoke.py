@@ -10,7 +10,7 @@ import sys
 import httpx
 import pytest
 
-from tests.integration.api.conftest import API_KEYS, IMAGE, KEYS, free_port, mongo_url
+from tests.integration.api.conftest import API_KEYS, IMAGE, KEYS, answers, free_port, mongo_url
 from tests.support.waits import file_progress, wait_for
 
 COMMANDS = {
@@ -29,7 +29,7 @@ def test_started_from_the_command_line_it_serves_the_old_endpoints(command, clus
     proc = subprocess.Popen(COMMANDS[command](port), env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
     try:
         base = f"http://127.0.0.1:{port}"
-        wait_for(lambda: _answers(base, proc), 30, what=f"{command} to answer /healthz",
+        wait_for(lambda: answers(base, proc), 30, what=f"{command} to answer /healthz",
                  progress=file_progress(tmp_path / "api.log"), describe=lambda: _tail(tmp_path / "api.log"))
         c = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {KEYS['alice']}"}, timeout=10)
         created = c.post("/api/v1/ai/image/task", json=IMAGE).json()
@@ -48,15 +48,6 @@ def test_started_from_the_command_line_it_serves_the_old_endpoints(command, clus
     assert code in (0, -signal.SIGTERM), text            # uvicorn re-raises the signal after a clean shutdown
     assert "shutdown complete" in text.lower()
     assert all(key not in text for key in KEYS.values())
-
-
-def _answers(base: str, proc: subprocess.Popen) -> bool:
-    if proc.poll() is not None:
-        raise AssertionError(f"the API exited with {proc.returncode}")
-    try:
-        return httpx.get(f"{base}/healthz", timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def _tail(log) -> str:
