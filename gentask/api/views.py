@@ -118,14 +118,13 @@ def cost_view(cost: Any) -> dict[str, Any] | None:
             "totals": [t for t in cost.get("totals") or [] if isinstance(t, Mapping)], "attempts": attempts}
 
 
-def last_change(created: Any, *later: Any) -> Any:
-    """The old server's `updated`: the latest of a task's times, never before its creation.
+def last_change(*times: Any) -> Any:
+    """The old server's `updated`: the latest of a task's times (None when it has none).
 
     The start and completion times come from the worker's node and the creation time from the API
     server's; across nodes whose clocks differ by a second, a quick task's completion can read
     earlier than its creation, and a change never precedes what it changed."""
-    times = [t for t in (created, *later) if t is not None]
-    return max(times) if times else None
+    return max((t for t in times if t is not None), default=None)
 
 
 def task_view(rec: Mapping[str, Any], full_text: str | None = None) -> TaskView:
